@@ -1,0 +1,342 @@
+"""Experiment configuration: a frozen dataclass schema and ``load_config``.
+
+Every default is the value of the Mask R-CNN / FPN papers (see ``shared/papers``) unless a
+comment says otherwise. Experiment YAML files in ``configs/`` hold overrides of this schema
+only; ``load_config`` rejects unknown keys, naming the key and the file.
+
+Each section belongs to one part of the package: ``model`` to ``kmask.modeling`` (read only
+by ``kmask.modeling.factory``), ``data`` to ``kmask.data``, ``train`` and ``eval`` to the
+training and evaluation loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet backbone: depth 50 or 101, C2..C5 at strides 4..32."""
+
+    depth: int = 50
+    # Stages frozen from the start: 0 = nothing, 1 = stem, 2 = stem + res2 (papers' default).
+    freeze_at: int = 2
+    # "frozen_bn" (fixed affine from pretraining, papers' default) or "group_norm".
+    norm: str = "frozen_bn"
+    # Keras-applications ResNet weights file (.h5 / .weights.h5) on disk; None = random init.
+    weights: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FPNConfig:
+    """Feature pyramid: P2..P5 from C2..C5, P6 by stride-2 subsampling of P5 (RPN only)."""
+
+    num_channels: int = 256
+    min_level: int = 2
+    max_level: int = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorConfig:
+    """RPN anchors (FPN section 4.1): one size per level P2..P6, three aspect ratios."""
+
+    # Square root of the anchor area on each level P2..P6: areas 32^2 .. 512^2.
+    sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    # Height / width: 1:2, 1:1, 2:1 (15 anchors over the pyramid).
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # Anchor centre inside its feature cell, in cells (0.5 = the cell's centre).
+    offset: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class RPNConfig:
+    """Region proposal network: shared 3x3 conv + sibling 1x1 convs on every level."""
+
+    # Anchor labels (Faster R-CNN / FPN): IoU >= 0.7 positive (and each ground truth's best
+    # anchors), IoU < 0.3 negative, the rest ignored.
+    fg_iou_threshold: float = 0.7
+    bg_iou_threshold: float = 0.3
+    # Anchors sampled per image for the loss, half positive at most (1:1).
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    # Proposals: top-k anchors per level before NMS, NMS IoU, top-k per image after NMS
+    # (FPN: 2000 RoIs per image for training, 1000 for testing).
+    pre_nms_topk_train: int = 2000
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_train: int = 2000
+    post_nms_topk_test: int = 1000
+    nms_threshold: float = 0.7
+    # Proposals whose height or width is not above this (pixels, after clipping) are dropped.
+    min_box_size: float = 0.0
+    # Delta weights (dy, dx, dh, dw) of the anchor -> box parameterization.
+    box_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    # Smooth-L1 transition point of the box loss (Fast R-CNN: 1.0; 0.0 = plain L1).
+    smooth_l1_beta: float = 1.0
+    cls_loss_weight: float = 1.0
+    box_loss_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ROIHeadsConfig:
+    """RoI sampling, box/mask loss weights and inference post-processing."""
+
+    # RoIs sampled per image for the heads, 25% positive (Mask R-CNN with FPN: 512).
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    # RoIs with IoU >= 0.5 with a ground truth are foreground, the rest background.
+    fg_iou_threshold: float = 0.5
+    # Ground-truth boxes join the proposals during training.
+    add_gt_to_proposals: bool = True
+    # Delta weights (dy, dx, dh, dw) of the proposal -> box parameterization.
+    box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    # Smooth-L1 transition point of the box loss (Fast R-CNN: 1.0; 0.0 = plain L1).
+    smooth_l1_beta: float = 1.0
+    cls_loss_weight: float = 1.0
+    box_loss_weight: float = 1.0
+    mask_loss_weight: float = 1.0
+    # Inference: score threshold, per-class NMS IoU, detections kept per image.
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxHeadConfig:
+    """Box branch: RoIAlign 7x7 -> 2 fc 1024 -> K+1 scores and class-specific deltas."""
+
+    pooler_resolution: int = 7
+    # RoIAlign samples per bin and axis: 2 = the paper's four sampled locations; 0 = adaptive.
+    pooler_sampling_ratio: int = 2
+    num_fc: int = 2
+    fc_dim: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskHeadConfig:
+    """Mask branch: RoIAlign 14x14 -> 4 conv3x3 -> deconv 2x2 s2 -> 1x1 conv, 28x28 masks."""
+
+    pooler_resolution: int = 14
+    # RoIAlign samples per bin and axis: 2 = the paper's four sampled locations; 0 = adaptive.
+    pooler_sampling_ratio: int = 2
+    num_convs: int = 4
+    conv_dim: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Mask R-CNN with ResNet-FPN. ``num_classes`` counts foreground classes only."""
+
+    num_classes: int = 80
+    backbone: BackboneConfig = BackboneConfig()
+    fpn: FPNConfig = FPNConfig()
+    anchors: AnchorConfig = AnchorConfig()
+    rpn: RPNConfig = RPNConfig()
+    roi_heads: ROIHeadsConfig = ROIHeadsConfig()
+    box_head: BoxHeadConfig = BoxHeadConfig()
+    mask_head: MaskHeadConfig = MaskHeadConfig()
+    # "auto" | "custom" | "tf": which RoIAlign kernel the model uses (see kmask.ops.roi_align).
+    roi_align_implementation: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline: resizing, augmentation and padding of images and ground truth.
+
+    Read only by ``kmask.data``; the batch format it produces is described there.
+    """
+
+    # Shorter side; several values = one drawn at random per image (multi-scale training).
+    # Evaluation uses the largest value.
+    min_size: tuple[int, ...] = (800,)
+    # Upper bound of the longer side after resizing (the shorter side gives way).
+    max_size: int = 1333
+    # Images are zero-padded at the bottom/right to a multiple of this (FPN strides up to 32).
+    size_divisibility: int = 32
+    # Fixed padded (height, width) for static shapes (TPU/XLA); images are then also shrunk
+    # to fit inside it. None = pad each image to size_divisibility and each batch to its
+    # largest image.
+    image_size: tuple[int, ...] | None = None
+    # Ground truth is padded (class -1) or truncated to this many instances per image.
+    max_instances: int = 100
+    # Side of the per-instance masks, cropped to their own box (Model Garden's crop size).
+    mask_size: int = 112
+    # Random left-right flip in training (boxes, masks and keypoints follow).
+    horizontal_flip: bool = True
+    # Training skips images without usable (non-crowd) instances; evaluation keeps all.
+    drop_images_without_annotations: bool = True
+    # TFRecord sources: serialized records held for shuffling in training (JSON sources
+    # shuffle the whole list of image ids).
+    shuffle_buffer: int = 1024
+    # Seed of shuffling, flips and scale choice; None = different on every run.
+    seed: int | None = None
+    # Parallel calls of the decoding and transform maps; -1 = tf.data.AUTOTUNE.
+    num_parallel_calls: int = -1
+    # Bad input (missing/corrupt image, invalid annotation) raises instead of being skipped.
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.min_size or min(self.min_size) <= 0:
+            raise ConfigError(f"data.min_size: expected positive sizes, got {self.min_size!r}")
+        if self.image_size is not None and (
+            len(self.image_size) != 2 or min(self.image_size) <= 0
+        ):
+            raise ConfigError(
+                f"data.image_size: expected (height, width) or null, got {self.image_size!r}"
+            )
+        for name in ("max_size", "size_divisibility", "max_instances", "mask_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"data.{name}: expected a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization schedule (papers: 16 images, lr 0.02, 90k iterations, steps 60k/80k)."""
+
+    batch_size: int = 16
+    base_learning_rate: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_steps: int = 90_000
+    lr_steps: tuple[int, ...] = (60_000, 80_000)
+    warmup_steps: int = 1000
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Inference-time evaluation settings."""
+
+    batch_size: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole experiment."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class ConfigError(ValueError):
+    """A configuration file or override does not fit the schema."""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Converts a YAML value to the annotated field type, or raises ConfigError."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError("; ".join(errors))
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(annotation)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(items))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
+            )
+        return value
+    raise ConfigError(f"{where}: unsupported field type {annotation!r}")
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse_override(override: str) -> dict[str, Any]:
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. train.max_steps=100")
+    value: Any = yaml.safe_load(raw)
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The configuration as plain nested dicts (tuples become lists), ready for YAML."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Reads an experiment YAML file (or none) and applies ``key=value`` overrides.
+
+    Args:
+      path: YAML file whose mapping overrides the schema defaults; ``None`` for defaults.
+      overrides: dotted ``section.field=value`` strings, values parsed as YAML
+        (``train.lr_steps=[100,200]``), applied after the file.
+
+    Raises:
+      ConfigError: naming the file and the key for unknown keys or wrong types.
+      FileNotFoundError: when ``path`` does not exist.
+    """
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        values = dict(loaded)
+        source = str(path)
+    for override in overrides:
+        values = _merge(values, _parse_override(override))
+    try:
+        return _build(Config, values, "")
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None

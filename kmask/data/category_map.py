@@ -1,0 +1,110 @@
+"""Categories of a dataset: original COCO ids <-> contiguous 0-based class ids."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from kmask.data.data_error import DataError
+
+
+class CategoryMap:
+    """The foreground categories of a dataset, in contiguous order.
+
+    Class ``k`` (0-based, what the model predicts) is the category with the k-th smallest
+    original id. Keypoint names come from the categories' ``keypoints`` lists (COCO: the
+    person category); all categories that define keypoints must define the same list.
+
+    Args:
+      categories: COCO ``categories`` entries, each a mapping with ``id`` and ``name``
+        (optionally ``keypoints``, ``skeleton``, ``supercategory``, kept as given).
+      source: file named in error messages.
+
+    Raises:
+      DataError: a category without ``id``/``name``, a duplicate id, or keypoint lists that
+        differ between categories.
+    """
+
+    def __init__(self, categories: Sequence[Mapping[str, Any]], source: str = "categories") -> None:
+        entries = []
+        for i, category in enumerate(categories):
+            if not isinstance(category, Mapping):
+                raise DataError(f"{source}: categories[{i}] is not an object")
+            for key in ("id", "name"):
+                if key not in category:
+                    raise DataError(f"{source}: categories[{i}] has no key {key!r}")
+            entries.append(dict(category))
+        entries.sort(key=lambda c: int(c["id"]))
+        ids = [int(c["id"]) for c in entries]
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{source}: duplicate category ids in {ids}")
+        keypoint_lists = {tuple(c["keypoints"]) for c in entries if c.get("keypoints")}
+        if len(keypoint_lists) > 1:
+            raise DataError(f"{source}: categories define different keypoint lists")
+        self.categories: tuple[dict[str, Any], ...] = tuple(entries)
+        self.category_ids: tuple[int, ...] = tuple(ids)
+        self.category_names: tuple[str, ...] = tuple(str(c["name"]) for c in entries)
+        self.keypoint_names: tuple[str, ...] = (
+            tuple(str(k) for k in keypoint_lists.pop()) if keypoint_lists else ()
+        )
+        self._contiguous = {original: k for k, original in enumerate(ids)}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes."""
+        return len(self.category_ids)
+
+    @property
+    def num_keypoints(self) -> int:
+        """Keypoints per instance; 0 when the dataset has none."""
+        return len(self.keypoint_names)
+
+    def contiguous_id(self, category_id: int) -> int | None:
+        """Class id (0-based) of an original category id; None when unknown."""
+        return self._contiguous.get(int(category_id))
+
+    def to_original_id(self, class_id: int) -> int:
+        """Original category id of a 0-based class id (for writing results)."""
+        return self.category_ids[class_id]
+
+    def flip_permutation(self) -> tuple[int, ...]:
+        """Keypoint order after a left-right flip: ``left_*`` and ``right_*`` swap places.
+
+        For COCO's person keypoints this is COCO's flip map (eyes, ears, shoulders, elbows,
+        wrists, hips, knees, ankles); names without a left/right partner stay in place.
+        """
+        index = {name: i for i, name in enumerate(self.keypoint_names)}
+        order = []
+        for name in self.keypoint_names:
+            if "left" in name:
+                partner = name.replace("left", "right")
+            elif "right" in name:
+                partner = name.replace("right", "left")
+            else:
+                partner = name
+            order.append(index.get(partner, index[name]))
+        return tuple(order)
+
+    def to_json(self) -> str:
+        """The COCO ``categories`` list as JSON (the ``categories.json`` beside shards)."""
+        return json.dumps(list(self.categories), indent=1, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "CategoryMap":
+        """Reads categories from a COCO JSON (its ``categories``) or a JSON list of them."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"categories file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: not valid JSON: {error}") from None
+        if isinstance(data, Mapping):
+            if "categories" not in data:
+                raise DataError(f"{path}: no key 'categories'")
+            data = data["categories"]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a list of categories")
+        return cls(data, source=str(path))

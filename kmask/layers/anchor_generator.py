@@ -1,0 +1,71 @@
+"""Keras layer producing the anchors of a feature pyramid from its feature-map shapes."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from kmask.ops import anchors as anchor_ops
+
+
+@keras.saving.register_keras_serializable(package="kmask")
+class AnchorGenerator(keras.layers.Layer):
+    """Anchors for pyramid levels P{min}..P{max}: one size per level, shared aspect ratios.
+
+    Args:
+      sizes: sqrt of the anchor area per level, finest level first (32 .. 512 on P2 .. P6).
+      aspect_ratios: height / width ratios (0.5, 1, 2).
+      offset: anchor centre inside its cell, in cells (0.5 = centre).
+      **kwargs: base ``keras.layers.Layer`` arguments.
+
+    Call: ``features {"Pk": [B, Hk, Wk, C]}`` (only the shapes are used) ->
+    ``{"Pk": [Hk*Wk*A, 4]}`` float32 ``(y1, x1, y2, x2)`` anchors in image pixels, shared by
+    all images of the batch, ordered (row, column, anchor).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0, 512.0),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        offset: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.sizes = tuple(float(s) for s in sizes)
+        self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
+        self.offset = float(offset)
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.aspect_ratios)
+
+    def call(self, features: dict[str, Any]) -> dict[str, tf.Tensor]:
+        shapes = {}
+        for key, value in features.items():
+            dynamic = tf.shape(value)
+            static = value.shape
+            shapes[key] = (
+                dynamic[1] if static[1] is None else static[1],
+                dynamic[2] if static[2] is None else static[2],
+            )
+        return anchor_ops.pyramid_anchors(shapes, self.sizes, self.aspect_ratios, self.offset)
+
+    def compute_output_shape(
+        self, input_shape: dict[str, tuple[int | None, ...]]
+    ) -> dict[str, tuple[int | None, int]]:
+        result = {}
+        for key, shape in input_shape.items():
+            height, width = shape[1], shape[2]
+            count = None if height is None or width is None else height * width * len(self.aspect_ratios)
+            result[key] = (count, 4)
+        return result
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {"sizes": list(self.sizes), "aspect_ratios": list(self.aspect_ratios), "offset": self.offset}
+        )
+        return config

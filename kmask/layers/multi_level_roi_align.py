@@ -1,0 +1,82 @@
+"""Keras layer over ``kmask.ops.multilevel_roi_align`` (FPN level assignment)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from kmask.ops.roi_align import (
+    IMPLEMENTATIONS,
+    _output_size,
+    multilevel_roi_align,
+    resolve_implementation,
+)
+
+
+@keras.saving.register_keras_serializable(package="kmask")
+class MultiLevelROIAlign(keras.layers.Layer):
+    """RoIAlign of each box on its FPN level (FPN paper eq. 1, k0 = 4, canonical 224).
+
+    Call: ``layer(features, boxes)`` with features a dict {"P2": [B, H/4, W/4, C], ...}
+    (extra levels outside [min_level, max_level], e.g. the RPN-only P6, are ignored) and
+    boxes [B, N, 4] float32 (y1, x1, y2, x2) in input pixels; returns
+    [B, N, out_h, out_w, C] in input order, in the features' dtype. Boxes stay float32.
+
+    Args:
+      output_size: int or (out_h, out_w): 7 for the box head, 14 for the mask head.
+      sampling_ratio: samples per bin and axis, 0 = adaptive.
+      aligned: half-pixel shift.
+      implementation: "auto", "custom" or "tf".
+      min_level, max_level: pyramid levels boxes are pooled from (P2..P5 in Mask R-CNN).
+    """
+
+    def __init__(
+        self,
+        output_size: int | Sequence[int],
+        sampling_ratio: int = 0,
+        aligned: bool = True,
+        implementation: str = "auto",
+        min_level: int = 2,
+        max_level: int = 5,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
+                             f"{implementation!r}")
+        if not 0 <= min_level <= max_level:
+            raise ValueError(f"need 0 <= min_level <= max_level, got {min_level}, {max_level}")
+        self.output_size = _output_size(output_size)
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = bool(aligned)
+        self.implementation = implementation
+        self.min_level = int(min_level)
+        self.max_level = int(max_level)
+        # XLA cannot compile the custom op: Keras must not jit a model that runs it.
+        self.supports_jit = resolve_implementation(implementation) == "tf"
+
+    def _levels(self, features: Mapping[str, Any]) -> dict[str, Any]:
+        keys = [f"P{level}" for level in range(self.min_level, self.max_level + 1)]
+        missing = [key for key in keys if key not in features]
+        if missing:
+            raise ValueError(f"MultiLevelROIAlign needs features {keys}; missing {missing}")
+        return {key: features[key] for key in keys}
+
+    def call(self, features: Mapping[str, tf.Tensor], boxes: tf.Tensor) -> tf.Tensor:
+        return multilevel_roi_align(self._levels(features), boxes, self.output_size,
+                                    self.sampling_ratio, self.aligned, self.implementation)
+
+    def compute_output_shape(self, features_shape: Mapping[str, tuple], boxes_shape: tuple
+                             ) -> tuple:
+        channels = self._levels(features_shape)[f"P{self.min_level}"][-1]
+        return (boxes_shape[0], boxes_shape[1], *self.output_size, channels)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(output_size=list(self.output_size), sampling_ratio=self.sampling_ratio,
+                      aligned=self.aligned, implementation=self.implementation,
+                      min_level=self.min_level, max_level=self.max_level)
+        return config

@@ -1,0 +1,74 @@
+"""Anchor boxes for a feature pyramid (FPN paper section 4.1).
+
+One anchor size per level (areas 32^2 .. 512^2 on P2 .. P6) times the aspect ratios
+(h/w = 0.5, 1, 2), centred on each feature-map cell: cell ``(i, j)`` of a stride-``s`` level
+has its centre at ``((i + offset) * s, (j + offset) * s)`` in image pixels, with
+``offset = 0.5`` the true centre of the cell (pixel ``p`` spans ``[p, p + 1)``).
+Anchors are float32 ``(y1, x1, y2, x2)`` in image pixels, ordered (row, column, anchor) so
+that they line up with a head output of shape [B, H, W, A] reshaped to [B, H*W*A].
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def cell_anchors(size: float, aspect_ratios: Sequence[float]) -> np.ndarray:
+    """Anchors centred on (0, 0) for one level -> [A, 4] float32.
+
+    Each anchor has area ``size**2`` and ``height / width = ratio``.
+    """
+    anchors = []
+    for ratio in aspect_ratios:
+        height = size * np.sqrt(ratio)
+        width = size / np.sqrt(ratio)
+        anchors.append([-height / 2.0, -width / 2.0, height / 2.0, width / 2.0])
+    return np.asarray(anchors, dtype=np.float32)
+
+
+def grid_anchors(
+    height: tf.Tensor | int,
+    width: tf.Tensor | int,
+    stride: int,
+    size: float,
+    aspect_ratios: Sequence[float],
+    offset: float = 0.5,
+) -> tf.Tensor:
+    """Anchors of one level with a ``height x width`` feature map -> [height*width*A, 4]."""
+    base = tf.constant(cell_anchors(size, aspect_ratios))  # [A, 4]
+    ys = (tf.cast(tf.range(height), tf.float32) + offset) * float(stride)
+    xs = (tf.cast(tf.range(width), tf.float32) + offset) * float(stride)
+    cy, cx = tf.meshgrid(ys, xs, indexing="ij")  # [H, W]
+    centers = tf.stack([cy, cx, cy, cx], axis=-1)  # [H, W, 4]
+    anchors = centers[:, :, None, :] + base[None, None, :, :]  # [H, W, A, 4]
+    return tf.reshape(anchors, [-1, 4])
+
+
+def pyramid_anchors(
+    feature_shapes: dict[str, tuple[tf.Tensor | int, tf.Tensor | int]],
+    sizes: Sequence[float],
+    aspect_ratios: Sequence[float],
+    offset: float = 0.5,
+) -> dict[str, tf.Tensor]:
+    """Anchors for every level.
+
+    Args:
+      feature_shapes: ``{"P2": (h, w), ...}`` feature-map sizes, levels in increasing order;
+        level ``Pk`` has stride ``2**k``.
+      sizes: one anchor size (sqrt of the area) per level, same order as the levels.
+      aspect_ratios: height / width ratios shared by all levels.
+      offset: anchor centre within a cell, in cells (0.5 = cell centre).
+
+    Returns:
+      ``{"Pk": [h*w*A, 4]}`` float32 anchors.
+    """
+    levels = sorted(feature_shapes, key=lambda name: int(name[1:]))
+    if len(levels) != len(sizes):
+        raise ValueError(f"{len(levels)} levels {levels} but {len(sizes)} anchor sizes {sizes}")
+    return {
+        name: grid_anchors(*feature_shapes[name], 2 ** int(name[1:]), size, aspect_ratios, offset)
+        for name, size in zip(levels, sizes)
+    }

@@ -1,0 +1,15 @@
+"""kmask packaging. Metadata lives in pyproject.toml.
+
+The RoIAlign custom op is not compiled here: pip builds in an isolated environment whose
+TensorFlow may differ from the one kmask runs with, and the op's ABI is tied to the exact
+TensorFlow build. Instead ``kmask build-ops`` (run by the README's install command) or the
+first use compiles it against the running TensorFlow and caches it per TensorFlow version.
+The op's sources ship inside the package as ``kmask/_csrc`` (mapped from custom_ops/roi_align).
+"""
+
+from setuptools import setup
+
+setup(
+    package_dir={"kmask._csrc": "custom_ops/roi_align"},
+    package_data={"kmask._csrc": ["*.h", "*.cuh", "*.cc", "Makefile"]},
+)

@@ -1,0 +1,148 @@
+"""RoI sampling, box / mask heads, level assignment, and the ROIHeads layer."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kmask.layers.roi_sampler import ROISampler
+from kmask.modeling.box_head import BoxHead
+from kmask.modeling.mask_head import MaskHead
+from kmask.modeling.postprocess import Postprocess
+from kmask.modeling.roi_heads import ROIHeads
+from kmask.ops.roi_align import assign_levels
+
+
+def _box_with_scale(scale: float) -> list[float]:
+    return [10.0, 20.0, 10.0 + scale, 20.0 + scale]
+
+
+def test_level_assignment_boundaries():
+    scales = [8, 111.9, 112, 223.9, 224, 447.9, 448, 2000]
+    boxes = np.array([_box_with_scale(s) for s in scales], np.float32)
+    levels = assign_levels(boxes, 2, 5).numpy()
+    np.testing.assert_array_equal(levels, [2, 2, 3, 3, 4, 4, 5, 5])
+    # Non-square: sqrt(w h) decides (56 x 224 -> sqrt = 112 -> level 3).
+    np.testing.assert_array_equal(assign_levels(np.array([[0, 0, 56, 224]], np.float32), 2, 5), [3])
+
+
+def test_box_head_parameters_and_outputs():
+    head = BoxHead(num_classes=80)
+    class_logits, deltas = head(tf.zeros([2, 3, 7, 7, 256]))
+    assert class_logits.shape == (2, 3, 81) and deltas.shape == (2, 3, 80, 4)
+    fc = (7 * 7 * 256 * 1024 + 1024) + (1024 * 1024 + 1024)
+    assert head.count_params() == fc + 1024 * 81 + 81 + 1024 * 320 + 320
+    assert BoxHead.from_config(head.get_config()).get_config() == head.get_config()
+
+
+def test_mask_head_parameters_and_outputs():
+    head = MaskHead(num_classes=80)
+    logits = head(tf.zeros([2, 3, 14, 14, 256]))
+    assert logits.shape == (2, 3, 28, 28, 80) and logits.dtype == tf.float32
+    convs = 4 * (9 * 256 * 256 + 256) + (4 * 256 * 256 + 256)
+    assert head.count_params() == convs + 256 * 80 + 80
+    assert head.compute_output_shape((2, 3, 14, 14, 256)) == (2, 3, 28, 28, 80)
+    assert MaskHead.from_config(head.get_config()).get_config() == head.get_config()
+
+
+def test_roi_sampler_adds_ground_truth_and_builds_targets():
+    tf.random.set_seed(0)
+    proposals = np.zeros((1, 6, 4), np.float32)
+    proposals[0, :4] = [[10, 10, 50, 50], [12, 10, 50, 52], [100, 100, 120, 140], [0, 0, 5, 5]]
+    valid = np.array([[True, True, True, True, False, False]])
+    gt = np.array([[[10, 10, 50, 50], [100, 100, 120, 120], [0, 0, 0, 0]]], np.float32)
+    classes = np.array([[3, 0, -1]], np.int32)
+    sampler = ROISampler(batch_size_per_image=8, positive_fraction=0.5)
+    out = {k: v.numpy() for k, v in sampler(proposals, valid, gt, classes).items()}
+    # Foreground: proposals 0, 1 (IoU 1, 0.9 with gt 0), proposal 2 (IoU 0.5 with gt 1) and
+    # the two added gt boxes = 5 candidates, capped at 4; then background (proposal 3).
+    targets = out["class_targets"][0]
+    np.testing.assert_array_equal(targets, [c for c in targets[:4]] + [0, -1, -1, -1])
+    assert set(targets[:4]) <= {4, 1} and (targets[:4] > 0).all()
+    for roi, cls, delta, index in zip(out["rois"][0], targets, out["box_targets"][0],
+                                      out["matched_index"][0]):
+        if cls > 0:
+            g = gt[0, index]
+            assert classes[0, index] + 1 == cls
+            h, w = roi[2] - roi[0], roi[3] - roi[1]
+            expected = [10 * ((g[0] + g[2]) - (roi[0] + roi[2])) / 2 / h,
+                        10 * ((g[1] + g[3]) - (roi[1] + roi[3])) / 2 / w,
+                        5 * np.log((g[2] - g[0]) / h), 5 * np.log((g[3] - g[1]) / w)]
+            np.testing.assert_allclose(delta, expected, rtol=1e-4, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(delta, 0)
+    np.testing.assert_array_equal(out["rois"][0, 4], [0, 0, 5, 5])
+    np.testing.assert_array_equal(out["rois"][0, 5:], 0)
+    assert sampler.max_positives == 4
+    assert ROISampler.from_config(sampler.get_config()).get_config() == sampler.get_config()
+
+
+def test_roi_sampler_without_ground_truth_samples_background_only():
+    proposals = np.tile(np.array([[[0, 0, 10, 10]]], np.float32), (1, 20, 1))
+    out = ROISampler(batch_size_per_image=8)(
+        proposals, np.ones((1, 20), bool), np.zeros((1, 3, 4), np.float32),
+        -np.ones((1, 3), np.int32))
+    np.testing.assert_array_equal(out["class_targets"].numpy(), np.zeros((1, 8)))
+    np.testing.assert_array_equal(out["box_targets"].numpy(), 0)
+
+
+def _heads(num_classes=3, channels=8):
+    return ROIHeads(
+        BoxHead(num_classes, 1, 16), MaskHead(num_classes, 1, 8), ROISampler(16, 0.25),
+        Postprocess(detections_per_image=5), roi_align_implementation="tf",
+    )
+
+
+def test_roi_heads_training_and_inference_outputs():
+    tf.random.set_seed(0)
+    heads = _heads()
+    features = {f"P{k}": tf.random.normal([2, 64 // 2**k, 64 // 2**k, 8]) for k in range(2, 7)}
+    proposals = tf.constant(np.tile([[[4, 4, 30, 30], [30, 30, 60, 50]]], (2, 5, 1)), tf.float32)
+    valid = tf.ones([2, 10], tf.bool)
+    size = tf.fill([2, 2], 64)
+    gt = np.zeros((2, 2, 4), np.float32)
+    gt[0, 0] = [4, 4, 30, 30]
+    classes = np.array([[2, -1], [-1, -1]], np.int32)
+    masks = np.zeros((2, 2, 16, 16), np.uint8)
+    masks[0, 0, :, :8] = 1  # left half of its box
+    out = heads(features, proposals, valid, size, gt_boxes=gt, gt_classes=classes, gt_masks=masks)
+    assert out["class_logits"].shape == (2, 16, 4) and out["box_deltas"].shape == (2, 16, 3, 4)
+    assert out["mask_logits"].shape == (2, 4, 28, 28, 3) and out["mask_targets"].shape == (2, 4, 28, 28)
+    mask_classes = out["mask_classes"].numpy()
+    np.testing.assert_array_equal(mask_classes[0], [2, 2, 2, 2])  # 5 candidates, 4 slots
+    np.testing.assert_array_equal(mask_classes[1], -1)
+    expected = np.zeros((28, 28))
+    expected[:, :14] = 1
+    np.testing.assert_array_equal(out["mask_targets"].numpy()[0, 0], expected)
+    detections = heads(features, proposals, valid, size)
+    assert detections["detection_boxes"].shape == (2, 5, 4)
+    assert detections["detection_masks"].shape == (2, 5, 28, 28)
+    assert detections["detection_classes"].dtype == tf.int32
+    masks = detections["detection_masks"].numpy()
+    for b in range(2):
+        n = detections["num_detections"].numpy()[b]
+        np.testing.assert_array_equal(masks[b, n:], 0)
+        assert ((masks[b, :n] > 0) & (masks[b, :n] < 1)).all()
+
+
+def test_roi_heads_mask_is_the_predicted_class_channel():
+    heads = _heads()
+    features = {f"P{k}": tf.random.normal([1, 64 // 2**k, 64 // 2**k, 8]) for k in range(2, 7)}
+    proposals = tf.constant([[[4, 4, 30, 30]]], tf.float32)
+    detections = heads(features, proposals, tf.ones([1, 1], tf.bool), tf.fill([1, 2], 64))
+    n = detections["num_detections"].numpy()[0]
+    assert n >= 1
+    logits = heads.mask_head(heads.mask_pooler(features, detections["detection_boxes"][:, :n]))
+    classes = detections["detection_classes"].numpy()[0, :n]
+    expected = 1 / (1 + np.exp(-logits.numpy()[0, np.arange(n), :, :, classes]))
+    np.testing.assert_allclose(detections["detection_masks"].numpy()[0, :n], expected, rtol=1e-5)
+
+
+def test_roi_heads_serialization_round_trip():
+    heads = _heads()
+    config = heads.get_config()
+    clone = ROIHeads.from_config(config)
+    assert clone.get_config() == config
+    assert isinstance(clone.box_head, BoxHead) and clone.postprocess.detections_per_image == 5
+    assert not heads.supports_jit
+    with pytest.raises(KeyError):
+        heads.build({"P3": (None, 8, 8, 8)})
