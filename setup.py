@@ -7,9 +7,10 @@ first use compiles it against the running TensorFlow and caches it per TensorFlo
 The op's sources ship inside the package as ``kmask/_csrc`` (mapped from custom_ops/roi_align).
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
+    packages=[*find_packages(include=["kmask", "kmask.*"]), "kmask._csrc"],
     package_dir={"kmask._csrc": "custom_ops/roi_align"},
-    package_data={"kmask._csrc": ["*.h", "*.cuh", "*.cc", "Makefile"]},
+    package_data={"kmask._csrc": ["*.h", "*.cuh", "*.cc"]},
 )

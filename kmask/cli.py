@@ -7,8 +7,15 @@ Each subcommand is a function ``_add_NAME(subparsers)`` that registers its parse
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from kmask.config import Config
+    from kmask.training import RunDirectory
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -142,6 +149,373 @@ def _add_convert_coco(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_convert_coco)
 
 
+def _fail(command: str, message: str, status: int = 1) -> int:
+    print(f"kmask {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _absolute(path: str | None) -> str | None:
+    import os
+
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def _with_data_paths(
+    config: Config,
+    train_json: str | None = None,
+    train_images: str | None = None,
+    train_tfrecords: str | None = None,
+    val_json: str | None = None,
+    val_images: str | None = None,
+) -> Config:
+    """The config with data flags applied and every data path made absolute."""
+    import dataclasses
+
+    train, evaluation = config.train, config.eval
+    train = dataclasses.replace(
+        train,
+        json_path=_absolute(train_json or train.json_path),
+        images_dir=_absolute(train_images or train.images_dir),
+        tfrecord_pattern=_absolute(train_tfrecords or train.tfrecord_pattern),
+    )
+    evaluation = dataclasses.replace(
+        evaluation,
+        json_path=_absolute(val_json or evaluation.json_path),
+        images_dir=_absolute(val_images or evaluation.images_dir),
+    )
+    return dataclasses.replace(config, train=train, eval=evaluation)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _train_config(args: argparse.Namespace, run: RunDirectory) -> Config:
+    """The run's configuration: --config (+ --set) for a new run, the run's config.yaml
+    (+ --set) when resuming; data flags override the data paths."""
+    from kmask.config import ConfigError, config_to_dict, load_config
+
+    def with_flags(config: Config) -> Config:
+        return _with_data_paths(config, args.train_json, args.train_images,
+                                args.train_tfrecords, args.val_json, args.val_images)
+
+    overrides = tuple(args.set)
+    if args.resume and run.config_path.is_file():
+        config = with_flags(run.load_config(overrides))
+        if args.config:
+            given = _flatten(config_to_dict(with_flags(load_config(args.config, overrides))))
+            saved = _flatten(config_to_dict(config))
+            differ = sorted(k for k in saved if saved[k] != given.get(k))
+            if differ:
+                raise ConfigError(
+                    f"--config {args.config} differs from {run.config_path} in "
+                    f"{', '.join(differ)}; a resumed run keeps its config.yaml (change "
+                    f"fields such as train.max_steps with --set)"
+                )
+        return config
+    if not args.config:
+        raise ConfigError("--config is required (unless --resume finds DIR/config.yaml)")
+    return with_flags(load_config(args.config, overrides))
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    # The strategy first: logical devices and collectives must be set up before anything
+    # else runs in TensorFlow.
+    from kmask.training.strategy import select_strategy
+
+    try:
+        strategy = select_strategy(args.strategy, cpu_devices=args.cpu_devices)
+    except (ValueError, RuntimeError) as error:
+        return _fail("train", f"--strategy {args.strategy}: {error}", 2)
+
+    from kmask.config import ConfigError
+    from kmask.data import DataError
+    from kmask.training import NonFiniteLossError, RunDirectory, Trainer
+
+    run = RunDirectory(args.out)
+    try:
+        config = _train_config(args, run)
+    except (ConfigError, FileNotFoundError) as error:
+        return _fail("train", str(error), 2)
+    trainer = Trainer(config, run.path, strategy=strategy,
+                      verbose="auto" if sys.stdout.isatty() else 2)
+    try:
+        trainer.train(resume=args.resume)
+    except NonFiniteLossError as error:
+        latest = run.latest_checkpoint()
+        kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint"
+        return _fail("train", f"{error}. Training stopped; {kept}. Lower the learning rate "
+                     f"or set train.grad_clip_norm", 1)
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
+        return _fail("train", str(error), 1)
+    except KeyboardInterrupt:
+        return _fail("train", f"interrupted; continue with --resume from "
+                     f"{run.latest_checkpoint() or 'the start'}", 130)
+    step = int(trainer.model.optimizer.iterations.numpy())
+    print(f"trained to step {step}; run directory {run.path}")
+    return 0
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train Mask R-CNN with model.fit: SGD + warmup/steps, atomic checkpoints, "
+        "TensorBoard logs, optional evaluation; writes a run directory",
+    )
+    parser.add_argument("--config", help="experiment YAML (configs/*.yaml); optional with "
+                        "--resume")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set train.max_steps=500 "
+                        "(repeatable)")
+    parser.add_argument("--out", required=True, help="run directory (config.yaml, "
+                        "checkpoints/, logs/, categories.json)")
+    parser.add_argument("--train-json", help="COCO annotation file (train.json_path)")
+    parser.add_argument("--train-images", help="its image folder (train.images_dir)")
+    parser.add_argument("--train-tfrecords", help="TFRecord shards of kmask convert-coco "
+                        "instead (train.tfrecord_pattern)")
+    parser.add_argument("--val-json", help="validation COCO file (eval.json_path)")
+    parser.add_argument("--val-images", help="its image folder (eval.images_dir)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in --out (exact step, "
+                        "optimizer state and schedule)")
+    parser.add_argument("--strategy", default="auto",
+                        choices=("auto", "default", "mirrored", "multi_worker"),
+                        help="tf.distribute strategy: auto = MultiWorkerMirrored from "
+                        "TF_CONFIG, Mirrored over several GPUs, else one device")
+    parser.add_argument("--cpu-devices", type=int, default=2,
+                        help="logical CPU devices of --strategy mirrored without GPUs (2)")
+    parser.set_defaults(handler=_run_train)
+
+
+def _inference_setup(args: argparse.Namespace) -> tuple[Config, Path, RunDirectory | None]:
+    """(config, checkpoint, run directory or None) of --run / --checkpoint [--config]."""
+    from pathlib import Path
+
+    from kmask.config import ConfigError, load_config
+    from kmask.training import RunDirectory
+
+    overrides = tuple(args.set)
+    if args.run:
+        run = RunDirectory(args.run)
+        config = load_config(args.config, overrides) if args.config else run.load_config(
+            overrides)
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint in {run.checkpoints_dir}")
+        return config, checkpoint, run
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: file not found")
+    run = RunDirectory.of_checkpoint(checkpoint)
+    if not run.config_path.is_file():
+        run = None
+    if args.config:
+        config = load_config(args.config, overrides)
+    elif run is not None:
+        config = run.load_config(overrides)
+    else:
+        raise ConfigError(f"--config is required: no run directory config.yaml holds "
+                          f"{checkpoint}")
+    return config, checkpoint, run
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run directory of kmask train (config.yaml, latest "
+                        "checkpoint, categories.json)")
+    source.add_argument("--checkpoint", help="a checkpoint file (ckpt-*.weights.h5); its run "
+                        "directory's config.yaml is used unless --config is given")
+    parser.add_argument("--config", help="experiment YAML the checkpoint was trained with")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (repeatable)")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import math
+
+    from kmask.config import ConfigError
+    from kmask.data import DataError, open_dataset
+    from kmask.data.image_io import write_atomic
+    from kmask.evaluation import COCOEvaluator, Predictor, format_metrics
+    from kmask.training.checkpoint_callback import checkpoint_step
+
+    try:
+        config, checkpoint, run = _inference_setup(args)
+        json_path = args.json or config.eval.json_path
+        images_dir = args.images or config.eval.images_dir
+        if not (json_path and images_dir):
+            raise ConfigError("no evaluation data: give --json FILE --images DIR (or set "
+                              "eval.json_path and eval.images_dir)")
+        categories = None
+        if run is not None and run.categories_path.is_file():
+            categories = run.load_categories()
+        evaluator = COCOEvaluator(json_path, categories)
+        if evaluator.categories.num_classes != config.model.num_classes:
+            raise ConfigError(
+                f"{json_path} has {evaluator.categories.num_classes} categories but the model "
+                f"has model.num_classes={config.model.num_classes}"
+            )
+        source = open_dataset(json_path=json_path, images_dir=images_dir,
+                              strict=config.data.strict)
+        batch_size = args.batch_size or config.eval.batch_size
+        count = len(source)
+        max_images = args.max_images or config.eval.max_images
+        if max_images:
+            count = min(count, max_images)
+        total = math.ceil(count / batch_size)
+        batches = source.build(config.data, training=False, batch_size=batch_size).take(total)
+        predictor = Predictor.from_checkpoint(config, checkpoint)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        return _fail("evaluate", str(error), 2)
+    print(f"evaluating {checkpoint} on {count} images of {json_path}")
+    metrics = evaluator.run(predictor, batches, total=total)
+    results_out = args.results_out or (run.results_path if run is not None else None)
+    if results_out:
+        evaluator.write_results(results_out)
+        print(f"wrote COCO results to {results_out}")
+    metrics_out = args.metrics_out or (run.metrics_path if run is not None else None)
+    if metrics_out:
+        record = {**metrics, "checkpoint": str(checkpoint), "num_images": len(evaluator.image_ids)}
+        try:
+            record["step"] = checkpoint_step(checkpoint)
+        except ValueError:
+            pass
+        write_atomic(metrics_out, (json.dumps(record, indent=1) + "\n").encode())
+        print(f"wrote metrics to {metrics_out}")
+    print(format_metrics(metrics))
+    print(f"mask AP {metrics['segm_AP']:.3f}  box AP {metrics['bbox_AP']:.3f}  "
+          f"(COCO AP@[.5:.95], {len(evaluator.image_ids)} images)")
+    return 0
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="COCO box/mask AP (pycocotools) and proposal AR of a trained model; writes "
+        "COCO results and flat metrics JSON",
+    )
+    _add_inference_arguments(parser)
+    parser.add_argument("--json", help="COCO annotation file (default: eval.json_path)")
+    parser.add_argument("--images", help="its image folder (default: eval.images_dir)")
+    parser.add_argument("--metrics-out", help="flat metrics JSON (default with --run: "
+                        "RUN/metrics.json)")
+    parser.add_argument("--results-out", help="COCO results JSON (default with --run: "
+                        "RUN/results.json)")
+    parser.add_argument("--batch-size", type=int, default=None, help="eval.batch_size")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="evaluate only the first N images (eval.max_images)")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _image_paths(inputs: Sequence[str], limit: int | None) -> list[Path]:
+    """Image files named directly or found (sorted) in named folders."""
+    from pathlib import Path
+
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+    paths = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes))
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"image not found: {path}")
+    return paths[:limit] if limit else paths
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from kmask.config import ConfigError
+    from kmask.data import DataError
+    from kmask.data.image_io import decode_rgb, encode_png, write_atomic
+    from kmask.evaluation import Predictor
+    from kmask.evaluation.coco_evaluator import to_coco_results
+    from kmask.visualization import draw_detections
+
+    try:
+        config, checkpoint, run = _inference_setup(args)
+        paths = _image_paths(args.images, args.limit)
+        if not paths:
+            raise FileNotFoundError(f"no images in {' '.join(args.images)}")
+        if args.out:
+            out = Path(args.out)
+        elif run is not None:
+            out = run.predictions_dir
+        else:
+            raise ConfigError("--out is required with --checkpoint")
+        categories = None
+        if run is not None and run.categories_path.is_file():
+            categories = run.load_categories()
+        predictor = Predictor.from_checkpoint(config, checkpoint)
+        out.mkdir(parents=True, exist_ok=True)
+    except (ConfigError, DataError, FileNotFoundError, ValueError, OSError) as error:
+        return _fail("predict", str(error), 2)
+    if categories is None:
+        from kmask.data.category_map import CategoryMap
+
+        categories = CategoryMap([{"id": k + 1, "name": f"class_{k + 1}"}
+                                  for k in range(config.model.num_classes)])
+    threshold = (args.score_threshold if args.score_threshold is not None
+                 else config.eval.visualization_score_threshold)
+    results, used, failed = [], set(), 0
+    for index, path in enumerate(tqdm(paths, desc="predict", unit="image"), start=1):
+        try:
+            image, _ = decode_rgb(path.read_bytes())
+        except (OSError, ValueError, SyntaxError) as error:
+            print(f"kmask predict: skipping {path}: not a readable image ({error})",
+                  file=sys.stderr)
+            failed += 1
+            continue
+        outputs = predictor.predict_batch(predictor.features_for_image(image, index))
+        detections = predictor.image_detections(outputs, 0)
+        keep = detections["scores"] >= threshold
+        detections = {k: v[keep] if isinstance(v, np.ndarray) else v
+                      for k, v in detections.items() if k != "proposals"}
+        picture = draw_detections(image, detections["boxes"], detections["classes"],
+                                  detections["scores"], detections["masks"],
+                                  categories.category_names, threshold)
+        name = path.stem if path.stem not in used else f"{path.stem}_{index}"
+        used.add(name)
+        write_atomic(out / f"{name}.png", encode_png(picture))
+        for result in to_coco_results(detections, categories):
+            results.append({**result, "file_name": str(path),
+                            "category_name": categories.category_names[
+                                categories.category_ids.index(result["category_id"])]})
+    write_atomic(out / "detections.json", (json.dumps(results) + "\n").encode())
+    print(f"wrote {len(paths) - failed} PNGs and detections.json ({len(results)} detections "
+          f"with score >= {threshold}) to {out}")
+    return 1 if failed else 0
+
+
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="draw predicted masks, boxes, class names and scores over images (PNG) and "
+        "write their detections as COCO JSON in source-image pixels",
+    )
+    _add_inference_arguments(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files, or folders of images")
+    parser.add_argument("--out", help="output folder (default with --run: RUN/predictions)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="detections below this score are left out (default "
+                        "eval.visualization_score_threshold, 0.5)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="predict only the first N images")
+    parser.set_defaults(handler=_run_predict)
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -159,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict. `kmask COMMAND --help` describes each command.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_info, _add_build_ops, _add_make_shapes, _add_convert_coco):
+    for add in (_add_info, _add_build_ops, _add_make_shapes, _add_convert_coco, _add_train,
+                _add_evaluate, _add_predict):
         add(subparsers)
     return parser
 

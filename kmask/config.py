@@ -196,23 +196,104 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimization schedule (papers: 16 images, lr 0.02, 90k iterations, steps 60k/80k)."""
+    """Training data, optimization schedule, checkpoints and logs (``kmask.training``).
 
+    Papers' schedule: 16 images per batch, SGD momentum 0.9, weight decay 1e-4, lr 0.02,
+    90k iterations with x0.1 steps at 60k and 80k, linear warmup.
+    """
+
+    # Training data: a COCO JSON + the folder its file_name entries are relative to, or
+    # TFRecord shards of ``kmask convert-coco`` (categories.json beside them). Relative
+    # paths are relative to the working directory; ``kmask train`` flags override them.
+    json_path: str | None = None
+    images_dir: str | None = None
+    tfrecord_pattern: str | None = None
+    # Global batch (all replicas together); each replica gets batch_size / replicas.
     batch_size: int = 16
+    # Learning rate at reference_batch_size images per batch; the run uses
+    # base_learning_rate * batch_size / reference_batch_size (linear scaling rule, Goyal et
+    # al. 2017). Step counts are not rescaled.
     base_learning_rate: float = 0.02
+    reference_batch_size: int = 16
     momentum: float = 0.9
+    # L2 penalty added to the gradient (Caffe / PyTorch semantics), not on biases or
+    # normalization parameters.
     weight_decay: float = 1e-4
     max_steps: int = 90_000
+    # Steps at which the learning rate is multiplied by lr_decay_factor.
     lr_steps: tuple[int, ...] = (60_000, 80_000)
+    lr_decay_factor: float = 0.1
+    # Linear warmup from warmup_factor * lr to lr over the first warmup_steps steps.
     warmup_steps: int = 1000
+    warmup_factor: float = 0.001
+    # Clip the global gradient norm (over all replicas) to this value; None = no clipping.
+    grad_clip_norm: float | None = None
+    # Keras dtype policy: "float32", "mixed_float16" (GPU, with loss scaling) or
+    # "mixed_bfloat16" (TPU / recent CPUs and GPUs). Boxes and losses stay float32.
+    mixed_precision: str = "float32"
+    # Length of a Keras epoch in steps: progress bars, epoch logs and eval_every_epochs.
+    steps_per_epoch: int = 1000
+    # Checkpoints (run_dir/checkpoints): every N steps and at the end; the last
+    # keep_checkpoints are kept.
+    checkpoint_every_steps: int = 5000
+    keep_checkpoints: int = 3
+    # TensorBoard (run_dir/logs): losses and learning rate every log_every steps.
+    log_every: int = 20
+    # COCO evaluation on the validation set (eval.json_path) every N epochs; 0 = never
+    # during training.
+    eval_every_epochs: int = 0
+    # Validation images drawn with their predicted masks into TensorBoard each epoch.
+    num_visualizations: int = 4
+    # Seeds weights, sampling and (unless data.seed is set) the input order.
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "reference_batch_size", "max_steps", "steps_per_epoch",
+                     "checkpoint_every_steps", "keep_checkpoints", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name}: expected a positive integer")
+        for name in ("warmup_steps", "eval_every_epochs", "num_visualizations"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: expected an integer >= 0")
+        if self.base_learning_rate <= 0:
+            raise ConfigError("train.base_learning_rate: expected a positive number")
+        if list(self.lr_steps) != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
+            raise ConfigError(
+                f"train.lr_steps: expected increasing positive steps, got {self.lr_steps!r}"
+            )
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ConfigError("train.grad_clip_norm: expected a positive number or null")
+        if self.mixed_precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+            raise ConfigError(
+                "train.mixed_precision: expected float32, mixed_float16 or mixed_bfloat16, "
+                f"got {self.mixed_precision!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Inference-time evaluation settings."""
+    """Evaluation and prediction (``kmask.evaluation``, ``kmask evaluate`` / ``predict``)."""
 
+    # Validation data: COCO JSON + image folder (COCOeval needs the JSON). Relative paths
+    # are relative to the working directory; ``kmask`` flags override them.
+    json_path: str | None = None
+    images_dir: str | None = None
     batch_size: int = 1
+    # Evaluate only the first N images of the JSON (None = all), e.g. for quick checks.
+    max_images: int | None = None
+    # Pasted mask probabilities >= this are foreground (the paper: 0.5).
+    mask_threshold: float = 0.5
+    # Detections below this score are not drawn by ``kmask predict`` (all are evaluated).
+    visualization_score_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError("eval.batch_size: expected a positive integer")
+        if self.max_images is not None and self.max_images <= 0:
+            raise ConfigError("eval.max_images: expected a positive integer or null")
+        for name in ("mask_threshold", "visualization_score_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"eval.{name}: expected a value in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

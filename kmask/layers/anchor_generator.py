@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -59,13 +60,21 @@ class AnchorGenerator(keras.layers.Layer):
         result = {}
         for key, shape in input_shape.items():
             height, width = shape[1], shape[2]
-            count = None if height is None or width is None else height * width * len(self.aspect_ratios)
+            count = (
+                None
+                if height is None or width is None
+                else height * width * len(self.aspect_ratios)
+            )
             result[key] = (count, 4)
         return result
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
-            {"sizes": list(self.sizes), "aspect_ratios": list(self.aspect_ratios), "offset": self.offset}
+            {
+                "sizes": list(self.sizes),
+                "aspect_ratios": list(self.aspect_ratios),
+                "offset": self.offset,
+            }
         )
         return config

@@ -8,8 +8,7 @@ import keras
 import tensorflow as tf
 
 from kmask.ops.roi_align import (
-    IMPLEMENTATIONS,
-    _output_size,
+    output_size_pair,
     multilevel_roi_align,
     resolve_implementation,
 )
@@ -44,18 +43,16 @@ class MultiLevelROIAlign(keras.layers.Layer):
     ) -> None:
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
-                             f"{implementation!r}")
         if not 0 <= min_level <= max_level:
             raise ValueError(f"need 0 <= min_level <= max_level, got {min_level}, {max_level}")
-        self.output_size = _output_size(output_size)
+        self.output_size = output_size_pair(output_size)
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
         self.implementation = implementation
         self.min_level = int(min_level)
         self.max_level = int(max_level)
-        # XLA cannot compile the custom op: Keras must not jit a model that runs it.
+        # Validates `implementation`. XLA cannot compile the custom op: Keras must not jit a
+        # model that runs it.
         self.supports_jit = resolve_implementation(implementation) == "tf"
 
     def _levels(self, features: Mapping[str, Any]) -> dict[str, Any]:

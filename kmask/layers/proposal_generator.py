@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -35,7 +36,6 @@ class ProposalGenerator(keras.layers.Layer):
     sorted by decreasing score, zero padding where fewer survive. No gradient flows into the
     proposals.
     """
-
 
     def __init__(
         self,
@@ -99,8 +99,9 @@ class ProposalGenerator(keras.layers.Layer):
         valid = tf.range(post_nms_topk)[None, :] < num_valid[:, None]
         return tf.stop_gradient(proposals), tf.stop_gradient(proposal_scores), valid
 
-    def compute_output_shape(self, input_shape: dict[str, tuple[int | None, ...]], *args: Any,
-                             **kwargs: Any) -> tuple[tuple[int | None, ...], ...]:
+    def compute_output_shape(
+        self, input_shape: dict[str, tuple[int | None, ...]], *args: Any, **kwargs: Any
+    ) -> tuple[tuple[int | None, ...], ...]:
         """Shapes of the outputs from the objectness shapes (inference proposal count)."""
         batch = next(iter(input_shape.values()))[0]
         count = self.post_nms_topk_test

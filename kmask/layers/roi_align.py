@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
-from kmask.ops.roi_align import IMPLEMENTATIONS, _output_size, resolve_implementation, roi_align
+from kmask.ops.roi_align import output_size_pair, resolve_implementation, roi_align
 
 
 @keras.saving.register_keras_serializable(package="kmask")
@@ -38,15 +38,13 @@ class ROIAlign(keras.layers.Layer):
     ) -> None:
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
-                             f"{implementation!r}")
-        self.output_size = _output_size(output_size)
+        self.output_size = output_size_pair(output_size)
         self.spatial_scale = float(spatial_scale)
         self.sampling_ratio = int(sampling_ratio)
         self.aligned = bool(aligned)
         self.implementation = implementation
-        # XLA cannot compile the custom op: Keras must not jit a model that runs it.
+        # Validates `implementation`. XLA cannot compile the custom op: Keras must not jit a
+        # model that runs it.
         self.supports_jit = resolve_implementation(implementation) == "tf"
 
     def call(self, features: tf.Tensor, boxes: tf.Tensor, box_indices: tf.Tensor) -> tf.Tensor:

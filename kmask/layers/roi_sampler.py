@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -97,8 +98,9 @@ class ROISampler(keras.layers.Layer):
             "matched_index": tf.stop_gradient(matched_index),
         }
 
-    def compute_output_shape(self, input_shape: tuple[int | None, ...], *args: Any
-                             ) -> dict[str, tuple[int | None, ...]]:
+    def compute_output_shape(
+        self, input_shape: tuple[int | None, ...], *args: Any
+    ) -> dict[str, tuple[int | None, ...]]:
         """Output shapes from the proposals' shape."""
         batch, count = input_shape[0], self.batch_size_per_image
         return {

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -57,7 +58,10 @@ class RPNTargetAssigner(keras.layers.Layer):
         gt_valid = gt_classes >= 0
         iou = box_ops.pairwise_iou(anchors[None], gt_boxes)  # [B, A, G]
         matched, labels = match(
-            iou, gt_valid, self.fg_iou_threshold, self.bg_iou_threshold,
+            iou,
+            gt_valid,
+            self.fg_iou_threshold,
+            self.bg_iou_threshold,
             allow_low_quality_matches=True,
         )
         indices, sampled_labels = sample_balanced(
@@ -74,7 +78,9 @@ class RPNTargetAssigner(keras.layers.Layer):
         )
 
     def compute_output_shape(
-        self, input_shape: tuple[int | None, ...], gt_boxes_shape: tuple[int | None, ...] = (None,),
+        self,
+        input_shape: tuple[int | None, ...],
+        gt_boxes_shape: tuple[int | None, ...] = (None,),
         *args: Any,
     ) -> tuple[tuple[int | None, ...], ...]:
         """Output shapes from the anchors' and ground truth's shapes."""

@@ -26,7 +26,9 @@ class BoxHead(keras.layers.Layer):
     box_deltas [B, R, K, 4] float32 (dy, dx, dh, dw) per foreground class)``.
     """
 
-    def __init__(self, num_classes: int, num_fc: int = 2, fc_dim: int = 1024, **kwargs: Any) -> None:
+    def __init__(
+        self, num_classes: int, num_fc: int = 2, fc_dim: int = 1024, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.num_fc = num_fc
@@ -84,5 +86,7 @@ class BoxHead(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"num_classes": self.num_classes, "num_fc": self.num_fc, "fc_dim": self.fc_dim})
+        config.update(
+            {"num_classes": self.num_classes, "num_fc": self.num_fc, "fc_dim": self.fc_dim}
+        )
         return config

@@ -116,9 +116,7 @@ class Losses(keras.layers.Layer):
         )
         pixels = tf.cast(tf.shape(logits)[2] * tf.shape(logits)[3], f32)
         mask_count = tf.maximum(tf.reduce_sum(tf.cast(has_mask, f32)) * pixels, 1.0)
-        loss_mask = tf.reduce_sum(
-            tf.where(has_mask[:, :, None, None], mask_bce, 0.0)
-        ) / mask_count
+        loss_mask = tf.reduce_sum(tf.where(has_mask[:, :, None, None], mask_bce, 0.0)) / mask_count
 
         return {
             "loss_rpn_cls": self.rpn_cls_weight * loss_rpn_cls,

@@ -27,7 +27,9 @@ class MaskHead(keras.layers.Layer):
     sigmoid for probabilities; only the class's own channel is trained).
     """
 
-    def __init__(self, num_classes: int, num_convs: int = 4, conv_dim: int = 256, **kwargs: Any) -> None:
+    def __init__(
+        self, num_classes: int, num_convs: int = 4, conv_dim: int = 256, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.num_convs = num_convs
@@ -36,18 +38,31 @@ class MaskHead(keras.layers.Layer):
         he = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
         self.convs = [
             keras.layers.Conv2D(
-                conv_dim, 3, padding="same", activation="relu", kernel_initializer=he,
-                name=f"mask_fcn{i + 1}", dtype=dtype,
+                conv_dim,
+                3,
+                padding="same",
+                activation="relu",
+                kernel_initializer=he,
+                name=f"mask_fcn{i + 1}",
+                dtype=dtype,
             )
             for i in range(num_convs)
         ]
         self.deconv = keras.layers.Conv2DTranspose(
-            conv_dim, 2, strides=2, activation="relu", kernel_initializer=he,
-            name="deconv", dtype=dtype,
+            conv_dim,
+            2,
+            strides=2,
+            activation="relu",
+            kernel_initializer=he,
+            name="deconv",
+            dtype=dtype,
         )
         self.predictor = keras.layers.Conv2D(
-            num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            name="predictor", dtype=dtype,
+            num_classes,
+            1,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            name="predictor",
+            dtype=dtype,
         )
 
     def build(self, pooled_shape: tuple[int | None, ...]) -> None:
@@ -77,6 +92,10 @@ class MaskHead(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
-            {"num_classes": self.num_classes, "num_convs": self.num_convs, "conv_dim": self.conv_dim}
+            {
+                "num_classes": self.num_classes,
+                "num_convs": self.num_convs,
+                "conv_dim": self.conv_dim,
+            }
         )
         return config

@@ -58,7 +58,8 @@ class MaskRCNN(keras.Model):
       pixels of the resized image, ``detection_scores [B, N]``, ``detection_classes [B, N]``
       int32 0-based, ``detection_masks [B, N, 28, 28]`` probabilities in the box frame
       (``kmask.ops.masks.paste_masks`` pastes them), ``num_detections [B]`` int32
-      (N = 100).
+      (N = 100); plus the RPN's ``proposals [B, P, 4]`` (best first, P = 1000) and
+      ``num_proposals [B]`` int32 for proposal-recall evaluation.
     - Inputs merged with the targets -> the training dict the loss consumes (the network
       is never re-run by the loss): ``rpn_logits [B, 256]``, ``rpn_labels [B, 256]``,
       ``rpn_deltas [B, 256, 4]``, ``rpn_box_targets [B, 256, 4]`` for the sampled anchors,
@@ -98,17 +99,23 @@ class MaskRCNN(keras.Model):
     def build(self, inputs_shape: dict[str, tuple[int | None, ...]]) -> None:
         """Creates every weight from the shape of ``inputs_shape["images"]`` (no forward)."""
         images_shape = tuple(inputs_shape["images"])
-        self.backbone.build(images_shape)
         backbone_shape = self.backbone.compute_output_shape(images_shape)
-        self.fpn.build(backbone_shape)
         pyramid_shape = self.fpn.compute_output_shape(backbone_shape)
-        self.rpn.build(pyramid_shape)
-        self.roi_heads.build(pyramid_shape)
-        self.losses_layer.build(None)
+        # Components deserialized from a saved model arrive already built.
+        for layer, shape in (
+            (self.backbone, images_shape),
+            (self.fpn, backbone_shape),
+            (self.rpn, pyramid_shape),
+            (self.roi_heads, pyramid_shape),
+            (self.losses_layer, None),
+        ):
+            if not layer.built:
+                layer.build(shape)
         self.built = True
 
-    def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None
-             ) -> dict[str, tf.Tensor]:
+    def call(
+        self, inputs: dict[str, tf.Tensor], training: bool | None = None
+    ) -> dict[str, tf.Tensor]:
         image_size = tf.cast(inputs["image_size"], tf.int32)
         pyramid = self.fpn(self.backbone(inputs["images"]))
         anchors = self.anchor_generator(pyramid)
@@ -117,7 +124,9 @@ class MaskRCNN(keras.Model):
             objectness, deltas, anchors, image_size, training=training
         )
         if "gt_boxes" not in inputs:
-            return self.roi_heads(pyramid, proposals, proposal_valid, image_size)
+            detections = self.roi_heads(pyramid, proposals, proposal_valid, image_size)
+            num_proposals = tf.reduce_sum(tf.cast(proposal_valid, tf.int32), axis=1)
+            return {**detections, "proposals": proposals, "num_proposals": num_proposals}
         gt_boxes = tf.cast(inputs["gt_boxes"], tf.float32)
         gt_classes = tf.cast(inputs["gt_classes"], tf.int32)
         keys = _level_keys(objectness)
@@ -127,8 +136,13 @@ class MaskRCNN(keras.Model):
         all_logits = tf.concat([objectness[key] for key in keys], axis=1)
         all_deltas = tf.concat([deltas[key] for key in keys], axis=1)
         heads = self.roi_heads(
-            pyramid, proposals, proposal_valid, image_size,
-            gt_boxes=gt_boxes, gt_classes=gt_classes, gt_masks=inputs["gt_masks"],
+            pyramid,
+            proposals,
+            proposal_valid,
+            image_size,
+            gt_boxes=gt_boxes,
+            gt_classes=gt_classes,
+            gt_masks=inputs["gt_masks"],
         )
         return {
             "rpn_logits": tf.gather(all_logits, indices, batch_dims=1),
@@ -144,8 +158,9 @@ class MaskRCNN(keras.Model):
         features, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         return {**features, **(targets or {})}
 
-    def _update_trackers(self, losses: dict[str, tf.Tensor], total: tf.Tensor
-                         ) -> dict[str, tf.Tensor]:
+    def _update_trackers(
+        self, losses: dict[str, tf.Tensor], total: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         values = {"loss": total, **losses}
         for tracker in self.loss_trackers:
             tracker.update_state(values[tracker.name])

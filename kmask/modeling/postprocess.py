@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -34,7 +35,6 @@ class Postprocess(keras.layers.Layer):
     foreground ids, ``num_detections [B]`` int32; sorted by score, zero padding.
     """
 
-
     def __init__(
         self,
         box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
@@ -61,7 +61,9 @@ class Postprocess(keras.layers.Layer):
     ) -> dict[str, tf.Tensor]:
         scores = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., 1:]
         scores = tf.where(tf.cast(proposal_valid, tf.bool)[..., None], scores, 0.0)
-        boxes = box_ops.decode(box_deltas, tf.cast(proposals, tf.float32)[:, :, None, :], self.box_weights)
+        boxes = box_ops.decode(
+            box_deltas, tf.cast(proposals, tf.float32)[:, :, None, :], self.box_weights
+        )
         boxes = box_ops.clip_boxes(boxes, image_size)
         boxes, scores, classes, num = batched_multiclass_nms(
             boxes,
@@ -78,8 +80,9 @@ class Postprocess(keras.layers.Layer):
             "num_detections": num,
         }
 
-    def compute_output_shape(self, input_shape: tuple[int | None, ...], *args: Any
-                             ) -> dict[str, tuple[int | None, ...]]:
+    def compute_output_shape(
+        self, input_shape: tuple[int | None, ...], *args: Any
+    ) -> dict[str, tuple[int | None, ...]]:
         """Output shapes from the class logits' shape."""
         batch, count = input_shape[0], self.detections_per_image
         return {

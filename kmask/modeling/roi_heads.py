@@ -54,7 +54,6 @@ class ROIHeads(keras.layers.Layer):
     float32 probabilities in the box frame (zeros for padding).
     """
 
-
     def __init__(
         self,
         box_head: BoxHead | dict[str, Any],
@@ -91,20 +90,32 @@ class ROIHeads(keras.layers.Layer):
         self.roi_align_implementation = roi_align_implementation
         levels = {"min_level": pooler_min_level, "max_level": pooler_max_level}
         self.box_pooler = MultiLevelROIAlign(
-            box_pooler_resolution, box_pooler_sampling_ratio, aligned=True,
-            implementation=roi_align_implementation, name="box_pooler", **levels,
+            box_pooler_resolution,
+            box_pooler_sampling_ratio,
+            aligned=True,
+            implementation=roi_align_implementation,
+            name="box_pooler",
+            **levels,
         )
         self.mask_pooler = MultiLevelROIAlign(
-            mask_pooler_resolution, mask_pooler_sampling_ratio, aligned=True,
-            implementation=roi_align_implementation, name="mask_pooler", **levels,
+            mask_pooler_resolution,
+            mask_pooler_sampling_ratio,
+            aligned=True,
+            implementation=roi_align_implementation,
+            name="mask_pooler",
+            **levels,
         )
 
-    def build(self, features_shape: dict[str, tuple[int | None, ...]], *args: Any,
-              **kwargs: Any) -> None:
+    def build(
+        self, features_shape: dict[str, tuple[int | None, ...]], *args: Any, **kwargs: Any
+    ) -> None:
         channels = features_shape[f"P{self.pooler_min_level}"][-1]
         box_side, mask_side = self.box_pooler_resolution, self.mask_pooler_resolution
-        self.box_head.build((None, None, box_side, box_side, channels))
-        self.mask_head.build((None, None, mask_side, mask_side, channels))
+        # Sublayers deserialized from a saved model arrive already built.
+        if not self.box_head.built:
+            self.box_head.build((None, None, box_side, box_side, channels))
+        if not self.mask_head.built:
+            self.mask_head.build((None, None, mask_side, mask_side, channels))
 
     def _mask_logits(self, features: dict[str, tf.Tensor], boxes: tf.Tensor) -> tf.Tensor:
         return self.mask_head(self.mask_pooler(features, boxes))
@@ -120,11 +131,13 @@ class ROIHeads(keras.layers.Layer):
         gt_masks: tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
         if gt_boxes is not None:
-            return self._training_outputs(features, proposals, proposal_valid, gt_boxes,
-                                          gt_classes, gt_masks)
+            return self._training_outputs(
+                features, proposals, proposal_valid, gt_boxes, gt_classes, gt_masks
+            )
         class_logits, box_deltas = self.box_head(self.box_pooler(features, proposals))
-        detections = self.postprocess(class_logits, box_deltas, proposals, proposal_valid,
-                                      image_size)
+        detections = self.postprocess(
+            class_logits, box_deltas, proposals, proposal_valid, image_size
+        )
         logits = self._mask_logits(features, detections["detection_boxes"])  # [B, N, m, m, K]
         logits = tf.transpose(logits, [0, 1, 4, 2, 3])
         chosen = tf.gather(logits, detections["detection_classes"], batch_dims=2)
@@ -170,8 +183,9 @@ class ROIHeads(keras.layers.Layer):
             "mask_classes": mask_classes,
         }
 
-    def compute_output_shape(self, features_shape: dict[str, tuple[int | None, ...]],
-                             *args: Any, **kwargs: Any) -> dict[str, tuple[int | None, ...]]:
+    def compute_output_shape(
+        self, features_shape: dict[str, tuple[int | None, ...]], *args: Any, **kwargs: Any
+    ) -> dict[str, tuple[int | None, ...]]:
         """Inference output shapes (the detections) from the pyramid's shapes."""
         batch = features_shape[f"P{self.pooler_min_level}"][0]
         side = 2 * self.mask_pooler_resolution

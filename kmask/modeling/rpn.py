@@ -34,7 +34,11 @@ class RPN(keras.layers.Layer):
         self.num_anchors = num_anchors
         self.conv_channels = conv_channels
         init = keras.initializers.RandomNormal(stddev=0.01)
-        common = {"kernel_initializer": init, "bias_initializer": "zeros", "dtype": self.dtype_policy}
+        common = {
+            "kernel_initializer": init,
+            "bias_initializer": "zeros",
+            "dtype": self.dtype_policy,
+        }
         self.conv = keras.layers.Conv2D(
             conv_channels, 3, padding="same", activation="relu", name="rpn_conv", **common
         )

@@ -1,5 +1,6 @@
 """Stateless tensor functions. Boxes are (y1, x1, y2, x2) float32 in input pixels."""
 
+from kmask.ops import anchors, boxes, masks, matching, nms, sampling
 from kmask.ops.roi_align import assign_levels, multilevel_roi_align, roi_align
 
 __all__ = ["assign_levels", "multilevel_roi_align", "roi_align"]

@@ -10,6 +10,8 @@ so a crash never leaves a half-written library behind.
 CUDA kernels are added when TensorFlow is built with CUDA, ``nvcc`` is found
 (``$CUDA_HOME/bin`` or ``PATH``) and its major version equals TensorFlow's; otherwise the
 library is CPU-only and :func:`status` says why. Set ``KMASK_BUILD_CUDA=0`` to skip them.
+The CPU kernels are compiled for the host's instruction set (``-march=native``; the cache key
+includes the CPU's identity); ``KMASK_NATIVE=0`` builds portable code instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -109,6 +112,26 @@ def _gencode(nvcc: str) -> list[str]:
     return flags + ["-gencode=arch=compute_90,code=compute_90"]
 
 
+def _native_flags() -> list[str]:
+    """Vector instructions of this CPU (AVX2/AVX-512: ~1.3x forward, 2-4x backward on the
+    CI machine) unless KMASK_NATIVE=0. No FMA contraction: the shared sampling geometry must
+    round exactly as the pure-TF twin does."""
+    if os.environ.get("KMASK_NATIVE", "1") == "0":
+        return []
+    return ["-march=native", "-ffp-contract=off"]
+
+
+def _cpu_fingerprint() -> str:
+    """Identifies the CPU's instruction set, so a cache shared between machines (a network
+    home directory) never loads a -march=native library built for another CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    keys = ("model name", "flags", "Features", "CPU part")
+    return "".join(sorted({line for line in lines if line.split(":")[0].strip() in keys}))
+
+
 def _build_key(nvcc: str | None) -> str:
     digest = hashlib.sha256()
     sources = source_dir()
@@ -117,6 +140,9 @@ def _build_key(nvcc: str | None) -> str:
     digest.update(" ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags())
                   .encode())
     digest.update(str(nvcc).encode())
+    digest.update(" ".join(_native_flags()).encode())
+    if _native_flags():
+        digest.update(_cpu_fingerprint().encode())
     version = f"{sys.version_info.major}{sys.version_info.minor}"
     return f"tf{tf.__version__}-py{version}-{'cuda' if nvcc else 'cpu'}-{digest.hexdigest()[:12]}"
 
@@ -139,7 +165,8 @@ def _compile(output: Path, nvcc: str | None, workdir: Path, verbose: bool) -> No
     # TensorFlow's flags already carry -std=c++17 and the C++ ABI flag: add no -std of ours.
     cflags = tf.sysconfig.get_compile_flags()
     lflags = tf.sysconfig.get_link_flags()
-    common = ["-O3", "-fPIC", "-Wno-deprecated-declarations", "-Wno-interference-size"]
+    common = ["-O3", "-fPIC", "-Wno-deprecated-declarations", "-Wno-interference-size",
+              *_native_flags()]
     objects = []
     if nvcc is not None:
         # TF's gpu_kernel_helper.h includes third_party/gpus/cuda/include/cuda_fp16.h, which

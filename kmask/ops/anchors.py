@@ -10,7 +10,7 @@ that they line up with a head output of shape [B, H, W, A] reshaped to [B, H*W*A
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

@@ -9,7 +9,7 @@ parameterization, each divided by ``1 / weight`` (``weights=(10, 10, 5, 5)`` for
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

@@ -13,6 +13,8 @@ cell-centre convention.
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from kmask.ops.roi_align import roi_align
@@ -24,14 +26,21 @@ def mask_targets(
     rois: tf.Tensor,
     matched_index: tf.Tensor,
     output_size: int = 28,
+    sampling_ratio: int | None = None,
     implementation: str = "auto",
 ) -> tf.Tensor:
     """Binary mask targets: each RoI's matched ground-truth mask RoIAligned to the RoI.
 
     The RoI is mapped into its ground truth's box frame (``u = (y - gy1) * M / (gy2 - gy1)``)
     and the box-frame mask, padded with one zero cell on every side so that bilinear samples
-    just outside the box blend towards zero, is RoIAligned (``aligned=True``, adaptive
-    sampling) to ``output_size`` and thresholded at 0.5.
+    just outside the box blend towards zero, is RoIAligned (``aligned=True``) to
+    ``output_size`` and thresholded at 0.5.
+
+    The sampling grid is fixed, ``sampling_ratio`` per bin and axis (default
+    ``ceil(M / output_size)``: what adaptive sampling takes for a RoI equal to its ground
+    truth box), so the cost is ``B * R * output_size^2 * sampling_ratio^2`` samples whatever
+    the geometry; adaptive sampling would explode for a large background RoI matched to a
+    tiny ground truth.
 
     Args:
       gt_masks: [B, G, M, M] uint8 / bool / float {0, 1} box-frame masks.
@@ -39,11 +48,17 @@ def mask_targets(
       rois: [B, R, 4] float32 RoIs in pixels.
       matched_index: [B, R] int32 ground-truth index of each RoI.
       output_size: side of the target grid (28 in the paper).
+      sampling_ratio: samples per bin and axis; None = ``ceil(M / output_size)``.
       implementation: RoIAlign kernel, see ``kmask.ops.roi_align``.
 
     Returns:
       [B, R, output_size, output_size] float32 in {0, 1} (no gradient).
     """
+    if sampling_ratio is None:
+        static_size = gt_masks.shape[-1]
+        if static_size is None:
+            raise ValueError("gt_masks needs a static mask size, or pass sampling_ratio")
+        sampling_ratio = max(1, math.ceil(static_size / output_size))
     num_gt = tf.shape(gt_masks)[1]
     size = tf.shape(gt_masks)[2]
     batch = tf.shape(rois)[0]
@@ -71,7 +86,7 @@ def mask_targets(
         tf.reshape(box_indices, [-1]),
         output_size=(output_size, output_size),
         spatial_scale=1.0,
-        sampling_ratio=0,
+        sampling_ratio=sampling_ratio,
         aligned=True,
         implementation=implementation,
     )

@@ -34,12 +34,10 @@ def match(
       labels: [B, N] int32 in {1, 0, -1}.
     """
     iou = tf.where(gt_valid[:, None, :], tf.cast(iou, tf.float32), -1.0)
-    max_iou = tf.reduce_max(iou, axis=2)  # [B, N]; -1 when no valid gt (or G == 0)
-    if iou.shape[2] == 0:
-        max_iou = tf.fill(tf.shape(iou)[:2], -1.0)
-        matched_index = tf.zeros(tf.shape(iou)[:2], tf.int32)
-    else:
-        matched_index = tf.argmax(iou, axis=2, output_type=tf.int32)
+    if iou.shape[2] == 0:  # no ground-truth slots at all
+        iou = tf.fill(tf.concat([tf.shape(iou)[:2], [1]], axis=0), -1.0)
+    max_iou = tf.reduce_max(iou, axis=2)  # [B, N]; -1 when no valid gt
+    matched_index = tf.argmax(iou, axis=2, output_type=tf.int32)
     labels = tf.where(
         max_iou >= fg_threshold,
         1,

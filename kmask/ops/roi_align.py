@@ -60,7 +60,8 @@ def resolve_implementation(implementation: str = "auto") -> str:
     return implementation
 
 
-def _output_size(output_size: int | Sequence[int]) -> tuple[int, int]:
+def output_size_pair(output_size: int | Sequence[int]) -> tuple[int, int]:
+    """(out_h, out_w) from an int or a pair; ValueError naming output_size otherwise."""
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ValueError(f"output_size must be a positive int or (height, width), got "
@@ -104,7 +105,7 @@ def roi_align(
     Returns:
       [K, out_h, out_w, C] in the dtype of ``features``.
     """
-    out_h, out_w = _output_size(output_size)
+    out_h, out_w = output_size_pair(output_size)
     features = tf.convert_to_tensor(features)
     boxes = tf.cast(boxes, tf.float32)
     box_indices = tf.cast(box_indices, tf.int32)
@@ -181,7 +182,7 @@ def multilevel_roi_align(
     Returns:
       [B, N, out_h, out_w, C] in input order, dtype of the features.
     """
-    out_h, out_w = _output_size(output_size)
+    out_h, out_w = output_size_pair(output_size)
     levels = _levels(features)
     keys = sorted(levels)
     boxes = tf.cast(boxes, tf.float32)

@@ -58,15 +58,19 @@ def test_roi_sampler_adds_ground_truth_and_builds_targets():
     targets = out["class_targets"][0]
     np.testing.assert_array_equal(targets, [c for c in targets[:4]] + [0, -1, -1, -1])
     assert set(targets[:4]) <= {4, 1} and (targets[:4] > 0).all()
-    for roi, cls, delta, index in zip(out["rois"][0], targets, out["box_targets"][0],
-                                      out["matched_index"][0]):
+    for roi, cls, delta, index in zip(
+        out["rois"][0], targets, out["box_targets"][0], out["matched_index"][0]
+    ):
         if cls > 0:
             g = gt[0, index]
             assert classes[0, index] + 1 == cls
             h, w = roi[2] - roi[0], roi[3] - roi[1]
-            expected = [10 * ((g[0] + g[2]) - (roi[0] + roi[2])) / 2 / h,
-                        10 * ((g[1] + g[3]) - (roi[1] + roi[3])) / 2 / w,
-                        5 * np.log((g[2] - g[0]) / h), 5 * np.log((g[3] - g[1]) / w)]
+            expected = [
+                10 * ((g[0] + g[2]) - (roi[0] + roi[2])) / 2 / h,
+                10 * ((g[1] + g[3]) - (roi[1] + roi[3])) / 2 / w,
+                5 * np.log((g[2] - g[0]) / h),
+                5 * np.log((g[3] - g[1]) / w),
+            ]
             np.testing.assert_allclose(delta, expected, rtol=1e-4, atol=1e-5)
         else:
             np.testing.assert_array_equal(delta, 0)
@@ -79,16 +83,22 @@ def test_roi_sampler_adds_ground_truth_and_builds_targets():
 def test_roi_sampler_without_ground_truth_samples_background_only():
     proposals = np.tile(np.array([[[0, 0, 10, 10]]], np.float32), (1, 20, 1))
     out = ROISampler(batch_size_per_image=8)(
-        proposals, np.ones((1, 20), bool), np.zeros((1, 3, 4), np.float32),
-        -np.ones((1, 3), np.int32))
+        proposals,
+        np.ones((1, 20), bool),
+        np.zeros((1, 3, 4), np.float32),
+        -np.ones((1, 3), np.int32),
+    )
     np.testing.assert_array_equal(out["class_targets"].numpy(), np.zeros((1, 8)))
     np.testing.assert_array_equal(out["box_targets"].numpy(), 0)
 
 
 def _heads(num_classes=3, channels=8):
     return ROIHeads(
-        BoxHead(num_classes, 1, 16), MaskHead(num_classes, 1, 8), ROISampler(16, 0.25),
-        Postprocess(detections_per_image=5), roi_align_implementation="tf",
+        BoxHead(num_classes, 1, 16),
+        MaskHead(num_classes, 1, 8),
+        ROISampler(16, 0.25),
+        Postprocess(detections_per_image=5),
+        roi_align_implementation="tf",
     )
 
 
@@ -106,7 +116,12 @@ def test_roi_heads_training_and_inference_outputs():
     masks[0, 0, :, :8] = 1  # left half of its box
     out = heads(features, proposals, valid, size, gt_boxes=gt, gt_classes=classes, gt_masks=masks)
     assert out["class_logits"].shape == (2, 16, 4) and out["box_deltas"].shape == (2, 16, 3, 4)
-    assert out["mask_logits"].shape == (2, 4, 28, 28, 3) and out["mask_targets"].shape == (2, 4, 28, 28)
+    assert out["mask_logits"].shape == (2, 4, 28, 28, 3) and out["mask_targets"].shape == (
+        2,
+        4,
+        28,
+        28,
+    )
     mask_classes = out["mask_classes"].numpy()
     np.testing.assert_array_equal(mask_classes[0], [2, 2, 2, 2])  # 5 candidates, 4 slots
     np.testing.assert_array_equal(mask_classes[1], -1)

@@ -13,10 +13,14 @@ from kmask.modeling.rpn import RPN
 
 
 def _np_iou(a, b):
-    ih = np.maximum(0, np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]))
-    iw = np.maximum(0, np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]))
+    ih = np.maximum(
+        0, np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    )
+    iw = np.maximum(
+        0, np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    )
     inter = ih * iw
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
@@ -44,10 +48,12 @@ def test_rpn_head_parameters_sharing_and_layout():
     hidden = head.conv(features["P3"])
     logits = head.objectness(hidden).numpy()  # [2, 16, 8, 3]
     boxes = head.deltas(hidden).numpy().reshape(2, 16, 8, 3, 4)
-    np.testing.assert_allclose(objectness["P3"].numpy()[1, (5 * 8 + 4) * 3 + 2], logits[1, 5, 4, 2],
-                               rtol=1e-5)
-    np.testing.assert_allclose(deltas["P3"].numpy()[1, (5 * 8 + 4) * 3 + 2], boxes[1, 5, 4, 2],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        objectness["P3"].numpy()[1, (5 * 8 + 4) * 3 + 2], logits[1, 5, 4, 2], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        deltas["P3"].numpy()[1, (5 * 8 + 4) * 3 + 2], boxes[1, 5, 4, 2], rtol=1e-5
+    )
     clone = RPN.from_config(head.get_config())
     assert clone.get_config() == head.get_config()
     shapes = head.compute_output_shape({k: tuple(v.shape) for k, v in features.items()})
@@ -90,14 +96,21 @@ def test_proposals_match_numpy_reference(rng):
         objectness[key] = rng.normal(size=(2, n)).astype(np.float32)
         deltas[key] = rng.normal(scale=0.3, size=(2, n, 4)).astype(np.float32)
     size = np.array([[80, 100], [60, 70]], np.int32)
-    layer = ProposalGenerator(pre_nms_topk_test=10, post_nms_topk_test=15, nms_threshold=0.5,
-                              min_box_size=2.0)
+    layer = ProposalGenerator(
+        pre_nms_topk_test=10, post_nms_topk_test=15, nms_threshold=0.5, min_box_size=2.0
+    )
     boxes, scores, valid = [t.numpy() for t in layer(objectness, deltas, anchors, size)]
     assert boxes.shape == (2, 15, 4) and valid.dtype == bool
     for b in range(2):
         expected_boxes, expected_scores = _reference_proposals(
-            {k: v[b] for k, v in objectness.items()}, {k: v[b] for k, v in deltas.items()},
-            anchors, size[b], 10, 15, 0.5, 2.0,
+            {k: v[b] for k, v in objectness.items()},
+            {k: v[b] for k, v in deltas.items()},
+            anchors,
+            size[b],
+            10,
+            15,
+            0.5,
+            2.0,
         )
         n = len(expected_scores)
         assert valid[b].sum() == n and valid[b, :n].all()
@@ -107,19 +120,27 @@ def test_proposals_match_numpy_reference(rng):
 
 
 def test_proposals_train_test_counts_and_static_shapes():
-    layer = ProposalGenerator(pre_nms_topk_train=50, pre_nms_topk_test=20,
-                              post_nms_topk_train=30, post_nms_topk_test=10)
+    layer = ProposalGenerator(
+        pre_nms_topk_train=50, pre_nms_topk_test=20, post_nms_topk_train=30, post_nms_topk_test=10
+    )
     anchors = {"P2": tf.constant(np.tile([[0, 0, 8, 8]], (64, 1)), tf.float32)}
     spec = {"P2": tf.TensorSpec([None, None])}, {"P2": tf.TensorSpec([None, None, 4])}
 
-    @tf.function(input_signature=[*spec, {"P2": tf.TensorSpec([None, 4])},
-                                  tf.TensorSpec([None, 2], tf.int32)])
+    @tf.function(
+        input_signature=[
+            *spec,
+            {"P2": tf.TensorSpec([None, 4])},
+            tf.TensorSpec([None, 2], tf.int32),
+        ]
+    )
     def run(objectness, deltas, anchors, size):
         return layer(objectness, deltas, anchors, size, training=True)[0], layer(
-            objectness, deltas, anchors, size, training=False)[0]
+            objectness, deltas, anchors, size, training=False
+        )[0]
 
-    train, test = run({"P2": tf.zeros([3, 64])}, {"P2": tf.zeros([3, 64, 4])}, anchors,
-                      tf.fill([3, 2], 32))
+    train, test = run(
+        {"P2": tf.zeros([3, 64])}, {"P2": tf.zeros([3, 64, 4])}, anchors, tf.fill([3, 2], 32)
+    )
     assert train.shape == (3, 30, 4) and test.shape == (3, 10, 4)
     clone = ProposalGenerator.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config() and not layer.supports_jit
@@ -145,9 +166,12 @@ def test_rpn_targets_follow_the_anchor_rule(rng):
         g = gt[0, np.argmax(iou[i])]
         ah, aw = anchors[i, 2] - anchors[i, 0], anchors[i, 3] - anchors[i, 1]
         gh, gw = g[2] - g[0], g[3] - g[1]
-        expected = [((g[0] + g[2]) - (anchors[i, 0] + anchors[i, 2])) / 2 / ah,
-                    ((g[1] + g[3]) - (anchors[i, 1] + anchors[i, 3])) / 2 / aw,
-                    np.log(gh / ah), np.log(gw / aw)]
+        expected = [
+            ((g[0] + g[2]) - (anchors[i, 0] + anchors[i, 2])) / 2 / ah,
+            ((g[1] + g[3]) - (anchors[i, 1] + anchors[i, 3])) / 2 / aw,
+            np.log(gh / ah),
+            np.log(gw / aw),
+        ]
         np.testing.assert_allclose(a, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(targets[0][lab != 1], 0)
     # No ground truth: 64 negatives, zero targets.
@@ -161,7 +185,11 @@ def test_proposals_stay_float32_with_half_precision_inputs(policy):
     dtype = keras.mixed_precision.Policy(policy).compute_dtype
     layer = ProposalGenerator(pre_nms_topk_test=5, post_nms_topk_test=5)
     anchors = {"P2": tf.constant([[1000.0, 1000.0, 1100.0, 1100.0]] * 4)}
-    out = layer({"P2": tf.ones([1, 4], dtype)}, {"P2": tf.zeros([1, 4, 4], dtype)}, anchors,
-                tf.constant([[2048, 2048]]))
+    out = layer(
+        {"P2": tf.ones([1, 4], dtype)},
+        {"P2": tf.zeros([1, 4, 4], dtype)},
+        anchors,
+        tf.constant([[2048, 2048]]),
+    )
     assert out[0].dtype == tf.float32
     np.testing.assert_array_equal(out[0].numpy()[0, 0], [1000, 1000, 1100, 1100])

@@ -40,8 +40,9 @@ def test_paste_full_mask_covers_exactly_the_box_pixels():
     np.testing.assert_array_equal(pasted, expected)
     # Upsampled 4 -> 10 pixels: pixel 9 / 20 centres are 0.3 cells beyond the edge cells'
     # centres (weight 0.7 inside the box, 0.3 outside): rows 10..19 exactly, mid column.
-    column = paste_masks(np.ones((1, 1, 4, 4), np.float32),
-                         np.array([[[10, 10, 20, 20]]], np.float32), (30, 30)).numpy()[0, 0, :, 15]
+    column = paste_masks(
+        np.ones((1, 1, 4, 4), np.float32), np.array([[[10, 10, 20, 20]]], np.float32), (30, 30)
+    ).numpy()[0, 0, :, 15]
     np.testing.assert_array_equal(np.nonzero(column)[0], np.arange(10, 20))
 
 
@@ -66,7 +67,8 @@ def test_mask_target_of_its_own_box_is_the_downsampled_mask():
     gt[0, 1, 28:84, 8:40] = 1  # rows 7..20 and cols 2..9 of a 28 grid
     boxes = np.array([[[0, 0, 10, 10], [50, 60, 162, 172]]], np.float32)
     rois = boxes[:, 1:2]
-    target = mask_targets(gt, boxes, rois, np.array([[1]], np.int32), 28, "tf").numpy()
+    target = mask_targets(gt, boxes, rois, np.array([[1]], np.int32), 28, implementation="tf")
+    target = target.numpy()
     expected = np.zeros((28, 28), np.float32)
     expected[7:21, 2:10] = 1
     np.testing.assert_array_equal(target[0, 0], expected)
@@ -76,7 +78,8 @@ def test_mask_target_of_shifted_roi_is_zero_outside_the_ground_truth_box():
     gt = np.ones((2, 1, 16, 16), np.uint8)
     boxes = np.array([[[10, 10, 50, 50]], [[0, 0, 40, 40]]], np.float32)
     rois = np.array([[[10, 30, 50, 70]], [[0, 0, 40, 40]]], np.float32)
-    target = mask_targets(gt, boxes, rois, np.zeros((2, 1), np.int32), 28, "tf").numpy()
+    target = mask_targets(gt, boxes, rois, np.zeros((2, 1), np.int32), 28, implementation="tf")
+    target = target.numpy()
     expected = np.zeros((28, 28), np.float32)
     expected[:, :14] = 1
     np.testing.assert_array_equal(target[0, 0], expected)
@@ -96,10 +99,17 @@ def test_mask_targets_agree_with_the_analytic_shape(rng, mask_size):
     jitter = rng.uniform(-10, 10, (5, 4)).astype(np.float32)
     rois = box + jitter
     target = mask_targets(
-        gt[None, None], box[None, None], rois[None], np.zeros((1, 5), np.int32), 28, "tf"
+        gt[None, None],
+        box[None, None],
+        rois[None],
+        np.zeros((1, 5), np.int32),
+        28,
+        implementation="tf",
     ).numpy()[0]
     for roi, t in zip(rois, target):
         centres = (np.arange(28) + 0.5) / 28
-        truth = ellipse(roi[0] + (roi[2] - roi[0]) * centres[:, None],
-                        roi[1] + (roi[3] - roi[1]) * centres[None, :])
+        truth = ellipse(
+            roi[0] + (roi[2] - roi[0]) * centres[:, None],
+            roi[1] + (roi[3] - roi[1]) * centres[None, :],
+        )
         assert (t.astype(bool) != truth).mean() < 0.03

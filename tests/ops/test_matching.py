@@ -45,3 +45,15 @@ def test_padded_and_empty_ground_truth():
     index, labels = match(iou, valid, 0.7, 0.3, allow_low_quality_matches=True)
     np.testing.assert_array_equal(labels.numpy(), [[0, 0], [1, -1]])
     np.testing.assert_array_equal(index.numpy()[1], [0, 0])
+
+
+def test_zero_ground_truth_slots():
+    index, labels = match(
+        np.zeros((2, 4, 0), np.float32),
+        np.zeros((2, 0), bool),
+        0.7,
+        0.3,
+        allow_low_quality_matches=True,
+    )
+    np.testing.assert_array_equal(labels.numpy(), np.zeros((2, 4)))
+    np.testing.assert_array_equal(index.numpy(), np.zeros((2, 4)))

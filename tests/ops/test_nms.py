@@ -50,9 +50,11 @@ def test_shared_boxes_and_empty_input():
     out_boxes, out_scores, out_classes, num_valid = [
         t.numpy() for t in batched_multiclass_nms(boxes, scores, 5, 5, 0.5, 0.0)
     ]
+    np.testing.assert_array_equal(out_boxes[0, :2], [[0, 0, 10, 10], [1, 1, 10, 10]])
     assert num_valid[0] == 2  # class 0 suppresses box 1; class 1 keeps it
     np.testing.assert_allclose(out_scores[0, :2], [0.9, 0.7])
     np.testing.assert_array_equal(out_classes[0, :2], [0, 1])
-    empty = batched_multiclass_nms(np.zeros((1, 0, 1, 4), np.float32),
-                                   np.zeros((1, 0, 2), np.float32), 5, 5, 0.5, 0.0)
+    empty = batched_multiclass_nms(
+        np.zeros((1, 0, 1, 4), np.float32), np.zeros((1, 0, 2), np.float32), 5, 5, 0.5, 0.0
+    )
     assert empty[3].numpy()[0] == 0 and empty[0].shape == (1, 5, 4)

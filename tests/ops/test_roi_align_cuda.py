@@ -607,23 +607,16 @@ def _tf_gpu_compile_or_skip():
         pytest.skip(f"TensorFlow headers missing under {include}")
     if not info.get("is_cuda_build"):
         pytest.skip("this TensorFlow is not a CUDA build")
-    tf_cuda = str(info.get("cuda_version", ""))
-    nvcc_major, nvcc_minor = _nvcc_version()
-    if tf_cuda.split(".")[0] != str(nvcc_major) and not os.environ.get(
-        "KMASK_FORCE_TF_GPU_COMPILE"
-    ):
-        pytest.skip(
-            f"TensorFlow {tf.__version__} was built with CUDA {tf_cuda} but nvcc is "
-            f"{nvcc_major}.{nvcc_minor}: an op built by this nvcc links against the CUDA "
-            f"{nvcc_major} runtime (__cudaLaunchKernel, ...) that this TensorFlow does not "
-            "load, so it could not run here. Set KMASK_FORCE_TF_GPU_COMPILE=1 to compile-check "
-            "it anyway."
-        )
+    # Compile only: this checks the source against TensorFlow's headers. When nvcc's CUDA
+    # major version differs from TensorFlow's (here CUDA 13 vs 12.5) the object could not be
+    # loaded by this TensorFlow, which is why `kmask build-ops` then builds CPU-only; the
+    # source check is still meaningful.
     lib_dir = pathlib.Path(tf.sysconfig.get_lib())
     framework = sorted(lib_dir.glob("libtensorflow_framework.so*"))
     return tf.sysconfig.get_compile_flags(), framework[0] if framework else None
 
 
+@pytest.mark.slow  # about a minute of nvcc on 2 cores
 def test_tf_gpu_functors_compile_against_installed_tensorflow(tmp_path):
     compile_flags, framework = _tf_gpu_compile_or_skip()
     cuda_home = os.environ.get("CUDA_HOME") or str(pathlib.Path(NVCC).resolve().parent.parent)

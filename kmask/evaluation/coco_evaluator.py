@@ -1,0 +1,223 @@
+"""COCO evaluation: detections to COCO results, pycocotools COCOeval, proposal recall."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from kmask.data.category_map import CategoryMap
+from kmask.data.data_error import DataError
+from kmask.data.image_io import write_atomic
+from kmask.evaluation.predictor import Predictor
+from kmask.evaluation.proposal_recall import ProposalRecall
+
+# COCOeval.stats entries 0..5 and the names they get in the flat metrics.
+_AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+IOU_TYPES = ("bbox", "segm")
+
+
+def to_coco_results(detections: dict[str, Any], categories: CategoryMap
+                    ) -> list[dict[str, Any]]:
+    """One image's detections (``Predictor.image_detections``) as COCO result dicts.
+
+    Boxes ``(y1, x1, y2, x2)`` become ``bbox [x, y, w, h]``, masks compressed RLE
+    (``segmentation {"size", "counts"}``), classes original category ids.
+    """
+    boxes = np.asarray(detections["boxes"], np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        return []
+    masks = np.asarray(detections["masks"], np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0))))
+    results = []
+    for box, score, cls, rle in zip(boxes, detections["scores"], detections["classes"], rles):
+        y1, x1, y2, x2 = (float(v) for v in box)
+        results.append(
+            {
+                "image_id": detections["image_id"],
+                "category_id": categories.to_original_id(int(cls)),
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                "score": round(float(score), 5),
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+            }
+        )
+    return results
+
+
+def _quiet(function: Any, *args: Any) -> Any:
+    """Calls a pycocotools function without its console chatter."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return function(*args)
+
+
+class COCOEvaluator:
+    """Collects detections image by image and scores them with pycocotools.
+
+    Detections are written as COCO results in the ground truth's terms: original category
+    ids (``categories.to_original_id``), boxes ``[x, y, w, h]`` and RLE masks in the pixels
+    of the source images (boxes scaled by ``original_size / image_size``; masks pasted at
+    the source size by ``kmask.ops.masks.paste_masks``). ``evaluate`` runs COCOeval for
+    ``bbox`` and ``segm`` over the images seen so far and returns flat metrics
+    ``bbox_AP, bbox_AP50, bbox_AP75, bbox_APs, bbox_APm, bbox_APl`` (and ``segm_*``), as
+    fractions in [0, 1] (-1 where no ground truth falls in a size range), plus the proposal
+    recall ``AR@100, ARs@100, ARm@100, ARl@100, AR@1000, ...`` when the model returns its
+    proposals.
+
+    Args:
+      json_path: the COCO annotation file of the evaluated images.
+      categories: the model's classes; default the JSON's own categories. Every model
+        class must be a category of the JSON.
+      proposal_limits: AR@k limits.
+
+    Raises:
+      DataError: missing or unreadable JSON, or model categories missing from it.
+    """
+
+    def __init__(
+        self,
+        json_path: str | os.PathLike[str],
+        categories: CategoryMap | None = None,
+        proposal_limits: Sequence[int] = (100, 1000),
+    ) -> None:
+        self.json_path = Path(json_path)
+        if not self.json_path.is_file():
+            raise DataError(f"annotation file not found: {self.json_path}")
+        try:
+            self.coco = _quiet(COCO, str(self.json_path))
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(f"{self.json_path}: not a COCO annotation file: {error}") from None
+        own = CategoryMap(self.coco.dataset.get("categories", []), source=str(self.json_path))
+        self.categories = categories if categories is not None else own
+        missing = sorted(set(self.categories.category_ids) - set(own.category_ids))
+        if missing:
+            raise DataError(
+                f"{self.json_path}: the model's category ids {missing} are not in the file's "
+                f"categories {list(own.category_ids)}"
+            )
+        self.proposal_limits = tuple(proposal_limits)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets all collected detections."""
+        self.results: list[dict[str, Any]] = []
+        self.image_ids: list[int] = []
+        self._recall = ProposalRecall(self.proposal_limits)
+        self._has_proposals = False
+
+    def add_image(self, detections: dict[str, Any]) -> None:
+        """Adds one image's detections (``Predictor.image_detections``).
+
+        Raises:
+          DataError: an image id that is not in the annotation file.
+        """
+        image_id = detections["image_id"]
+        if image_id not in self.coco.imgs:
+            raise DataError(f"{self.json_path}: predicted image id {image_id} is not in the file")
+        self.image_ids.append(image_id)
+        self.results.extend(to_coco_results(detections, self.categories))
+        if "proposals" in detections:
+            self._has_proposals = True
+            annotations = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id], iscrowd=False))
+            gt = np.array([a["bbox"] for a in annotations], np.float64).reshape(-1, 4)
+            gt_boxes = np.stack([gt[:, 1], gt[:, 0], gt[:, 1] + gt[:, 3], gt[:, 0] + gt[:, 2]], 1)
+            areas = np.array([a["area"] for a in annotations], np.float64)
+            self._recall.update(detections["proposals"], gt_boxes, areas)
+
+    def run(self, predictor: Predictor, batches: Iterable[Any], total: int | None = None,
+            progress: bool = True) -> dict[str, float]:
+        """Predicts every batch of ``(features, targets)`` (or features), collects the
+        detections and returns ``evaluate()``.
+
+        Args:
+          predictor: wraps the model.
+          batches: e.g. ``build_dataset(config.data, training=False, ...)``.
+          total: number of batches, for the progress bar.
+          progress: show a tqdm progress bar.
+        """
+        self.reset()
+        for batch in tqdm(batches, total=total, desc="evaluate", unit="batch",
+                          disable=not progress):
+            features = batch[0] if isinstance(batch, (tuple, list)) else batch
+            outputs = predictor.predict_batch(features)
+            for index in range(len(outputs["num_detections"])):
+                self.add_image(predictor.image_detections(outputs, index))
+        return self.evaluate()
+
+    def evaluate(self) -> dict[str, float]:
+        """COCOeval ``bbox`` and ``segm`` metrics (and proposal AR) over the images added."""
+        if not self.image_ids:
+            raise ValueError("no image was evaluated")
+        metrics: dict[str, float] = {}
+        for iou_type in IOU_TYPES:
+            metrics.update(self.coco_metrics(self.coco, self.results, iou_type, self.image_ids))
+        if self._has_proposals:
+            metrics.update(self._recall.result())
+        return metrics
+
+    @staticmethod
+    def coco_metrics(coco: COCO, results: list[dict[str, Any]], iou_type: str,
+                     image_ids: Sequence[int] | None = None) -> dict[str, float]:
+        """pycocotools COCOeval of COCO-format ``results`` against ``coco``.
+
+        Args:
+          coco: the ground truth.
+          results: COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``,
+            and ``segmentation`` for ``segm``).
+          iou_type: ``"bbox"`` or ``"segm"``.
+          image_ids: evaluate these images only (default: every image of ``coco``).
+
+        Returns:
+          ``{iou_type}_AP``, ``_AP50``, ``_AP75``, ``_APs``, ``_APm``, ``_APl``; all 0
+          when there are no results.
+        """
+        if iou_type not in IOU_TYPES:
+            raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+        if not results:
+            return {f"{iou_type}_{name}": 0.0 for name in _AP_NAMES}
+        # With a "bbox" key, loadRes takes the box area as the instance area, which would
+        # put masks into the size ranges by their box: mask AP uses the mask area instead.
+        unused = "bbox" if iou_type == "segm" else "segmentation"
+        results = [{k: v for k, v in r.items() if k != unused} for r in results]
+        detections = _quiet(coco.loadRes, results)
+        evaluator = COCOeval(coco, detections, iou_type)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+        _quiet(evaluator.evaluate)
+        _quiet(evaluator.accumulate)
+        _quiet(evaluator.summarize)
+        return {
+            f"{iou_type}_{name}": float(value)
+            for name, value in zip(_AP_NAMES, evaluator.stats[: len(_AP_NAMES)])
+        }
+
+    def write_results(self, path: str | os.PathLike[str]) -> None:
+        """Writes the collected results as a COCO results JSON file, atomically."""
+        write_atomic(path, json.dumps(self.results).encode("utf-8"))
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A small table of the metrics for the console (values x100, as papers print AP)."""
+    lines = []
+    for prefix in IOU_TYPES:
+        names = [n for n in _AP_NAMES if f"{prefix}_{n}" in metrics]
+        if names:
+            values = "  ".join(f"{n} {_percent(metrics[f'{prefix}_{n}'])}" for n in names)
+            lines.append(f"{prefix:5s} {values}")
+    recall = [k for k in metrics if k.startswith("AR")]
+    if recall:
+        lines.append("rpn   " + "  ".join(f"{k} {_percent(metrics[k])}" for k in recall))
+    return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+    return "  -  " if value < 0 or math.isnan(value) else f"{100 * value:5.1f}"

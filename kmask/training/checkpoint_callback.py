@@ -1,0 +1,151 @@
+"""Keras callback writing atomic, rotating checkpoints of the model and optimizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kmask.training.non_finite_loss_error import NonFiniteLossError
+from kmask.training.run_directory import atomic_write_json
+
+_NAME = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
+POINTER = "checkpoint"
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint after ``step`` optimizer steps."""
+    return f"ckpt-{step:08d}.weights.h5"
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int:
+    """The step a checkpoint file name encodes (``ValueError`` for other names)."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path}: not a kmask checkpoint name (ckpt-NNNNNNNN.weights.h5)")
+    return int(match.group(1))
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves ``model.save_weights`` files (the model's and the optimizer's variables,
+    including the step counter, so the learning rate schedule resumes exactly).
+
+    A checkpoint is written to a temporary name in the same directory, flushed to disk and
+    renamed to ``ckpt-<step>.weights.h5`` (an atomic replace); the pointer file
+    ``checkpoint`` (JSON: ``latest``, ``step``, ``checkpoints``) is rewritten the same way
+    after it, and only then are checkpoints beyond the newest ``keep`` deleted. A process
+    killed at any moment therefore leaves at worst a stray temporary file (removed at the
+    next start) and never a pointer to an incomplete file. Weights that are not finite are
+    never written: the save raises ``NonFiniteLossError`` instead.
+
+    Args:
+      directory: where the checkpoints go (created when needed).
+      every_steps: save when the optimizer step is a multiple of this.
+      keep: how many of the newest checkpoints to keep.
+      save_on_train_end: also save the final step when ``fit`` ends normally.
+      is_chief: only the chief writes (multi-worker training); the others do nothing.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        every_steps: int,
+        keep: int = 3,
+        save_on_train_end: bool = True,
+        is_chief: bool = True,
+    ) -> None:
+        super().__init__()
+        if every_steps <= 0 or keep <= 0:
+            raise ValueError(f"every_steps and keep must be positive, got {every_steps}, {keep}")
+        self.directory = Path(directory)
+        self.every_steps = every_steps
+        self.keep = keep
+        self.save_on_train_end = save_on_train_end
+        self.is_chief = is_chief
+        self.last_saved_step: int | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    @staticmethod
+    def all_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
+        """The complete checkpoints in ``directory``, oldest first."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            return []
+        found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+        return sorted(found, key=checkpoint_step)
+
+    @staticmethod
+    def latest(directory: str | os.PathLike[str]) -> Path | None:
+        """The checkpoint the pointer file names, or the newest file when the pointer is
+        missing or stale; None when there is no checkpoint."""
+        directory = Path(directory)
+        pointer = directory / POINTER
+        if pointer.is_file():
+            try:
+                name = json.loads(pointer.read_text())["latest"]
+                if (directory / name).is_file():
+                    return directory / name
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass
+        found = CheckpointCallback.all_checkpoints(directory)
+        return found[-1] if found else None
+
+    # ------------------------------------------------------------------ writing
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if not self.is_chief:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stray in self.directory.glob(".tmp-*"):
+            stray.unlink(missing_ok=True)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        step = self._step()
+        if step % self.every_steps == 0:
+            self.save(step)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.save_on_train_end:
+            self.save(self._step())
+
+    def save(self, step: int) -> Path | None:
+        """Writes the checkpoint of ``step`` (once per step); returns its path on the chief.
+
+        Raises:
+          NonFiniteLossError: when a model weight is NaN or infinite (nothing is written).
+        """
+        if not self.is_chief or step == self.last_saved_step:
+            return None
+        for variable in self.model.trainable_variables:
+            if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable))):
+                raise NonFiniteLossError(step, ("weights",), f"variable {variable.path}")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / checkpoint_name(step)
+        temporary = self.directory / f".tmp-{os.getpid()}-{final.name}"
+        try:
+            self.model.save_weights(temporary)
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
+        older = [p for p in self.all_checkpoints(self.directory) if p != final]
+        kept = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [final]
+        atomic_write_json(
+            self.directory / POINTER,
+            {"latest": final.name, "step": step, "checkpoints": [p.name for p in kept]},
+        )
+        for old in older:
+            if old not in kept:
+                old.unlink(missing_ok=True)
+        self.last_saved_step = step
+        return final

@@ -1,0 +1,94 @@
+"""The run directory of ``kmask train --out DIR`` and how the other commands read it.
+
+Layout::
+
+    DIR/config.yaml        the resolved configuration (every field, absolute data paths)
+    DIR/categories.json    the training set's categories (class k <-> original COCO id)
+    DIR/checkpoints/       ckpt-00001000.weights.h5 ... and the pointer file "checkpoint"
+    DIR/logs/              TensorBoard event files (train/ and eval/)
+    DIR/metrics.json       flat COCO metrics of the last ``kmask evaluate``
+    DIR/results.json       COCO-format detections of the last ``kmask evaluate``
+    DIR/predictions/       PNGs and detections.json of ``kmask predict``
+
+Every file is written under a temporary name and renamed into place, so a killed process
+never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kmask.config import Config, config_to_dict, load_config
+from kmask.data.category_map import CategoryMap
+from kmask.data.image_io import write_atomic
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
+    write_atomic(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any) -> None:
+    """Writes ``value`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(value, indent=1) + "\n")
+
+
+class RunDirectory:
+    """Paths and contents of a run directory (see the module docstring).
+
+    Args:
+      path: the directory (``--out`` of ``kmask train``, ``--run`` of the others).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.categories_path = self.path / "categories.json"
+        self.checkpoints_dir = self.path / "checkpoints"
+        self.logs_dir = self.path / "logs"
+        self.metrics_path = self.path / "metrics.json"
+        self.results_path = self.path / "results.json"
+        self.predictions_dir = self.path / "predictions"
+
+    def write_config(self, config: Config) -> None:
+        """Writes ``config.yaml`` (every field, so the file alone reproduces the run)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+        atomic_write_text(self.config_path, text)
+
+    def load_config(self, overrides: tuple[str, ...] = ()) -> Config:
+        """Reads ``config.yaml`` with ``key=value`` overrides applied.
+
+        Raises:
+          FileNotFoundError: naming the directory when it has no ``config.yaml``.
+        """
+        if not self.config_path.is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a kmask run directory: {self.config_path} not found"
+            )
+        return load_config(self.config_path, overrides)
+
+    def write_categories(self, categories: CategoryMap) -> None:
+        """Writes ``categories.json`` (the COCO ``categories`` list)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.categories_path, categories.to_json() + "\n")
+
+    def load_categories(self) -> CategoryMap:
+        """The categories the run was trained on (``DataError`` when missing)."""
+        return CategoryMap.load(self.categories_path)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint, or None (see ``CheckpointCallback.latest``)."""
+        from kmask.training.checkpoint_callback import CheckpointCallback
+
+        return CheckpointCallback.latest(self.checkpoints_dir)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | os.PathLike[str]) -> RunDirectory:
+        """The run directory that holds ``checkpoint`` (``DIR/checkpoints/FILE``)."""
+        return cls(Path(checkpoint).resolve().parent.parent)

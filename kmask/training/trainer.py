@@ -1,0 +1,344 @@
+"""``Trainer``: a whole training run into a run directory (what ``kmask train`` does)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from typing import Any, Sequence
+
+import keras
+import tensorflow as tf
+
+from kmask.config import Config, ConfigError
+from kmask.data.builder import open_dataset
+from kmask.data.category_map import CategoryMap
+from kmask.evaluation.coco_evaluator import COCOEvaluator
+from kmask.evaluation.predictor import Predictor
+from kmask.modeling.factory import build_mask_rcnn
+from kmask.modeling.mask_rcnn import MaskRCNN
+from kmask.training.checkpoint_callback import CheckpointCallback, checkpoint_step
+from kmask.training.evaluation_callback import EvaluationCallback
+from kmask.training.non_finite_guard import NonFiniteGuard
+from kmask.training.optimizer import build_optimizer
+from kmask.training.run_directory import RunDirectory
+from kmask.training.strategy import is_chief
+from kmask.training.tensorboard_callback import TensorBoardCallback
+
+
+def epoch_plan(start_step: int, max_steps: int, steps_per_epoch: int
+               ) -> list[tuple[int, int, int]]:
+    """The ``fit`` calls that take training from ``start_step`` to ``max_steps``.
+
+    Keras epochs have a fixed length, so a run resumed in the middle of an epoch first
+    finishes that epoch with a shorter ``fit``, and a ``max_steps`` that is not a multiple
+    of ``steps_per_epoch`` ends with a short epoch.
+
+    Returns:
+      ``[(initial_epoch, epochs, steps_per_epoch), ...]`` arguments of ``model.fit``.
+    """
+    plan = []
+    step = start_step
+    while step < max_steps:
+        epoch = step // steps_per_epoch
+        if step % steps_per_epoch or max_steps - step < steps_per_epoch:
+            count = min(steps_per_epoch - step % steps_per_epoch, max_steps - step)
+            plan.append((epoch, epoch + 1, count))
+            step += count
+        else:
+            full = (max_steps - step) // steps_per_epoch
+            plan.append((epoch, epoch + full, steps_per_epoch))
+            step += full * steps_per_epoch
+    return plan
+
+
+class Trainer:
+    """Trains a Mask R-CNN as the configuration says, into a run directory.
+
+    ``train()`` builds the model and the papers' optimizer inside the strategy's scope,
+    restores the latest checkpoint when resuming, and runs ``model.fit`` on the repeated
+    training pipeline with, in this order: ``NonFiniteGuard``, ``EvaluationCallback``
+    (when ``train.eval_every_epochs`` and ``eval.json_path`` are set),
+    ``TensorBoardCallback`` and ``CheckpointCallback``. See ``RunDirectory`` for what the
+    directory holds.
+
+    Data order: the pipeline is seeded with ``data.seed`` (or ``train.seed``) plus the
+    step at which a ``fit`` call starts, so a run is repeatable and a resumed run does not
+    replay the images its first part already saw (it does not replay the interrupted
+    run's exact order either).
+
+    Args:
+      config: the experiment; ``train.json_path``/``images_dir`` or
+        ``train.tfrecord_pattern`` must name the training data, ``model.num_classes``
+        must equal its number of categories.
+      run_dir: the output directory.
+      strategy: a ``tf.distribute`` strategy (``kmask.training.strategy``); default the
+        current one.
+      verbose: Keras ``fit`` verbosity (1 = progress bar, 2 = one line per epoch, 0 =
+        silent).
+      callbacks: more Keras callbacks, run after the standard ones.
+
+    Raises (from ``train``):
+      ConfigError: missing training data, class count mismatch, batch not divisible by
+        the replicas.
+      FileExistsError: ``run_dir`` already has checkpoints and ``resume`` is False.
+      NonFiniteLossError: a loss became NaN/inf; the last good checkpoint is kept.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | os.PathLike[str],
+        strategy: tf.distribute.Strategy | None = None,
+        verbose: int | str = "auto",
+        callbacks: Sequence[keras.callbacks.Callback] = (),
+    ) -> None:
+        self.config = config
+        self.run = RunDirectory(run_dir)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.verbose = verbose
+        self.extra_callbacks = tuple(callbacks)
+        self.is_chief = is_chief(self.strategy)
+        self.model: MaskRCNN | None = None
+        self.history: dict[str, list[float]] = {}
+        self._source: Any = None
+
+    # ------------------------------------------------------------------ pieces
+
+    @property
+    def source(self) -> Any:
+        """The training data (``CocoDataset`` or ``ShardDataset``), opened once."""
+        if self._source is None:
+            self._source = self._open_training_source()
+        return self._source
+
+    def _open_training_source(self) -> Any:
+        train = self.config.train
+        if train.tfrecord_pattern:
+            return open_dataset(tfrecord_pattern=train.tfrecord_pattern,
+                                strict=self.config.data.strict)
+        if not (train.json_path and train.images_dir):
+            raise ConfigError(
+                "no training data: set train.json_path and train.images_dir (kmask train "
+                "--train-json FILE --train-images DIR) or train.tfrecord_pattern"
+            )
+        return open_dataset(json_path=train.json_path, images_dir=train.images_dir,
+                            strict=self.config.data.strict)
+
+    def _check_categories(self, categories: CategoryMap, resume: bool) -> None:
+        if categories.num_classes != self.config.model.num_classes:
+            raise ConfigError(
+                f"model.num_classes is {self.config.model.num_classes} but the training data "
+                f"has {categories.num_classes} categories {list(categories.category_names)}; "
+                f"set model.num_classes={categories.num_classes}"
+            )
+        if resume and self.run.categories_path.is_file():
+            saved = self.run.load_categories()
+            if saved.category_ids != categories.category_ids:
+                raise ConfigError(
+                    f"the training data's category ids {list(categories.category_ids)} differ "
+                    f"from the run's {self.run.categories_path}: {list(saved.category_ids)}"
+                )
+
+    def _global_batch_size(self) -> int:
+        batch = self.config.train.batch_size
+        replicas = self.strategy.num_replicas_in_sync
+        if batch % replicas:
+            raise ConfigError(
+                f"train.batch_size={batch} is not divisible by the {replicas} replicas of "
+                f"the {type(self.strategy).__name__}"
+            )
+        return batch
+
+    def build_model(self, global_batch_size: int) -> MaskRCNN:
+        """The compiled model (weights and optimizer variables created) in the strategy's
+        scope, under the configured dtype policy."""
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(self.config.train.mixed_precision)
+        try:
+            with self.strategy.scope():
+                model = build_mask_rcnn(self.config.model)
+                model.build({"images": (None, None, None, 3)})
+                model.compile(optimizer=build_optimizer(self.config.train, global_batch_size))
+                model.optimizer.build(model.trainable_variables)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        return model
+
+    def dataset(self, start_step: int = 0) -> tf.data.Dataset:
+        """The repeated training pipeline ``fit`` gets when a call starts at ``start_step``.
+
+        Batches of ``train.batch_size`` (global) images, seeded with ``data.seed`` (or
+        ``train.seed``) + ``start_step``, with the DATA auto-shard policy: every worker
+        reads the whole list and keeps its share of each global batch, which is right for
+        JSON sources and any number of TFRecord files.
+        """
+        base_seed = self.config.data.seed
+        if base_seed is None:
+            base_seed = self.config.train.seed
+        data_config = dataclasses.replace(self.config.data, seed=base_seed + start_step)
+        dataset = self.source.build(data_config, training=True,
+                                    batch_size=self._global_batch_size())
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        return dataset.repeat().with_options(options)
+
+    def _callbacks(self, model: MaskRCNN, categories: CategoryMap,
+                   checkpoints: CheckpointCallback) -> list[keras.callbacks.Callback]:
+        config = self.config
+        callbacks: list[keras.callbacks.Callback] = [NonFiniteGuard()]
+        predictor = Predictor(model, config.data, config.eval.mask_threshold)
+        visualization = None
+        if config.eval.json_path and config.eval.images_dir:
+            validation = open_dataset(json_path=config.eval.json_path,
+                                      images_dir=config.eval.images_dir,
+                                      strict=config.data.strict)
+            batches = validation.build(config.data, training=False,
+                                       batch_size=config.eval.batch_size)
+            total = math.ceil(len(validation) / config.eval.batch_size)
+            if config.eval.max_images:
+                total = math.ceil(min(config.eval.max_images, len(validation))
+                                  / config.eval.batch_size)
+                batches = batches.take(total)
+            if config.train.eval_every_epochs:
+                callbacks.append(
+                    EvaluationCallback(
+                        COCOEvaluator(config.eval.json_path, categories),
+                        batches,
+                        config.data,
+                        config.train.eval_every_epochs,
+                        total_batches=total,
+                        mask_threshold=config.eval.mask_threshold,
+                        is_chief=self.is_chief,
+                    )
+                )
+            if config.train.num_visualizations:
+                images = validation.build(config.data, training=False,
+                                          batch_size=config.train.num_visualizations)
+                visualization = next(iter(images))[0]
+        callbacks.append(
+            TensorBoardCallback(
+                self.run.logs_dir,
+                config.train.log_every,
+                schedule=_schedule_of(model.optimizer),
+                visualization_batch=visualization,
+                predictor=predictor,
+                class_names=categories.category_names,
+                score_threshold=config.eval.visualization_score_threshold,
+                is_chief=self.is_chief,
+            )
+        )
+        callbacks.append(checkpoints)
+        return callbacks
+
+    # ------------------------------------------------------------------ the run
+
+    def train(self, resume: bool = False) -> dict[str, list[float]]:
+        """Trains to ``train.max_steps`` and returns the merged ``fit`` history.
+
+        Args:
+          resume: continue from the latest checkpoint of the run directory (from scratch
+            when there is none); without it a run directory with checkpoints is refused.
+        """
+        config = self.config
+        latest = self.run.latest_checkpoint()
+        if latest is not None and not resume:
+            raise FileExistsError(
+                f"{self.run.path} already holds checkpoints (latest {latest.name}); pass "
+                f"--resume to continue that run or choose another --out"
+            )
+        categories = self.source.categories
+        self._check_categories(categories, resume)
+        global_batch_size = self._global_batch_size()
+        if self.is_chief:
+            self.run.write_config(config)
+            self.run.write_categories(categories)
+
+        keras.utils.set_random_seed(config.train.seed)
+        model = self.build_model(global_batch_size)
+        self.model = model
+        step = 0
+        if resume and latest is not None:
+            model.load_weights(latest)
+            step = int(model.optimizer.iterations.numpy())
+            if step != checkpoint_step(latest):
+                raise RuntimeError(
+                    f"{latest}: holds optimizer step {step}, its name says "
+                    f"{checkpoint_step(latest)}"
+                )
+            print(f"resuming from {latest} at step {step}", flush=True)
+        elif resume:
+            print(f"no checkpoint in {self.run.checkpoints_dir}; starting from step 0",
+                  flush=True)
+        if step >= config.train.max_steps:
+            print(f"already trained to step {step} (train.max_steps={config.train.max_steps})")
+            return self.history
+
+        # Saved at the end of the whole run, not at the end of each fit call.
+        checkpoints = CheckpointCallback(
+            self.run.checkpoints_dir,
+            config.train.checkpoint_every_steps,
+            keep=config.train.keep_checkpoints,
+            save_on_train_end=False,
+            is_chief=self.is_chief,
+        )
+        callbacks = [*self._callbacks(model, categories, checkpoints), *self.extra_callbacks]
+        with self._fit_scope(model):
+            for initial_epoch, epochs, steps in epoch_plan(
+                step, config.train.max_steps, config.train.steps_per_epoch
+            ):
+                start = int(model.optimizer.iterations.numpy())
+                history = model.fit(
+                    self.dataset(start),
+                    initial_epoch=initial_epoch,
+                    epochs=epochs,
+                    steps_per_epoch=steps,
+                    callbacks=callbacks,
+                    verbose=self.verbose,
+                    shuffle=False,  # the pipeline shuffles
+                )
+                for key, values in history.history.items():
+                    self.history.setdefault(key, []).extend(float(v) for v in values)
+        checkpoints.save(int(model.optimizer.iterations.numpy()))
+        return self.history
+
+    def _fit_scope(self, model: MaskRCNN) -> contextlib.AbstractContextManager:
+        """Where ``fit`` runs: inside the strategy's scope when it replicates.
+
+        Keras' TensorFlow ``fit`` first pulls one batch and reduces it across replicas to
+        build the model symbolically (``_maybe_symbolic_build``); that batch is then lost
+        to training, and ``MultiWorkerMirroredStrategy`` cannot reduce a dict of features
+        at all (keras-team/keras#20329). The model is already built here, so the trainer
+        detaches the strategy the model recorded at construction (skipping that step) and
+        runs ``fit`` inside the strategy's scope instead, where ``model.distribute_strategy``
+        resolves to the same strategy for the train function and the dataset.
+
+        Under ``MultiWorkerMirroredStrategy`` Keras 3 also averages each logged value with
+        ``strategy.reduce("MEAN", value, axis=0)``, which fails for the scalar losses
+        (tensorflow/tensorflow#72388): ``_rank_one_logs`` hands them over as ``[1]``.
+        """
+        if self.strategy is tf.distribute.get_strategy():
+            return contextlib.nullcontext()
+        model._distribute_strategy = None
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            model.train_step = _rank_one_logs(model.train_step)
+        return self.strategy.scope()
+
+
+def _rank_one_logs(train_step: Any) -> Any:
+    """``train_step`` with every logged scalar reshaped to ``[1]`` (reduced back to a
+    scalar by Keras' cross-worker mean)."""
+
+    def step(data: Any) -> dict[str, tf.Tensor]:
+        return {key: tf.reshape(value, [1]) for key, value in train_step(data).items()}
+
+    return step
+
+
+def _schedule_of(optimizer: keras.optimizers.Optimizer) -> Any:
+    """The learning rate schedule of a (possibly loss-scaled) optimizer."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return getattr(inner, "learning_rate_schedule", None)

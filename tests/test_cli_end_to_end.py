@@ -1,0 +1,112 @@
+"""The kmask command end to end on a handful of 64 px images: make-shapes, train, resume,
+evaluate, predict, and the errors of misuse (exit status and a message naming the
+argument or file)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.training.helpers import tiny_overrides
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def kmask(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())",
+         *args],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A shapes dataset and a run trained by ``kmask train`` (2 steps) from the shipped
+    shapes_tiny config with tiny overrides."""
+    work = tmp_path_factory.mktemp("cli")
+    _ok(kmask("make-shapes", "--out", "shapes", "--num-train", "4", "--num-val", "2",
+              "--image-size", "64", cwd=work))
+    sets = [arg for item in tiny_overrides(work / "shapes") if not item.startswith(
+        ("train.json_path", "train.images_dir", "eval.json_path", "eval.images_dir"))
+        for arg in ("--set", item)]
+    _ok(kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"), *sets,
+              "--set", "train.max_steps=2", "--set", "train.steps_per_epoch=2",
+              "--train-json", "shapes/train.json", "--train-images", "shapes",
+              "--val-json", "shapes/val.json", "--val-images", "shapes",
+              "--out", "run", cwd=work))
+    return work, work / "run"
+
+
+def test_train_writes_a_complete_run_directory(trained):
+    work, run = trained
+    assert (run / "checkpoints" / "ckpt-00000002.weights.h5").is_file()
+    config = (run / "config.yaml").read_text()
+    assert str(work / "shapes" / "train.json") in config  # data paths made absolute
+    assert (run / "categories.json").is_file()
+    assert list((run / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_refuses_to_overwrite_and_resumes(trained):
+    work, run = trained
+    again = kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
+                  "--out", str(run), cwd=work)
+    assert again.returncode == 1 and "--resume" in again.stderr
+    out = _ok(kmask("train", "--resume", "--out", str(run), "--set", "train.max_steps=3",
+                    cwd=work))
+    assert "resuming from" in out and "trained to step 3" in out
+    assert (run / "checkpoints" / "ckpt-00000003.weights.h5").is_file()
+
+
+def test_evaluate_run(trained):
+    work, run = trained
+    out = _ok(kmask("evaluate", "--run", str(run), cwd=work))
+    assert "mask AP" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    for prefix in ("bbox", "segm"):
+        for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            assert -1.0 <= metrics[f"{prefix}_{name}"] <= 1.0
+    assert metrics["num_images"] == 2
+    results = json.loads((run / "results.json").read_text())
+    assert all(r["category_id"] in (1, 2, 3) for r in results)
+
+
+def test_predict_checkpoint(trained, tmp_path):
+    work, run = trained
+    checkpoint = sorted((run / "checkpoints").glob("ckpt-*.weights.h5"))[-1]
+    images = sorted((work / "shapes" / "val").glob("*.png"))
+    out = _ok(kmask("predict", "--checkpoint", str(checkpoint), *map(str, images),
+                    "--out", str(tmp_path / "pred"), "--score-threshold", "0.0", cwd=work))
+    assert "wrote 2 PNGs" in out
+    for image in images:
+        picture = np.asarray(Image.open(tmp_path / "pred" / image.name))
+        assert picture.shape == (512, 512, 3)  # 64 px drawn at 8x
+    detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    for detection in detections:
+        x, y, w, h = detection["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 64.01 and y + h <= 64.01
+        assert detection["category_name"] in ("circle", "square", "triangle")
+
+
+def test_errors_name_the_argument(trained, tmp_path):
+    work, run = trained
+    result = kmask("train", "--config", "missing.yaml", "--out", str(tmp_path), cwd=work)
+    assert result.returncode == 2 and "missing.yaml" in result.stderr
+    result = kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
+                   "--set", "train.bogus=1", "--out", str(tmp_path), cwd=work)
+    assert result.returncode == 2 and "bogus" in result.stderr
+    result = kmask("evaluate", "--run", str(tmp_path / "nothing"), cwd=work)
+    assert result.returncode == 2 and "nothing" in result.stderr
+    result = kmask("predict", "--run", str(run), str(tmp_path / "missing.png"), cwd=work)
+    assert result.returncode == 2 and "missing.png" in result.stderr

@@ -1,0 +1,118 @@
+"""Trainer on tiny shapes data: the loss goes down, a resumed run matches an uninterrupted
+one step for step (count and learning rate), the run directory is complete, and misuse
+fails with clear errors."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kmask.config import ConfigError
+from kmask.training import CheckpointCallback, Trainer, WarmupStepSchedule
+from kmask.training.trainer import epoch_plan
+from tests.training.helpers import make_shapes, tiny_config
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("shapes"), num_train=4, num_val=2)
+
+
+def _scalars(log_dir: Path, tag: str) -> dict[int, float]:
+    events = EventAccumulator(str(log_dir / "train"), size_guidance={"tensors": 0})
+    events.Reload()
+    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+
+
+def test_epoch_plan():
+    assert epoch_plan(0, 10, 5) == [(0, 2, 5)]
+    assert epoch_plan(0, 7, 3) == [(0, 2, 3), (2, 3, 1)]
+    assert epoch_plan(4, 10, 3) == [(1, 2, 2), (2, 3, 3), (3, 4, 1)]
+    assert epoch_plan(10, 10, 3) == []
+
+
+class _StopAt(keras.callbacks.Callback):
+    """Simulates a crash: raises once the optimizer reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_matches_an_uninterrupted_run(shapes, tmp_path):
+    config = tiny_config(shapes)  # 6 steps, epochs of 3, checkpoints every 2, lr step at 4
+    straight = tmp_path / "straight"
+    Trainer(config, straight, verbose=0).train()
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, resumed, verbose=0, callbacks=[_StopAt(3)]).train()
+    assert CheckpointCallback.latest(resumed / "checkpoints").name == "ckpt-00000002.weights.h5"
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(config, resumed, verbose=0).train()
+    trainer = Trainer(config, resumed, verbose=0)
+    trainer.train(resume=True)  # from step 2, in the middle of the first epoch
+
+    assert int(trainer.model.optimizer.iterations.numpy()) == 6
+    for run in (straight, resumed):
+        names = sorted(p.name for p in (run / "checkpoints").iterdir())
+        assert names == ["checkpoint", "ckpt-00000002.weights.h5", "ckpt-00000004.weights.h5",
+                         "ckpt-00000006.weights.h5"]
+    rates = _scalars(straight / "logs", "learning_rate")
+    assert sorted(rates) == [1, 2, 3, 4, 5, 6]
+    assert _scalars(resumed / "logs", "learning_rate") == rates
+    schedule = WarmupStepSchedule(0.01, boundaries=(4,), warmup_steps=2, warmup_factor=0.001)
+    for step, rate in rates.items():
+        assert rate == pytest.approx(float(schedule(step - 1)), rel=1e-6)
+    # Nothing more to do once max_steps is reached.
+    assert Trainer(config, resumed, verbose=0).train(resume=True) == {}
+
+
+def test_run_directory_contents(shapes, tmp_path):
+    config = tiny_config(shapes, "train.max_steps=2", "train.steps_per_epoch=2",
+                         "train.eval_every_epochs=1", "eval.max_images=2")
+    history = Trainer(config, tmp_path, verbose=0).train()
+    assert {"loss", "loss_mask", "val_segm_AP", "val_bbox_AP"} <= set(history)
+    assert (tmp_path / "config.yaml").is_file()
+    assert [c["name"] for c in json.loads((tmp_path / "categories.json").read_text())] == [
+        "circle", "square", "triangle"]
+    events = EventAccumulator(str(tmp_path / "logs" / "train"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert {"losses/loss_mask", "losses/loss_rpn_cls", "learning_rate", "epoch/val_segm_AP",
+            "predictions/0"} <= tags
+    picture = tf.io.decode_png(tf.make_ndarray(events.Tensors("predictions/0")[0].tensor_proto)[2])
+    assert picture.shape[-1] == 3 and picture.shape[0] >= 512
+
+
+def test_loss_decreases(shapes, tmp_path):
+    losses = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            losses[int(self.model.optimizer.iterations.numpy())] = float(logs["loss"])
+
+    config = tiny_config(shapes, "train.max_steps=30", "train.steps_per_epoch=30",
+                         "train.lr_steps=[100]", "train.warmup_steps=5",
+                         "train.checkpoint_every_steps=100", "train.num_visualizations=0",
+                         "train.base_learning_rate=0.005", "train.grad_clip_norm=5.0")
+    Trainer(config, tmp_path, verbose=0, callbacks=[Record()]).train()
+    # Running means over the epoch -> means over steps 1..5 and 26..30.
+    first = losses[5]
+    last = (30 * losses[30] - 25 * losses[25]) / 5
+    assert np.isfinite(last) and last < 0.8 * first, (first, last)
+
+
+def test_configuration_errors(shapes, tmp_path):
+    with pytest.raises(ConfigError, match="model.num_classes=3"):
+        Trainer(tiny_config(shapes, "model.num_classes=5"), tmp_path, verbose=0).train()
+    with pytest.raises(ConfigError, match="no training data"):
+        Trainer(tiny_config(shapes, "train.json_path=null"), tmp_path, verbose=0).train()
