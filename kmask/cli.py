@@ -374,7 +374,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         return _fail("evaluate", str(error), 2)
     print(f"evaluating {checkpoint} on {count} images of {json_path}")
-    metrics = evaluator.run(predictor, batches, total=total)
+    try:
+        metrics = evaluator.run(predictor, batches, total=total)
+    except DataError as error:
+        return _fail("evaluate", str(error), 1)
     results_out = args.results_out or (run.results_path if run is not None else None)
     if results_out:
         evaluator.write_results(results_out)

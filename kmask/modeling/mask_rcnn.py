@@ -175,7 +175,10 @@ class MaskRCNN(keras.Model):
             total = tf.add_n(list(losses.values()))
             if self.losses:
                 total += tf.add_n([tf.cast(loss, tf.float32) for loss in self.losses])
-            scaled = self.optimizer.scale_loss(total)
+            # tf.distribute sums the replicas' gradients: each replica contributes its
+            # loss / replicas, so the sum is the gradient of the global batch's mean loss.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(total / replicas)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)

@@ -42,7 +42,8 @@ def main() -> None:
     class Snapshot(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             if not initial:
-                initial.update({v.path: np.array(v.numpy()) for v in self.model.trainable_variables})
+                initial.update({v.path: np.array(v.numpy())
+                                for v in self.model.trainable_variables})
 
     trainer = Trainer(config, args.out, strategy=strategy, verbose=0, callbacks=[Snapshot()])
     trainer.train()

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -157,7 +156,6 @@ model.fit(x, x[:, :1], batch_size=2, verbose=0,
 """
 
 
-@pytest.mark.slow
 def test_sigkill_during_checkpointing_never_corrupts(tmp_path):
     """Kills a process that writes a checkpoint every step at several moments; each time
     the latest checkpoint loads and the step counter only moves forward."""

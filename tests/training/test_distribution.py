@@ -55,8 +55,20 @@ def _worker(strategy: str, out: Path, shapes: Path, dump: Path, env: dict | None
 
 
 def _finish(process: subprocess.Popen, timeout: float = 420) -> None:
-    output, _ = process.communicate(timeout=timeout)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        _kill([process])
     assert process.returncode == 0, output[-4000:]
+
+
+def _kill(processes: list[subprocess.Popen]) -> None:
+    """SIGKILL whatever still runs: a worker whose peer died waits in a collective forever
+    and ignores SIGTERM, so a failed test must not leave it behind."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def _load(path: Path) -> dict:
@@ -109,7 +121,6 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-@pytest.mark.slow
 def test_multi_worker_two_local_processes(twin_shapes, single_device, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []
@@ -118,8 +129,11 @@ def test_multi_worker_two_local_processes(twin_shapes, single_device, tmp_path):
         processes.append(_worker("auto", tmp_path / "run", twin_shapes,
                                  tmp_path / f"dump{index}.npz",
                                  env={"TF_CONFIG": json.dumps(tf_config)}))
-    for process in processes:
-        _finish(process)
+    try:
+        for process in processes:
+            _finish(process)
+    finally:
+        _kill(processes)
     dumps = [_load(tmp_path / f"dump{i}.npz") for i in range(2)]
     for dump in dumps:
         assert int(dump["replicas"]) == 2 and int(dump["step"]) == 2

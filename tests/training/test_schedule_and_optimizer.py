@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from kmask.config import ConfigError, load_config
-from kmask.training import (CoupledWeightDecaySGD, WarmupStepSchedule, build_optimizer,
-                            scaled_learning_rate)
+from kmask.training import (
+    CoupledWeightDecaySGD,
+    WarmupStepSchedule,
+    build_optimizer,
+    scaled_learning_rate,
+)
 
 
 def test_schedule_values_by_hand():

@@ -5,6 +5,7 @@ fails with clear errors."""
 import json
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kmask.config import ConfigError
-from kmask.training import CheckpointCallback, Trainer, WarmupStepSchedule
+from kmask.training import CheckpointCallback, NonFiniteLossError, Trainer, WarmupStepSchedule
+from kmask.training.checkpoint_callback import checkpoint_step
 from kmask.training.trainer import epoch_plan
 from tests.training.helpers import make_shapes, tiny_config
 
@@ -116,3 +118,45 @@ def test_configuration_errors(shapes, tmp_path):
         Trainer(tiny_config(shapes, "model.num_classes=5"), tmp_path, verbose=0).train()
     with pytest.raises(ConfigError, match="no training data"):
         Trainer(tiny_config(shapes, "train.json_path=null"), tmp_path, verbose=0).train()
+
+
+def test_mixed_precision_checkpoint_serves_float32(shapes, tmp_path):
+    """A mixed_float16 run (loss-scaled optimizer) writes checkpoints that the float32
+    inference model of ``kmask evaluate``/``predict`` loads."""
+    from kmask.evaluation import Predictor
+
+    config = tiny_config(shapes, "train.mixed_precision=mixed_float16", "train.max_steps=1",
+                         "train.num_visualizations=0")
+    trainer = Trainer(config, tmp_path, verbose=0)
+    trainer.train()
+    assert trainer.model.backbone.compute_dtype == "float16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    # (A step whose loss-scaled gradients overflow is skipped and not counted.)
+    predictor = Predictor.from_checkpoint(
+        config, CheckpointCallback.latest(tmp_path / "checkpoints"))
+    assert predictor.model.backbone.compute_dtype == "float32"
+    for ours, theirs in zip(predictor.model.trainable_variables,
+                            trainer.model.trainable_variables):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
+    # Step 1 runs at lr 1e-3, step 2 at 5e5: the model blows up right after the first
+    # checkpoint.
+    config = tiny_config(shapes, "train.base_learning_rate=1000000.0",
+                         "train.warmup_factor=0.000000001", "train.warmup_steps=2",
+                         "train.checkpoint_every_steps=1", "train.keep_checkpoints=30",
+                         "train.max_steps=30", "train.steps_per_epoch=30",
+                         "train.num_visualizations=0")
+    with pytest.raises(NonFiniteLossError) as caught:
+        Trainer(config, tmp_path, verbose=0).train()
+    assert f"at step {caught.value.step}" in str(caught.value)
+    assert caught.value.terms and all(t.startswith("loss") or t == "weights"
+                                      for t in caught.value.terms)
+    latest = CheckpointCallback.latest(tmp_path / "checkpoints")
+    assert 1 <= checkpoint_step(latest) <= caught.value.step
+    arrays = []
+    with h5py.File(latest) as handle:
+        handle.visititems(lambda name, item: arrays.append(item[()])
+                          if isinstance(item, h5py.Dataset) else None)
+    assert arrays and all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f")

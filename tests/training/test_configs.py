@@ -1,0 +1,32 @@
+"""The shipped experiment files load against the schema and say what they claim."""
+
+from pathlib import Path
+
+import pytest
+
+from kmask.config import load_config
+from kmask.training import scaled_learning_rate
+
+_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name,depth", [("mask_rcnn_r50_fpn_1x_coco.yaml", 50),
+                                        ("mask_rcnn_r101_fpn_1x_coco.yaml", 101)])
+def test_coco_configs_have_the_papers_schedule(name, depth):
+    config = load_config(_CONFIGS / name)
+    assert config.model.num_classes == 80 and config.model.backbone.depth == depth
+    assert config.model.backbone.norm == "frozen_bn" and config.model.backbone.freeze_at == 2
+    assert str(depth) in config.model.backbone.weights
+    train = config.train
+    assert (train.batch_size, train.max_steps, train.lr_steps) == (16, 90_000, (60_000, 80_000))
+    assert scaled_learning_rate(train, train.batch_size) == pytest.approx(0.02)
+    assert (train.momentum, train.weight_decay, train.lr_decay_factor) == (0.9, 1e-4, 0.1)
+    assert config.data.min_size == (800,) and config.data.max_size == 1333
+
+
+def test_shapes_tiny_config():
+    config = load_config(_CONFIGS / "shapes_tiny.yaml")
+    assert config.model.num_classes == 3
+    assert config.data.min_size == (128,)
+    assert config.train.json_path == "data/shapes/train.json"
+    assert config.train.max_steps > max(config.train.lr_steps)
