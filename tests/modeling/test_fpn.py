@@ -94,7 +94,7 @@ def test_initialization_kaiming_uniform_a1_zero_bias():
     for conv, fan_in in [(fpn.lateral_convs[3], 2048), (fpn.output_convs[0], 256 * 9)]:
         kernel, bias = (keras.ops.convert_to_numpy(w) for w in conv.weights)
         bound = np.sqrt(3.0 / fan_in)
-        assert np.abs(kernel).max() <= bound
+        assert np.abs(kernel).max() <= bound * (1 + 1e-6)  # float32 samples, float64 bound
         assert np.abs(kernel).max() > 0.95 * bound  # uniform over the full range
         np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3.0), rtol=0.05)
         np.testing.assert_array_equal(bias, 0.0)
