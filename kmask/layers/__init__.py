@@ -7,3 +7,13 @@ from kmask.layers.proposal_generator import ProposalGenerator
 from kmask.layers.roi_align import ROIAlign
 from kmask.layers.roi_sampler import ROISampler
 from kmask.layers.rpn_target_assigner import RPNTargetAssigner
+
+__all__ = [
+    "AnchorGenerator",
+    "FrozenBatchNorm",
+    "MultiLevelROIAlign",
+    "ProposalGenerator",
+    "ROIAlign",
+    "ROISampler",
+    "RPNTargetAssigner",
+]

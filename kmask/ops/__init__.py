@@ -3,4 +3,14 @@
 from kmask.ops import anchors, boxes, masks, matching, nms, sampling
 from kmask.ops.roi_align import assign_levels, multilevel_roi_align, roi_align
 
-__all__ = ["assign_levels", "multilevel_roi_align", "roi_align"]
+__all__ = [
+    "anchors",
+    "assign_levels",
+    "boxes",
+    "masks",
+    "matching",
+    "multilevel_roi_align",
+    "nms",
+    "roi_align",
+    "sampling",
+]
