@@ -237,6 +237,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from kmask.config import ConfigError
     from kmask.data import DataError
     from kmask.training import NonFiniteLossError, RunDirectory, Trainer
+    from kmask.training.optimizer import optimizer_step
 
     run = RunDirectory(args.out)
     try:
@@ -257,7 +258,7 @@ def _run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _fail("train", f"interrupted; continue with --resume from "
                      f"{run.latest_checkpoint() or 'the start'}", 130)
-    step = int(trainer.model.optimizer.iterations.numpy())
+    step = optimizer_step(trainer.model)
     print(f"trained to step {step}; run directory {run.path}")
     return 0
 
@@ -337,13 +338,12 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import math
-
     from kmask.config import ConfigError
     from kmask.data import DataError, open_dataset
-    from kmask.data.image_io import write_atomic
     from kmask.evaluation import COCOEvaluator, Predictor, format_metrics
+    from kmask.evaluation.coco_evaluator import evaluation_batches
     from kmask.training.checkpoint_callback import checkpoint_step
+    from kmask.training.run_directory import atomic_write_json
 
     try:
         config, checkpoint, run = _inference_setup(args)
@@ -363,13 +363,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             )
         source = open_dataset(json_path=json_path, images_dir=images_dir,
                               strict=config.data.strict)
-        batch_size = args.batch_size or config.eval.batch_size
-        count = len(source)
-        max_images = args.max_images or config.eval.max_images
-        if max_images:
-            count = min(count, max_images)
-        total = math.ceil(count / batch_size)
-        batches = source.build(config.data, training=False, batch_size=batch_size).take(total)
+        batches, count, total = evaluation_batches(
+            source, config.data, args.batch_size or config.eval.batch_size,
+            args.max_images or config.eval.max_images)
         predictor = Predictor.from_checkpoint(config, checkpoint)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         return _fail("evaluate", str(error), 2)
@@ -389,7 +385,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             record["step"] = checkpoint_step(checkpoint)
         except ValueError:
             pass
-        write_atomic(metrics_out, (json.dumps(record, indent=1) + "\n").encode())
+        atomic_write_json(metrics_out, record)
         print(f"wrote metrics to {metrics_out}")
     print(format_metrics(metrics))
     print(f"mask AP {metrics['segm_AP']:.3f}  box AP {metrics['bbox_AP']:.3f}  "

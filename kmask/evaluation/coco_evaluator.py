@@ -54,6 +54,20 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap
     return results
 
 
+def evaluation_batches(source: Any, data_config: Any, batch_size: int,
+                       max_images: int | None = None) -> tuple[Any, int, int]:
+    """The evaluation pipeline of a dataset (``CocoDataset`` / ``ShardDataset``): its first
+    ``max_images`` images (all when None) in batches of ``batch_size``.
+
+    Returns:
+      (batches, number of images, number of batches).
+    """
+    count = min(len(source), max_images) if max_images else len(source)
+    total = math.ceil(count / batch_size)
+    batches = source.build(data_config, training=False, batch_size=batch_size).take(total)
+    return batches, count, total
+
+
 def _quiet(function: Any, *args: Any) -> Any:
     """Calls a pycocotools function without its console chatter."""
     with contextlib.redirect_stdout(io.StringIO()):

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from kmask.training.non_finite_loss_error import NonFiniteLossError
+from kmask.training.optimizer import optimizer_step
 from kmask.training.run_directory import atomic_write_json
 
 _NAME = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
@@ -98,9 +99,6 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ writing
 
-    def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
-
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self.is_chief:
             return
@@ -109,13 +107,13 @@ class CheckpointCallback(keras.callbacks.Callback):
             stray.unlink(missing_ok=True)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        step = self._step()
+        step = optimizer_step(self.model)
         if step % self.every_steps == 0:
             self.save(step)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.save_on_train_end:
-            self.save(self._step())
+            self.save(optimizer_step(self.model))
 
     def save(self, step: int) -> Path | None:
         """Writes the checkpoint of ``step`` (once per step); returns its path on the chief.

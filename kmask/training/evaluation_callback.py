@@ -9,6 +9,7 @@ import keras
 from kmask.config import DataConfig
 from kmask.evaluation.coco_evaluator import COCOEvaluator, format_metrics
 from kmask.evaluation.predictor import Predictor
+from kmask.training.optimizer import optimizer_step
 
 
 class EvaluationCallback(keras.callbacks.Callback):
@@ -59,7 +60,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         if self._predictor is None:
             self._predictor = Predictor(self.model, self.data_config, self.mask_threshold)
         self.last_metrics = self.evaluator.run(self._predictor, self.batches, self.total_batches)
-        step = int(self.model.optimizer.iterations.numpy())
+        step = optimizer_step(self.model)
         print(f"\nevaluation at step {step} ({self.evaluator.json_path}):\n"
               f"{format_metrics(self.last_metrics)}", flush=True)
         if logs is not None:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import keras
 
 from kmask.training.non_finite_loss_error import NonFiniteLossError
+from kmask.training.optimizer import optimizer_step
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -43,7 +44,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
             return
         # Name the individual terms first; the total is non-finite whenever one of them is.
         terms = tuple(sorted(bad, key=lambda k: (k == "loss", k)))
-        step = int(self.model.optimizer.iterations.numpy())
+        step = optimizer_step(self.model)
         detail = ", ".join(f"{key}={bad[key]}" for key in terms)
         raise NonFiniteLossError(step, terms, detail)
 

@@ -1,6 +1,9 @@
-"""``build_optimizer``: the papers' SGD for a ``TrainConfig`` and a global batch size."""
+"""``build_optimizer``: the papers' SGD for a ``TrainConfig`` and a global batch size;
+``optimizer_step``: the step a model's optimizer has taken."""
 
 from __future__ import annotations
+
+import keras
 
 from kmask.config import TrainConfig
 from kmask.training.coupled_weight_decay_sgd import CoupledWeightDecaySGD
@@ -35,3 +38,9 @@ def build_optimizer(config: TrainConfig, global_batch_size: int) -> CoupledWeigh
         weight_decay=config.weight_decay,
         clip_norm=config.grad_clip_norm,
     )
+
+
+def optimizer_step(model: keras.Model) -> int:
+    """Optimizer steps taken so far (the training step counter checkpoints, logs and the
+    schedule use)."""
+    return int(model.optimizer.iterations.numpy())

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from kmask.evaluation.predictor import Predictor
 from kmask.ops.masks import paste_masks
+from kmask.training.optimizer import optimizer_step
 from kmask.visualization import draw_detections
 
 
@@ -66,9 +67,6 @@ class TensorBoardCallback(keras.callbacks.Callback):
         self._writer: Any = None
         self._previous: tuple[int, dict[str, float]] = (0, {})
 
-    def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
-
     def _get_writer(self) -> Any:
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(str(self.log_dir / "train"))
@@ -78,7 +76,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         self._previous = (0, {})
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        step = self._step()
+        step = optimizer_step(self.model)
         if not self.is_chief or step % self.log_every:
             return
         count = batch + 1
@@ -101,7 +99,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if not self.is_chief:
             return
-        step = self._step()
+        step = optimizer_step(self.model)
         with self._get_writer().as_default(step=step):
             for key, value in (logs or {}).items():
                 tf.summary.scalar(f"epoch/{key}", float(value))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from typing import Any, Sequence
 
@@ -14,14 +13,14 @@ import tensorflow as tf
 from kmask.config import Config, ConfigError
 from kmask.data.builder import open_dataset
 from kmask.data.category_map import CategoryMap
-from kmask.evaluation.coco_evaluator import COCOEvaluator
+from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches
 from kmask.evaluation.predictor import Predictor
 from kmask.modeling.factory import build_mask_rcnn
 from kmask.modeling.mask_rcnn import MaskRCNN
 from kmask.training.checkpoint_callback import CheckpointCallback, checkpoint_step
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
-from kmask.training.optimizer import build_optimizer
+from kmask.training.optimizer import build_optimizer, optimizer_step
 from kmask.training.run_directory import RunDirectory
 from kmask.training.strategy import is_chief
 from kmask.training.tensorboard_callback import TensorBoardCallback
@@ -196,13 +195,9 @@ class Trainer:
             validation = open_dataset(json_path=config.eval.json_path,
                                       images_dir=config.eval.images_dir,
                                       strict=config.data.strict)
-            batches = validation.build(config.data, training=False,
-                                       batch_size=config.eval.batch_size)
-            total = math.ceil(len(validation) / config.eval.batch_size)
-            if config.eval.max_images:
-                total = math.ceil(min(config.eval.max_images, len(validation))
-                                  / config.eval.batch_size)
-                batches = batches.take(total)
+            batches, _, total = evaluation_batches(validation, config.data,
+                                                   config.eval.batch_size,
+                                                   config.eval.max_images)
             if config.train.eval_every_epochs:
                 callbacks.append(
                     EvaluationCallback(
@@ -263,7 +258,7 @@ class Trainer:
         step = 0
         if resume and latest is not None:
             model.load_weights(latest)
-            step = int(model.optimizer.iterations.numpy())
+            step = optimizer_step(model)
             if step != checkpoint_step(latest):
                 raise RuntimeError(
                     f"{latest}: holds optimizer step {step}, its name says "
@@ -290,7 +285,7 @@ class Trainer:
             for initial_epoch, epochs, steps in epoch_plan(
                 step, config.train.max_steps, config.train.steps_per_epoch
             ):
-                start = int(model.optimizer.iterations.numpy())
+                start = optimizer_step(model)
                 history = model.fit(
                     self.dataset(start),
                     initial_epoch=initial_epoch,
@@ -302,7 +297,7 @@ class Trainer:
                 )
                 for key, values in history.history.items():
                     self.history.setdefault(key, []).extend(float(v) for v in values)
-        checkpoints.save(int(model.optimizer.iterations.numpy()))
+        checkpoints.save(optimizer_step(model))
         return self.history
 
     def _fit_scope(self, model: MaskRCNN) -> contextlib.AbstractContextManager:
