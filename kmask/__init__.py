@@ -1,3 +1,1 @@
 """kmask: Mask R-CNN with ResNet-FPN for TensorFlow 2 and Keras 3."""
-
-__version__ = "0.1.0"

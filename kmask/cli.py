@@ -7,7 +7,6 @@ Each subcommand is a function ``_add_NAME(subparsers)`` that registers its parse
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -16,6 +15,13 @@ if TYPE_CHECKING:
 
     from kmask.config import Config
     from kmask.training import RunDirectory
+
+
+def _fail(command: str, message: str, status: int = 1) -> int:
+    """Prints ``kmask COMMAND: error: MESSAGE`` to stderr and returns ``status``: every
+    error (and skipped input) of every subcommand is reported here and nowhere else."""
+    print(f"kmask {command}: error: {message}", file=sys.stderr)
+    return status
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -71,18 +77,14 @@ def _run_make_shapes(args: argparse.Namespace) -> int:
 
     for name in ("num_train", "num_val"):
         if getattr(args, name) < 0:
-            flag = "--" + name.replace("_", "-")
-            print(f"kmask make-shapes: error: {flag} must be >= 0", file=sys.stderr)
-            return 2
+            return _fail("make-shapes", f"--{name.replace('_', '-')} must be >= 0", 2)
     try:
         shapes = ShapesDataset(args.image_size, seed=args.seed)
         paths = shapes.write(args.out, args.num_train, args.num_val, progress=True)
     except ValueError as error:
-        print(f"kmask make-shapes: error: --image-size: {error}", file=sys.stderr)
-        return 2
+        return _fail("make-shapes", f"--image-size: {error}", 2)
     except OSError as error:
-        print(f"kmask make-shapes: error: cannot write to {args.out}: {error}", file=sys.stderr)
-        return 1
+        return _fail("make-shapes", f"cannot write to {args.out}: {error}", 1)
     print(f"wrote {paths['train']} ({args.num_train} images) and {paths['val']} "
           f"({args.num_val} images); image paths are relative to {args.out}")
     return 0
@@ -114,15 +116,10 @@ def _run_convert_coco(args: argparse.Namespace) -> int:
             args.out, num_shards=args.num_shards, prefix=args.prefix or Path(args.json).stem
         )
         paths = writer.write(dataset, progress=True)
-    except DataError as error:
-        print(f"kmask convert-coco: error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"kmask convert-coco: error: {error}", file=sys.stderr)
-        return 1
+    except (DataError, OSError) as error:
+        return _fail("convert-coco", str(error), 1)
     except KeyboardInterrupt:
-        print("kmask convert-coco: interrupted; no shard was written", file=sys.stderr)
-        return 130
+        return _fail("convert-coco", "interrupted; no shard was written", 130)
     print(f"wrote {len(paths)} shard(s) to {args.out}: {writer.images_written} images, "
           f"{writer.instances_written} instances ({paths[0].name} ...)")
     print(dataset.report.summary())
@@ -147,11 +144,6 @@ def _add_convert_coco(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first bad image or annotation instead of skipping it")
     parser.set_defaults(handler=_run_convert_coco)
-
-
-def _fail(command: str, message: str, status: int = 1) -> int:
-    print(f"kmask {command}: error: {message}", file=sys.stderr)
-    return status
 
 
 def _absolute(path: str | None) -> str | None:
@@ -340,7 +332,7 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from kmask.config import ConfigError
     from kmask.data import DataError, open_dataset
-    from kmask.evaluation import COCOEvaluator, Predictor, format_metrics
+    from kmask.evaluation import COCOEvaluator, DetectorMode, Predictor
     from kmask.evaluation.coco_evaluator import evaluation_batches
     from kmask.training.checkpoint_callback import checkpoint_step
     from kmask.training.run_directory import atomic_write_json
@@ -372,24 +364,23 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(f"evaluating {checkpoint} on {count} images of {json_path}")
     try:
         metrics = evaluator.run(predictor, batches, total=total)
-    except DataError as error:
+    except (DataError, ValueError) as error:
         return _fail("evaluate", str(error), 1)
     results_out = args.results_out or (run.results_path if run is not None else None)
     if results_out:
         evaluator.write_results(results_out)
-        print(f"wrote COCO results to {results_out}")
+        what = "proposals" if evaluator.mode is DetectorMode.RPN else "COCO results"
+        print(f"wrote {what} to {results_out}")
     metrics_out = args.metrics_out or (run.metrics_path if run is not None else None)
     if metrics_out:
-        record = {**metrics, "checkpoint": str(checkpoint), "num_images": len(evaluator.image_ids)}
+        record = {**evaluator.metrics_record(metrics), "checkpoint": str(checkpoint)}
         try:
             record["step"] = checkpoint_step(checkpoint)
         except ValueError:
             pass
         atomic_write_json(metrics_out, record)
         print(f"wrote metrics to {metrics_out}")
-    print(format_metrics(metrics))
-    print(f"mask AP {metrics['segm_AP']:.3f}  box AP {metrics['bbox_AP']:.3f}  "
-          f"(COCO AP@[.5:.95], {len(evaluator.image_ids)} images)")
+    print(evaluator.summary(metrics))
     return 0
 
 
@@ -412,39 +403,19 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_evaluate)
 
 
-def _image_paths(inputs: Sequence[str], limit: int | None) -> list[Path]:
-    """Image files named directly or found (sorted) in named folders."""
-    from pathlib import Path
-
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-    paths = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise FileNotFoundError(f"image not found: {path}")
-    return paths[:limit] if limit else paths
-
-
 def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
-    from tqdm import tqdm
-
     from kmask.config import ConfigError
     from kmask.data import DataError
-    from kmask.data.image_io import decode_rgb, encode_png, write_atomic
-    from kmask.evaluation import Predictor
-    from kmask.evaluation.coco_evaluator import to_coco_results
-    from kmask.visualization import draw_detections
+    from kmask.data.category_map import CategoryMap
+    from kmask.evaluation import PredictionWriter, Predictor
 
+    if args.num_proposals < 0:
+        return _fail("predict", "--num-proposals must be >= 0", 2)
     try:
         config, checkpoint, run = _inference_setup(args)
-        paths = _image_paths(args.images, args.limit)
+        paths = PredictionWriter.image_paths(args.images, args.limit)
         if not paths:
             raise FileNotFoundError(f"no images in {' '.join(args.images)}")
         if args.out:
@@ -453,48 +424,28 @@ def _run_predict(args: argparse.Namespace) -> int:
             out = run.predictions_dir
         else:
             raise ConfigError("--out is required with --checkpoint")
-        categories = None
         if run is not None and run.categories_path.is_file():
             categories = run.load_categories()
+        else:
+            categories = CategoryMap([{"id": k + 1, "name": f"class_{k + 1}"}
+                                      for k in range(config.model.num_classes)])
         predictor = Predictor.from_checkpoint(config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
     except (ConfigError, DataError, FileNotFoundError, ValueError, OSError) as error:
         return _fail("predict", str(error), 2)
-    if categories is None:
-        from kmask.data.category_map import CategoryMap
-
-        categories = CategoryMap([{"id": k + 1, "name": f"class_{k + 1}"}
-                                  for k in range(config.model.num_classes)])
     threshold = (args.score_threshold if args.score_threshold is not None
                  else config.eval.visualization_score_threshold)
-    results, used, failed = [], set(), 0
-    for index, path in enumerate(tqdm(paths, desc="predict", unit="image"), start=1):
-        try:
-            image, _ = decode_rgb(path.read_bytes())
-        except (OSError, ValueError, SyntaxError) as error:
-            print(f"kmask predict: skipping {path}: not a readable image ({error})",
-                  file=sys.stderr)
-            failed += 1
-            continue
-        outputs = predictor.predict_batch(predictor.features_for_image(image, index))
-        detections = predictor.image_detections(outputs, 0)
-        keep = detections["scores"] >= threshold
-        detections = {k: v[keep] if isinstance(v, np.ndarray) else v
-                      for k, v in detections.items() if k != "proposals"}
-        picture = draw_detections(image, detections["boxes"], detections["classes"],
-                                  detections["scores"], detections["masks"],
-                                  categories.category_names, threshold)
-        name = path.stem if path.stem not in used else f"{path.stem}_{index}"
-        used.add(name)
-        write_atomic(out / f"{name}.png", encode_png(picture))
-        for result in to_coco_results(detections, categories):
-            results.append({**result, "file_name": str(path),
-                            "category_name": categories.category_names[
-                                categories.category_ids.index(result["category_id"])]})
-    write_atomic(out / "detections.json", (json.dumps(results) + "\n").encode())
-    print(f"wrote {len(paths) - failed} PNGs and detections.json ({len(results)} detections "
-          f"with score >= {threshold}) to {out}")
-    return 1 if failed else 0
+    writer = PredictionWriter(
+        predictor, categories, out, score_threshold=threshold,
+        num_proposals=args.num_proposals,
+        on_skip=lambda path, reason: _fail("predict", f"skipping {path}: {reason}"),
+    )
+    try:
+        writer.write(paths)
+    except (OSError, ValueError) as error:
+        return _fail("predict", str(error), 1)
+    print(writer.summary())
+    return 1 if writer.skipped else 0
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
@@ -512,6 +463,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
                         "eval.visualization_score_threshold, 0.5)")
     parser.add_argument("--limit", type=int, default=None,
                         help="predict only the first N images")
+    parser.add_argument("--num-proposals", type=int, default=20,
+                        help="RPN-only models: draw and write the N best proposals of each "
+                        "image, whatever their score (20)")
     parser.set_defaults(handler=_run_predict)
 
 

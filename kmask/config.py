@@ -20,15 +20,52 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 
+# The model sections below are the constructor arguments of the layers they configure,
+# field for field: ``kmask.modeling.factory`` passes each section as keyword arguments and
+# the layers' ``get_config()`` returns the same keys. A hyperparameter is written once, here.
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """Input normalization, applied once before the backbone (``ImageNormalization``).
+
+    Images enter the model as RGB 0..255. They are reordered to ``channel_order``,
+    multiplied by ``pixel_scale``, and ``(x - pixel_mean) / pixel_std`` is taken per
+    channel (mean and std in ``channel_order``). Padding is zero after normalization.
+    Defaults: keras.applications / Caffe ResNet (BGR minus the ImageNet means, std 1).
+    detectron2's MSRA backbones: BGR, mean (103.530, 116.280, 123.675). torchvision:
+    RGB, scale 1/255, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+    """
+
+    channel_order: str = "BGR"
+    pixel_scale: float = 1.0
+    pixel_mean: tuple[float, ...] = (103.939, 116.779, 123.68)
+    pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
-    """ResNet backbone: depth 50 or 101, C2..C5 at strides 4..32."""
+    """Backbone: ``type`` names a registered backbone; the other fields are its arguments.
 
+    ``type: resnet``: ResNet-50/101/152 and ResNeXt (``groups`` x ``width_per_group``;
+    ResNeXt-101 32x8d = depth 101, groups 32, width_per_group 8), C2..C5 at strides 4..32.
+    """
+
+    type: str = "resnet"
     depth: int = 50
     # Stages frozen from the start: 0 = nothing, 1 = stem, 2 = stem + res2 (papers' default).
     freeze_at: int = 2
-    # "frozen_bn" (fixed affine from pretraining, papers' default) or "group_norm".
+    # "frozen_bn" (fixed affine from pretraining, papers' default), "bn", "gn" or "none".
     norm: str = "frozen_bn"
+    # Normalization epsilon (keras.applications: 1.001e-5; torchvision's COCO weights: 0.0).
+    norm_epsilon: float = 1e-5
+    # Stride 2 on the first 1x1 conv of a stage (MSRA / Caffe, keras.applications,
+    # detectron2's R-50/R-101) or, False, on the 3x3 conv (torchvision's "v1.5", ResNeXt).
+    stride_in_1x1: bool = True
+    # Convolutions with a bias (keras.applications) or without (detectron2, torchvision).
+    conv_bias: bool = True
+    groups: int = 1
+    width_per_group: int = 64
     # Keras-applications ResNet weights file (.h5 / .weights.h5) on disk; None = random init.
     weights: str | None = None
 
@@ -40,24 +77,26 @@ class FPNConfig:
     num_channels: int = 256
     min_level: int = 2
     max_level: int = 6
-
-
-@dataclasses.dataclass(frozen=True)
-class AnchorConfig:
-    """RPN anchors (FPN section 4.1): one size per level P2..P6, three aspect ratios."""
-
-    # Square root of the anchor area on each level P2..P6: areas 32^2 .. 512^2.
-    sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
-    # Height / width: 1:2, 1:1, 2:1 (15 anchors over the pyramid).
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    # Anchor centre inside its feature cell, in cells (0.5 = the cell's centre).
-    offset: float = 0.5
+    # Normalization after the lateral and output convs ("bn" in torchvision's v2 model).
+    norm: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)
 class RPNConfig:
-    """Region proposal network: shared 3x3 conv + sibling 1x1 convs on every level."""
+    """Region proposal network stage: anchors, head, proposals, targets and losses."""
 
+    # Square root of the anchor area on each level P2..P6: areas 32^2 .. 512^2.
+    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    # Height / width: 1:2, 1:1, 2:1 (15 anchors over the pyramid).
+    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # Anchor centre inside its feature cell, in cells (0.5 = the cell's centre; detectron2
+    # and torchvision use 0.0).
+    anchor_offset: float = 0.5
+    # Round the cell anchors to whole pixels (torchvision).
+    anchor_rounding: bool = False
+    # Shared 3x3 convs of the head (torchvision's v2 model: 2) and their normalization.
+    num_conv: int = 1
+    norm: str = "none"
     # Anchor labels (Faster R-CNN / FPN): IoU >= 0.7 positive (and each ground truth's best
     # anchors), IoU < 0.3 negative, the rest ignored.
     fg_iou_threshold: float = 0.7
@@ -76,15 +115,15 @@ class RPNConfig:
     min_box_size: float = 0.0
     # Delta weights (dy, dx, dh, dw) of the anchor -> box parameterization.
     box_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
-    # Smooth-L1 transition point of the box loss (Fast R-CNN: 1.0; 0.0 = plain L1).
-    smooth_l1_beta: float = 1.0
+    # Smooth-L1 transition point of the box loss: 1/9 as Detectron and torchvision (0 = L1).
+    smooth_l1_beta: float = 1.0 / 9.0
     cls_loss_weight: float = 1.0
     box_loss_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class ROIHeadsConfig:
-    """RoI sampling, box/mask loss weights and inference post-processing."""
+    """RoI stage: sampling of the RoIs the heads train on (the heads have their own sections)."""
 
     # RoIs sampled per image for the heads, 25% positive (Mask R-CNN with FPN: 512).
     batch_size_per_image: int = 512
@@ -93,13 +132,36 @@ class ROIHeadsConfig:
     fg_iou_threshold: float = 0.5
     # Ground-truth boxes join the proposals during training.
     add_gt_to_proposals: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxHeadConfig:
+    """Box branch: RoIAlign 7x7 -> [convs] -> 2 fc 1024 -> K+1 scores and per-class deltas.
+
+    The box head owns its loss (softmax cross-entropy, smooth L1) and its inference
+    (per-class NMS). torchvision's v2 head: ``num_conv: 4, norm: bn, num_fc: 1``.
+    """
+
+    pooler_resolution: int = 7
+    # RoIAlign samples per bin and axis: 2 = the paper's four sampled locations; 0 = adaptive
+    # (detectron2).
+    pooler_sampling_ratio: int = 2
+    # Half-pixel-corrected RoIAlign (detectron2's ROIAlignV2). The papers' op and torchvision:
+    # false.
+    pooler_aligned: bool = True
+    num_conv: int = 0
+    conv_dim: int = 256
+    norm: str = "none"
+    num_fc: int = 2
+    fc_dim: int = 1024
+    # Predict deltas for the background slot too (torchvision's layout; never used).
+    predict_background: bool = False
     # Delta weights (dy, dx, dh, dw) of the proposal -> box parameterization.
     box_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
     # Smooth-L1 transition point of the box loss (Fast R-CNN: 1.0; 0.0 = plain L1).
     smooth_l1_beta: float = 1.0
     cls_loss_weight: float = 1.0
     box_loss_weight: float = 1.0
-    mask_loss_weight: float = 1.0
     # Inference: score threshold, per-class NMS IoU, detections kept per image.
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
@@ -107,41 +169,47 @@ class ROIHeadsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class BoxHeadConfig:
-    """Box branch: RoIAlign 7x7 -> 2 fc 1024 -> K+1 scores and class-specific deltas."""
-
-    pooler_resolution: int = 7
-    # RoIAlign samples per bin and axis: 2 = the paper's four sampled locations; 0 = adaptive.
-    pooler_sampling_ratio: int = 2
-    num_fc: int = 2
-    fc_dim: int = 1024
-
-
-@dataclasses.dataclass(frozen=True)
 class MaskHeadConfig:
     """Mask branch: RoIAlign 14x14 -> 4 conv3x3 -> deconv 2x2 s2 -> 1x1 conv, 28x28 masks."""
 
     pooler_resolution: int = 14
-    # RoIAlign samples per bin and axis: 2 = the paper's four sampled locations; 0 = adaptive.
     pooler_sampling_ratio: int = 2
-    num_convs: int = 4
+    pooler_aligned: bool = True
+    num_conv: int = 4
     conv_dim: int = 256
+    norm: str = "none"
+    # Predict a mask for the background slot too (torchvision's layout; never used).
+    predict_background: bool = False
+    loss_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Mask R-CNN with ResNet-FPN. ``num_classes`` counts foreground classes only."""
+    """Mask R-CNN with ResNet-FPN. ``num_classes`` counts foreground classes only.
+
+    Detector modes: Mask R-CNN (default); Faster R-CNN with FPN (``mask_head: null``); RPN
+    only (``box_head: null`` and ``mask_head: null``, the FPN paper's proposal experiments).
+    """
 
     num_classes: int = 80
+    input: InputConfig = InputConfig()
     backbone: BackboneConfig = BackboneConfig()
     fpn: FPNConfig = FPNConfig()
-    anchors: AnchorConfig = AnchorConfig()
     rpn: RPNConfig = RPNConfig()
     roi_heads: ROIHeadsConfig = ROIHeadsConfig()
-    box_head: BoxHeadConfig = BoxHeadConfig()
-    mask_head: MaskHeadConfig = MaskHeadConfig()
+    box_head: BoxHeadConfig | None = BoxHeadConfig()
+    mask_head: MaskHeadConfig | None = MaskHeadConfig()
     # "auto" | "custom" | "tf": which RoIAlign kernel the model uses (see kmask.ops.roi_align).
     roi_align_implementation: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.num_classes <= 0:
+            raise ConfigError("model.num_classes: expected a positive integer")
+        if self.mask_head is not None and self.box_head is None:
+            raise ConfigError(
+                "model.mask_head needs model.box_head (masks are predicted on the detected "
+                "boxes); set both to null for an RPN-only model"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""Drawing detections (masks, boxes, class names, scores) over images."""
+"""Drawing detections (masks, boxes, class names, scores) or region proposals over images."""
 
 from __future__ import annotations
 
 import colorsys
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -82,4 +82,59 @@ def draw_detections(
         tag_y = y1 - tag_h if y1 - tag_h >= 0 else y1
         draw.rectangle([x1, tag_y, x1 + tag_w, tag_y + tag_h], fill=color)
         draw.text((x1 + 2 - left, tag_y + 2 - top), label, fill=(0, 0, 0), font=font)
+    return np.asarray(picture)
+
+
+def draw_image_detections(
+    image: np.ndarray,
+    detections: Mapping[str, Any],
+    class_names: Sequence[str],
+    score_threshold: float = 0.5,
+    max_proposals: int = 20,
+) -> np.ndarray:
+    """Draws one image's ``Predictor.image_detections`` as the model's mode allows.
+
+    - detections with ``masks`` (Mask R-CNN): masks, boxes, names and scores of those
+      scoring ``>= score_threshold``;
+    - detections without masks (Faster R-CNN): the same without masks;
+    - proposals only (RPN-only model): the ``max_proposals`` best proposals, whatever
+      their score, labelled ``"proposal 0.97"`` (the objectness; no label without
+      ``proposal_scores``).
+
+    Args:
+      image: uint8 ``[H, W, 3]`` RGB; the detections must be in its pixels.
+      detections: ``boxes [n, 4]`` ``(y1, x1, y2, x2)``, ``scores [n]``, ``classes [n]``
+        0-based and optionally ``masks [n, H, W]`` bool; or ``proposals [p, 4]`` best
+        first and optionally ``proposal_scores [p]``.
+      class_names: name of each class.
+      score_threshold: detections below it are not drawn (not applied to proposals).
+      max_proposals: proposals drawn for an RPN-only model.
+
+    Returns:
+      uint8 RGB, enlarged as ``draw_detections`` does.
+    """
+    if "boxes" in detections:
+        return draw_detections(image, np.asarray(detections["boxes"]).reshape(-1, 4),
+                               np.asarray(detections["classes"]),
+                               np.asarray(detections["scores"]), detections.get("masks"),
+                               class_names, score_threshold)
+    proposals = np.asarray(detections.get("proposals", np.zeros((0, 4)))).reshape(-1, 4)
+    proposals = proposals[:max_proposals]
+    scores = detections.get("proposal_scores")
+    if scores is None:
+        return _draw_unlabelled(image, proposals)
+    scores = np.asarray(scores, np.float32)[: len(proposals)]
+    return draw_detections(image, proposals, np.zeros(len(proposals), np.int32), scores,
+                           None, ("proposal",), score_threshold=-np.inf)
+
+
+def _draw_unlabelled(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    factor = max(1, math.ceil(MIN_DISPLAY_SIDE / max(height, width)))
+    picture = Image.fromarray(np.repeat(np.repeat(image, factor, axis=0), factor, axis=1))
+    draw = ImageDraw.Draw(picture)
+    for rank in reversed(range(len(boxes))):
+        y1, x1, y2, x2 = (float(v) * factor for v in boxes[rank])
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)],
+                       outline=instance_color(rank), width=max(1, factor // 2))
     return np.asarray(picture)

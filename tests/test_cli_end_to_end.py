@@ -31,21 +31,35 @@ def _ok(result: subprocess.CompletedProcess) -> str:
     return result.stdout
 
 
+def _tiny_sets(work: Path, drop: tuple[str, ...] = ()) -> list[str]:
+    """``--set`` arguments of the tiny overrides, without the data paths (given as flags)
+    and without the keys starting with ``drop``."""
+    drop = ("train.json_path", "train.images_dir", "eval.json_path", "eval.images_dir", *drop)
+    return [arg for item in tiny_overrides(work / "shapes") if not item.startswith(drop)
+            for arg in ("--set", item)]
+
+
+_DATA_FLAGS = ("--train-json", "shapes/train.json", "--train-images", "shapes",
+               "--val-json", "shapes/val.json", "--val-images", "shapes")
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """A shapes dataset and a run trained by ``kmask train`` (2 steps) from the shipped
-    shapes_tiny config with tiny overrides."""
+def shapes_work(tmp_path_factory) -> Path:
+    """A folder with a 64 px shapes dataset in ``shapes/``."""
     work = tmp_path_factory.mktemp("cli")
     _ok(kmask("make-shapes", "--out", "shapes", "--num-train", "4", "--num-val", "2",
               "--image-size", "64", cwd=work))
-    sets = [arg for item in tiny_overrides(work / "shapes") if not item.startswith(
-        ("train.json_path", "train.images_dir", "eval.json_path", "eval.images_dir"))
-        for arg in ("--set", item)]
-    _ok(kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"), *sets,
-              "--set", "train.max_steps=2", "--set", "train.steps_per_epoch=2",
-              "--train-json", "shapes/train.json", "--train-images", "shapes",
-              "--val-json", "shapes/val.json", "--val-images", "shapes",
-              "--out", "run", cwd=work))
+    return work
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_work) -> tuple[Path, Path]:
+    """A shapes dataset and a run trained by ``kmask train`` (2 steps) from the shipped
+    shapes_tiny config with tiny overrides."""
+    work = shapes_work
+    _ok(kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
+              *_tiny_sets(work), "--set", "train.max_steps=2", "--set",
+              "train.steps_per_epoch=2", *_DATA_FLAGS, "--out", "run", cwd=work))
     return work, work / "run"
 
 
@@ -72,8 +86,10 @@ def test_refuses_to_overwrite_and_resumes(trained):
 def test_evaluate_run(trained):
     work, run = trained
     out = _ok(kmask("evaluate", "--run", str(run), cwd=work))
-    assert "mask AP" in out
+    assert "mask AP" in out and "Mask R-CNN" in out
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mode"] == "mask_rcnn"
+    assert metrics["evaluated"] == ["bbox", "segm", "proposals"]
     for prefix in ("bbox", "segm"):
         for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
             assert -1.0 <= metrics[f"{prefix}_{name}"] <= 1.0
@@ -110,3 +126,72 @@ def test_errors_name_the_argument(trained, tmp_path):
     assert result.returncode == 2 and "nothing" in result.stderr
     result = kmask("predict", "--run", str(run), str(tmp_path / "missing.png"), cwd=work)
     assert result.returncode == 2 and "missing.png" in result.stderr
+
+
+# Overrides that make the tiny model a Faster R-CNN or an RPN, and the config keys of the
+# heads they remove.
+_MODES = {
+    "faster_rcnn": (("model.mask_head=null",), ("model.mask_head.",)),
+    "rpn": (("model.mask_head=null", "model.box_head=null"),
+            ("model.mask_head.", "model.box_head.")),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(_MODES))
+def test_box_only_and_rpn_only_models(shapes_work, tmp_path, mode):
+    """Train (1 step, evaluating at its end), evaluate and predict without a mask head,
+    and without any RoI head: only the metrics and pictures that apply."""
+    work = shapes_work
+    overrides, removed = _MODES[mode]
+    run = tmp_path / "run"
+    out = _ok(kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
+                    *_tiny_sets(work, removed), *(a for o in overrides for a in ("--set", o)),
+                    "--set", "train.max_steps=1", "--set", "train.steps_per_epoch=1",
+                    "--set", "train.eval_every_epochs=1", *_DATA_FLAGS, "--out", str(run),
+                    cwd=work))
+    assert "loss_mask" not in out and "segm" not in out
+    assert ("AR@1000" in out) and (("bbox" in out) == (mode == "faster_rcnn"))
+
+    out = _ok(kmask("evaluate", "--run", str(run), cwd=work))
+    assert "mask AP" not in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mode"] == mode and metrics["num_images"] == 2
+    assert not any(key.startswith("segm_") for key in metrics)
+    assert -1.0 <= metrics["AR@1000"] <= 1.0
+    results = json.loads((run / "results.json").read_text())
+    assert all("segmentation" not in r for r in results)
+    if mode == "faster_rcnn":
+        assert metrics["evaluated"] == ["bbox", "proposals"] and "box AP" in out
+        assert -1.0 <= metrics["bbox_AP"] <= 1.0
+        assert all(r["category_id"] in (1, 2, 3) for r in results)
+    else:
+        assert metrics["evaluated"] == ["proposals"] and "proposal AR@1000" in out
+        assert not any(key.startswith("bbox_") for key in metrics)
+        assert all("category_id" not in r for r in results)
+
+    images = sorted((work / "shapes" / "val").glob("*.png"))
+    out = _ok(kmask("predict", "--run", str(run), *map(str, images), "--score-threshold",
+                    "0.0", "--num-proposals", "5", cwd=work))
+    assert "wrote 2 PNGs" in out
+    for image in images:
+        picture = np.asarray(Image.open(run / "predictions" / image.name))
+        assert picture.shape == (512, 512, 3)
+    name = "proposals.json" if mode == "rpn" else "detections.json"
+    predictions = json.loads((run / "predictions" / name).read_text())
+    assert all("segmentation" not in p for p in predictions)
+    if mode == "rpn":
+        assert 0 < len(predictions) <= 10 and all("score" in p for p in predictions)
+
+
+def test_usage_errors_go_through_one_format(tmp_path):
+    """Errors found before any model is built: ``kmask COMMAND: error: MESSAGE``, exit 2."""
+    result = kmask("make-shapes", "--out", "x", "--num-train", "-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("kmask make-shapes: error: --num-train must be >= 0")
+    result = kmask("predict", "--checkpoint", "missing.weights.h5", "--num-proposals", "-1",
+                   "image.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("kmask predict: error: --num-proposals must be >= 0")
+    result = kmask("predict", "--checkpoint", "missing.weights.h5", "image.png", cwd=tmp_path)
+    assert result.returncode == 2 and "kmask predict: error: " in result.stderr
+    assert "missing.weights.h5" in result.stderr

@@ -29,30 +29,6 @@ import tensorflow as tf
 
 from kmask.config import DataConfig
 
-# ImageNet statistics of RGB images in 0..255 (what ImageNet-pretrained ResNets expect).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def normalize_image(
-    images: tf.Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> tf.Tensor:
-    """``(images - mean) / std`` per RGB channel.
-
-    The training pipeline does not apply it: the model normalizes its raw-pixel input, so
-    exported models take raw pixels. It is here for users feeding other networks.
-
-    Args:
-      images: ``[..., 3]`` RGB pixel values 0..255.
-    Returns:
-      float32 tensor of the same shape.
-    """
-    images = tf.cast(images, tf.float32)
-    return (images - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
 def resized_size(
     height: tf.Tensor,
     width: tf.Tensor,

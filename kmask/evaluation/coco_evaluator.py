@@ -1,4 +1,5 @@
-"""COCO evaluation: detections to COCO results, pycocotools COCOeval, proposal recall."""
+"""COCO evaluation of every detector mode: detections to COCO results, pycocotools COCOeval
+(bbox, segm), proposal recall."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from kmask.data.category_map import CategoryMap
 from kmask.data.data_error import DataError
 from kmask.data.image_io import write_atomic
+from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor
 from kmask.evaluation.proposal_recall import ProposalRecall
 
@@ -31,27 +33,54 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap
                     ) -> list[dict[str, Any]]:
     """One image's detections (``Predictor.image_detections``) as COCO result dicts.
 
-    Boxes ``(y1, x1, y2, x2)`` become ``bbox [x, y, w, h]``, masks compressed RLE
-    (``segmentation {"size", "counts"}``), classes original category ids.
+    Boxes ``(y1, x1, y2, x2)`` become ``bbox [x, y, w, h]``, classes original category ids;
+    with masks (Mask R-CNN) each result also gets its compressed RLE
+    ``segmentation {"size", "counts"}``. An image without detections, or the proposals of
+    an RPN-only model (see ``to_proposal_results``), give ``[]``.
     """
+    if "boxes" not in detections:
+        return []
     boxes = np.asarray(detections["boxes"], np.float64).reshape(-1, 4)
     if len(boxes) == 0:
         return []
-    masks = np.asarray(detections["masks"], np.uint8)
-    rles = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0))))
+    rles: list[Any] = [None] * len(boxes)
+    if "masks" in detections:
+        masks = np.asarray(detections["masks"], np.uint8)
+        rles = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0))))
     results = []
     for box, score, cls, rle in zip(boxes, detections["scores"], detections["classes"], rles):
-        y1, x1, y2, x2 = (float(v) for v in box)
-        results.append(
-            {
-                "image_id": detections["image_id"],
-                "category_id": categories.to_original_id(int(cls)),
-                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                "score": round(float(score), 5),
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-            }
-        )
+        result = {
+            "image_id": detections["image_id"],
+            "category_id": categories.to_original_id(int(cls)),
+            "bbox": _xywh(box),
+            "score": round(float(score), 5),
+        }
+        if rle is not None:
+            result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        results.append(result)
     return results
+
+
+def to_proposal_results(detections: dict[str, Any], limit: int | None = None
+                        ) -> list[dict[str, Any]]:
+    """One image's proposals (``Predictor.image_detections``) as class-agnostic result
+    dicts ``{"image_id", "bbox": [x, y, w, h], "score"}``, best first, at most ``limit``
+    (all when None); no ``score`` when the model returns no ``proposal_scores``."""
+    proposals = np.asarray(detections.get("proposals", np.zeros((0, 4))), np.float64)
+    proposals = proposals.reshape(-1, 4)[:limit]
+    scores = detections.get("proposal_scores")
+    results = []
+    for rank, box in enumerate(proposals):
+        result = {"image_id": detections["image_id"], "bbox": _xywh(box)}
+        if scores is not None:
+            result["score"] = round(float(scores[rank]), 5)
+        results.append(result)
+    return results
+
+
+def _xywh(box: np.ndarray) -> list[float]:
+    y1, x1, y2, x2 = (float(v) for v in box)
+    return [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]
 
 
 def evaluation_batches(source: Any, data_config: Any, batch_size: int,
@@ -75,17 +104,24 @@ def _quiet(function: Any, *args: Any) -> Any:
 
 
 class COCOEvaluator:
-    """Collects detections image by image and scores them with pycocotools.
+    """Collects predictions image by image and scores them with pycocotools.
+
+    What is evaluated follows the model's outputs (``DetectorMode``, decided from the first
+    image added; all images must agree):
+
+    - Mask R-CNN: COCOeval ``bbox`` and ``segm``;
+    - Faster R-CNN (no masks): COCOeval ``bbox`` only;
+    - RPN only (no detections): the proposal recall alone;
+    - in every mode the proposal recall too when the outputs carry proposals.
 
     Detections are written as COCO results in the ground truth's terms: original category
     ids (``categories.to_original_id``), boxes ``[x, y, w, h]`` and RLE masks in the pixels
     of the source images (boxes scaled by ``original_size / image_size``; masks pasted at
-    the source size by ``kmask.ops.masks.paste_masks``). ``evaluate`` runs COCOeval for
-    ``bbox`` and ``segm`` over the images seen so far and returns flat metrics
+    the source size by ``kmask.ops.masks.paste_masks``). ``evaluate`` returns flat metrics
     ``bbox_AP, bbox_AP50, bbox_AP75, bbox_APs, bbox_APm, bbox_APl`` (and ``segm_*``), as
     fractions in [0, 1] (-1 where no ground truth falls in a size range), plus the proposal
-    recall ``AR@100, ARs@100, ARm@100, ARl@100, AR@1000, ...`` when the model returns its
-    proposals.
+    recall ``AR@100, ARs@100, ARm@100, ARl@100, AR@1000, ...`` (``ProposalRecall``).
+    ``evaluated`` names the groups that apply, ``summary`` prints them.
 
     Args:
       json_path: the COCO annotation file of the evaluated images.
@@ -118,29 +154,50 @@ class COCOEvaluator:
                 f"{self.json_path}: the model's category ids {missing} are not in the file's "
                 f"categories {list(own.category_ids)}"
             )
-        self.proposal_limits = tuple(proposal_limits)
+        self.proposal_limits = tuple(int(k) for k in proposal_limits)
         self.reset()
 
     def reset(self) -> None:
-        """Forgets all collected detections."""
+        """Forgets all collected predictions (and the mode)."""
         self.results: list[dict[str, Any]] = []
         self.image_ids: list[int] = []
+        self.mode: DetectorMode | None = None
         self._recall = ProposalRecall(self.proposal_limits)
         self._has_proposals = False
 
+    @property
+    def evaluated(self) -> tuple[str, ...]:
+        """What ``evaluate`` computes for the images added so far: ``"bbox"``, ``"segm"``
+        (COCOeval iou types) and ``"proposals"`` (proposal recall), in that order."""
+        if self.mode is None:
+            return ()
+        return self.mode.iou_types + (("proposals",) if self._has_proposals else ())
+
     def add_image(self, detections: dict[str, Any]) -> None:
-        """Adds one image's detections (``Predictor.image_detections``).
+        """Adds one image's predictions (``Predictor.image_detections``, source pixels).
 
         Raises:
           DataError: an image id that is not in the annotation file.
+          ValueError: predictions of another mode than the images before (e.g. masks
+            missing after images with masks).
         """
+        mode = DetectorMode.from_detections(detections)
+        if self.mode is not None and mode is not self.mode:
+            raise ValueError(
+                f"image {detections['image_id']}: {mode.description} outputs after "
+                f"{self.mode.description} outputs for the previous images"
+            )
         image_id = detections["image_id"]
         if image_id not in self.coco.imgs:
             raise DataError(f"{self.json_path}: predicted image id {image_id} is not in the file")
+        self.mode = mode
         self.image_ids.append(image_id)
-        self.results.extend(to_coco_results(detections, self.categories))
+        if mode.has_detections:
+            self.results.extend(to_coco_results(detections, self.categories))
         if "proposals" in detections:
             self._has_proposals = True
+            if mode is DetectorMode.RPN:
+                self.results.extend(to_proposal_results(detections, max(self.proposal_limits)))
             annotations = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id], iscrowd=False))
             gt = np.array([a["bbox"] for a in annotations], np.float64).reshape(-1, 4)
             gt_boxes = np.stack([gt[:, 1], gt[:, 0], gt[:, 1] + gt[:, 3], gt[:, 0] + gt[:, 2]], 1)
@@ -150,7 +207,7 @@ class COCOEvaluator:
     def run(self, predictor: Predictor, batches: Iterable[Any], total: int | None = None,
             progress: bool = True) -> dict[str, float]:
         """Predicts every batch of ``(features, targets)`` (or features), collects the
-        detections and returns ``evaluate()``.
+        predictions and returns ``evaluate()``.
 
         Args:
           predictor: wraps the model.
@@ -162,21 +219,50 @@ class COCOEvaluator:
         for batch in tqdm(batches, total=total, desc="evaluate", unit="batch",
                           disable=not progress):
             features = batch[0] if isinstance(batch, (tuple, list)) else batch
-            outputs = predictor.predict_batch(features)
-            for index in range(len(outputs["num_detections"])):
-                self.add_image(predictor.image_detections(outputs, index))
+            for detections in predictor.batch_detections(predictor.predict_batch(features)):
+                self.add_image(detections)
         return self.evaluate()
 
     def evaluate(self) -> dict[str, float]:
-        """COCOeval ``bbox`` and ``segm`` metrics (and proposal AR) over the images added."""
+        """The metrics that apply (``evaluated``) over the images added: COCOeval
+        ``bbox_*`` / ``segm_*`` and the proposal recall ``AR*@k``, all floats."""
         if not self.image_ids:
             raise ValueError("no image was evaluated")
         metrics: dict[str, float] = {}
-        for iou_type in IOU_TYPES:
+        for iou_type in self.mode.iou_types:
             metrics.update(self.coco_metrics(self.coco, self.results, iou_type, self.image_ids))
         if self._has_proposals:
             metrics.update(self._recall.result())
         return metrics
+
+    def metrics_record(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """``metrics`` with what they describe, for a metrics JSON file: ``mode``
+        (``"mask_rcnn"``, ``"faster_rcnn"`` or ``"rpn"``), ``evaluated`` (the list of
+        ``evaluated``) and ``num_images``."""
+        return {
+            "mode": self.mode.value if self.mode is not None else None,
+            "evaluated": list(self.evaluated),
+            **metrics,
+            "num_images": len(self.image_ids),
+        }
+
+    def summary(self, metrics: dict[str, float]) -> str:
+        """The console report of ``metrics``: which metrics apply to this model, the
+        table of ``format_metrics``, and a last line with the main figure (mask and box AP,
+        box AP, or the proposal AR at the largest limit)."""
+        count = len(self.image_ids)
+        lines = [_applies_line(self.mode, self.evaluated), format_metrics(metrics)]
+        if "segm_AP" in metrics:
+            lines.append(f"mask AP {metrics['segm_AP']:.3f}  box AP {metrics['bbox_AP']:.3f}  "
+                         f"(COCO AP@[.5:.95], {count} images)")
+        elif "bbox_AP" in metrics:
+            lines.append(f"box AP {metrics['bbox_AP']:.3f}  (COCO AP@[.5:.95], {count} images)")
+        else:
+            key = f"AR@{max(self.proposal_limits)}"
+            if key in metrics:
+                lines.append(f"proposal {key} {metrics[key]:.3f}  (recall averaged over IoU "
+                             f"[.5:.95], {count} images)")
+        return "\n".join(line for line in lines if line)
 
     @staticmethod
     def coco_metrics(coco: COCO, results: list[dict[str, Any]], iou_type: str,
@@ -186,23 +272,29 @@ class COCOEvaluator:
         Args:
           coco: the ground truth.
           results: COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``,
-            and ``segmentation`` for ``segm``).
+            and ``segmentation`` for ``segm``); may be empty (no detection at all).
           iou_type: ``"bbox"`` or ``"segm"``.
           image_ids: evaluate these images only (default: every image of ``coco``).
 
         Returns:
-          ``{iou_type}_AP``, ``_AP50``, ``_AP75``, ``_APs``, ``_APm``, ``_APl``; all 0
-          when there are no results.
+          ``{iou_type}_AP``, ``_AP50``, ``_AP75``, ``_APs``, ``_APm``, ``_APl``: COCOeval's
+          ``stats[0:6]``; without results 0 where ground truth exists, -1 elsewhere.
         """
         if iou_type not in IOU_TYPES:
             raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-        if not results:
-            return {f"{iou_type}_{name}": 0.0 for name in _AP_NAMES}
-        # With a "bbox" key, loadRes takes the box area as the instance area, which would
-        # put masks into the size ranges by their box: mask AP uses the mask area instead.
-        unused = "bbox" if iou_type == "segm" else "segmentation"
-        results = [{k: v for k, v in r.items() if k != unused} for r in results]
-        detections = _quiet(coco.loadRes, results)
+        if results:
+            # With a "bbox" key, loadRes takes the box area as the instance area, which
+            # would put masks into the size ranges by their box: mask AP uses the mask area.
+            unused = "bbox" if iou_type == "segm" else "segmentation"
+            results = [{k: v for k, v in r.items() if k != unused} for r in results]
+            detections = _quiet(coco.loadRes, results)
+        else:
+            # loadRes refuses an empty list; an empty result set scores 0 (or -1).
+            detections = COCO()
+            detections.dataset = {"images": list(coco.dataset.get("images", [])),
+                                  "categories": list(coco.dataset.get("categories", [])),
+                                  "annotations": []}
+            _quiet(detections.createIndex)
         evaluator = COCOeval(coco, detections, iou_type)
         if image_ids is not None:
             evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
@@ -215,12 +307,32 @@ class COCOEvaluator:
         }
 
     def write_results(self, path: str | os.PathLike[str]) -> None:
-        """Writes the collected results as a COCO results JSON file, atomically."""
+        """Writes the collected results as a JSON file, atomically: COCO results
+        (``to_coco_results``) for detections, class-agnostic proposals
+        (``to_proposal_results``, the best ``max(proposal_limits)`` per image) for an
+        RPN-only model."""
         write_atomic(path, json.dumps(self.results).encode("utf-8"))
 
 
+_GROUP_NAMES = {"bbox": "box AP (bbox)", "segm": "mask AP (segm)",
+                "proposals": "proposal recall (AR)"}
+
+
+def _applies_line(mode: DetectorMode | None, evaluated: Sequence[str]) -> str:
+    if mode is None:
+        return ""
+    line = f"{mode.description}: " + ", ".join(_GROUP_NAMES[g] for g in evaluated)
+    if mode is DetectorMode.FASTER_RCNN:
+        line += "; no masks, so no segm metrics"
+    elif mode is DetectorMode.RPN:
+        line += "; no detections, so no bbox/segm metrics"
+    return line
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
-    """A small table of the metrics for the console (values x100, as papers print AP)."""
+    """A small table of the metrics present (values x100, as papers print AP): a ``bbox``
+    row, a ``segm`` row and an ``rpn`` row of proposal recall, each only when its keys are
+    in ``metrics``."""
     lines = []
     for prefix in IOU_TYPES:
         names = [n for n in _AP_NAMES if f"{prefix}_{n}" in metrics]

@@ -1,4 +1,5 @@
-"""Inference with a Mask R-CNN, with detections mapped back to source-image pixels."""
+"""Inference with a Mask R-CNN, Faster R-CNN or RPN-only model, with its detections or
+proposals mapped back to source-image pixels."""
 
 from __future__ import annotations
 
@@ -12,18 +13,29 @@ import tensorflow as tf
 
 from kmask.config import Config, DataConfig
 from kmask.data import transforms
+from kmask.evaluation.detector_mode import DetectorMode
 from kmask.ops.masks import paste_masks
 
 
 class Predictor:
     """Runs ``model.predict_step`` in a ``tf.function`` and converts its outputs.
 
+    Works with every detector mode (``DetectorMode``, decided from the outputs present):
+    Mask R-CNN (detections with masks), Faster R-CNN (detections without masks) and RPN
+    only (proposals without detections).
+
+    Example::
+
+        predictor = Predictor.from_checkpoint(config, "runs/x/checkpoints/ckpt-1.weights.h5")
+        outputs = predictor.predict_batch(predictor.features_for_image(rgb_uint8))
+        detections = predictor.image_detections(outputs, 0)  # boxes in rgb_uint8's pixels
+
     The function is traced outside any distribution strategy, so it reads the (mirrored)
     weights locally and runs no collective op: any single process may call it, e.g. the
     chief of a multi-worker run during training.
 
     Args:
-      model: a built ``MaskRCNN``.
+      model: a built ``MaskRCNN`` (any object with a Keras-style ``predict_step``).
       data_config: how raw images are resized (``features_for_image``); the evaluation
         resizing of ``kmask.data``: shorter side ``max(min_size)``, longer side at most
         ``max_size``.
@@ -70,50 +82,98 @@ class Predictor:
     def predict_batch(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
         """``model.predict_step`` on a features batch, as NumPy arrays.
 
-        Returns the detection outputs (``detection_boxes [B, N, 4]`` (y1, x1, y2, x2) in
-        resized-image pixels, ``detection_scores``, ``detection_classes`` 0-based,
-        ``detection_masks [B, N, m, m]``, ``num_detections [B]``), the proposals when the
-        model returns them, and ``image_id``, ``image_size``, ``original_size``.
+        Args:
+          features: a ``kmask.data`` features batch (``images [B, H, W, 3]`` float32 and
+            ``image_size [B, 2]``, with ``image_id [B]`` and ``original_size [B, 2]``
+            passed through), e.g. ``features_for_image``.
+
+        Returns:
+          What the model outputs for its mode (``DetectorMode``), all boxes
+          ``(y1, x1, y2, x2)`` float32 in resized-image pixels:
+
+          - detections (Mask R-CNN and Faster R-CNN): ``detection_boxes [B, N, 4]``,
+            ``detection_scores [B, N]``, ``detection_classes [B, N]`` int32 0-based,
+            ``num_detections [B]``; Mask R-CNN also ``detection_masks [B, N, m, m]``
+            probabilities in the box frame;
+          - proposals (every mode; the only output of an RPN-only model):
+            ``proposals [B, P, 4]`` best first, ``proposal_scores [B, P]``,
+            ``num_proposals [B]``;
+          - passed through: ``image_id [B]``, ``image_size [B, 2]``, ``original_size [B, 2]``.
         """
         return {key: np.asarray(value) for key, value in self._predict(features).items()}
 
-    def image_detections(self, outputs: dict[str, np.ndarray], index: int) -> dict[str, Any]:
-        """The detections of image ``index`` of a ``predict_batch`` result in source pixels.
+    def image_detections(self, outputs: dict[str, np.ndarray], index: int,
+                         source_pixels: bool = True) -> dict[str, Any]:
+        """The predictions of image ``index`` of a ``predict_batch`` result.
+
+        Only the first ``num_detections`` / ``num_proposals`` entries are kept (zero gives
+        empty arrays of the right shapes).
+
+        Args:
+          outputs: a ``predict_batch`` result, in any ``DetectorMode``.
+          index: the image's position in the batch.
+          source_pixels: map boxes and masks to the source image (``original_size``);
+            False keeps the resized image's pixels (``image_size``).
 
         Returns:
-          dict with ``image_id`` (int), ``original_size`` ``(H, W)``, ``boxes [n, 4]``
-          float32 (y1, x1, y2, x2) in source-image pixels, ``scores [n]``, ``classes [n]``
-          int32 0-based, ``masks [n, H, W]`` bool (pasted and thresholded); plus
-          ``proposals [p, 4]`` in source pixels, best first, when the model returns them.
+          dict with ``image_id`` (int; the batch index when the outputs carry no ids) and
+          ``original_size`` ``(H, W)``; boxes are float32 ``(y1, x1, y2, x2)`` clipped to
+          the target image (``H x W`` source or resized pixels as ``source_pixels`` says):
+
+          - with detections: ``boxes [n, 4]``, ``scores [n]`` float32, ``classes [n]``
+            int32 0-based; Mask R-CNN also ``masks [n, H, W]`` bool (pasted at the target
+            size and thresholded at ``mask_threshold``);
+          - with proposals: ``proposals [p, 4]``, best first, and ``proposal_scores [p]``
+            when the model returns them.
         """
-        count = int(outputs["num_detections"][index])
-        height, width = (int(v) for v in outputs["original_size"][index])
+        mode = DetectorMode.from_outputs(outputs)
         resized_h, resized_w = (float(v) for v in outputs["image_size"][index])
+        if "original_size" in outputs:
+            source_h, source_w = (int(v) for v in outputs["original_size"][index])
+        else:
+            source_h, source_w = int(resized_h), int(resized_w)
+        if source_pixels:
+            height, width = source_h, source_w
+        else:
+            height, width = int(round(resized_h)), int(round(resized_w))
         scale = np.array([height / resized_h, width / resized_w] * 2, np.float32)
         limit = np.array([height, width] * 2, np.float32)
 
-        def to_source(boxes: np.ndarray) -> np.ndarray:
-            return np.clip(boxes.astype(np.float32) * scale, 0.0, limit)
+        def to_target(boxes: np.ndarray) -> np.ndarray:
+            return np.clip(boxes.reshape(-1, 4).astype(np.float32) * scale, 0.0, limit)
 
-        boxes = to_source(outputs["detection_boxes"][index, :count])
-        masks = paste_masks(
-            outputs["detection_masks"][index : index + 1, :count],
-            boxes[None],
-            (height, width),
-            threshold=self.mask_threshold,
-        )[0]
-        result = {
-            "image_id": int(outputs["image_id"][index]),
-            "original_size": (height, width),
-            "boxes": boxes,
-            "scores": outputs["detection_scores"][index, :count].astype(np.float32),
-            "classes": outputs["detection_classes"][index, :count].astype(np.int32),
-            "masks": np.asarray(masks),
-        }
+        image_id = int(outputs["image_id"][index]) if "image_id" in outputs else index
+        result: dict[str, Any] = {"image_id": image_id, "original_size": (source_h, source_w)}
+        if mode.has_detections:
+            count = _valid_count(outputs, "num_detections", "detection_boxes", index)
+            boxes = to_target(outputs["detection_boxes"][index, :count])
+            result["boxes"] = boxes
+            result["scores"] = outputs["detection_scores"][index, :count].astype(np.float32)
+            result["classes"] = outputs["detection_classes"][index, :count].astype(np.int32)
+            if mode.has_masks:
+                masks = outputs["detection_masks"][index : index + 1, :count]
+                if count:
+                    pasted = np.asarray(paste_masks(masks, boxes[None], (height, width),
+                                                    threshold=self.mask_threshold)[0])
+                else:
+                    pasted = np.zeros((0, height, width), bool)
+                result["masks"] = pasted
         if "proposals" in outputs:
-            num = int(outputs["num_proposals"][index])
-            result["proposals"] = to_source(outputs["proposals"][index, :num])
+            count = _valid_count(outputs, "num_proposals", "proposals", index)
+            result["proposals"] = to_target(outputs["proposals"][index, :count])
+            if "proposal_scores" in outputs:
+                result["proposal_scores"] = (
+                    outputs["proposal_scores"][index, :count].astype(np.float32))
         return result
+
+    def batch_detections(self, outputs: dict[str, np.ndarray], source_pixels: bool = True
+                         ) -> list[dict[str, Any]]:
+        """``image_detections`` of every image of a ``predict_batch`` result."""
+        key = "detection_boxes" if "detection_boxes" in outputs else "proposals"
+        if key not in outputs:
+            DetectorMode.from_outputs(outputs)  # raises, naming the keys
+        return [self.image_detections(outputs, index, source_pixels)
+                for index in range(len(outputs[key]))]
 
     def features_for_image(self, image: np.ndarray, image_id: int = 0) -> dict[str, tf.Tensor]:
         """A batch of one raw image, resized and padded as the evaluation pipeline does.
@@ -134,3 +194,13 @@ class Predictor:
             example, tf.constant(0, tf.int64), config=self.data_config, training=False
         )
         return {key: value[None] for key, value in features.items()}
+
+
+def _valid_count(outputs: dict[str, np.ndarray], count_key: str, array_key: str,
+                 index: int) -> int:
+    """``outputs[count_key][index]`` clipped to ``[0, padded size]``; the padded size when
+    the count is missing."""
+    size = outputs[array_key].shape[1]
+    if count_key not in outputs:
+        return size
+    return int(np.clip(int(outputs[count_key][index]), 0, size))

@@ -18,7 +18,9 @@ class AnchorGenerator(keras.layers.Layer):
     Args:
       sizes: sqrt of the anchor area per level, finest level first (32 .. 512 on P2 .. P6).
       aspect_ratios: height / width ratios (0.5, 1, 2).
-      offset: anchor centre inside its cell, in cells (0.5 = centre).
+      offset: anchor centre inside its cell, in cells (0.5 = centre; detectron2 and
+        torchvision: 0.0).
+      rounded: round the cell anchors to whole pixels (torchvision).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call: ``features {"Pk": [B, Hk, Wk, C]}`` (only the shapes are used) ->
@@ -31,6 +33,7 @@ class AnchorGenerator(keras.layers.Layer):
         sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0, 512.0),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.5,
+        rounded: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
@@ -38,6 +41,7 @@ class AnchorGenerator(keras.layers.Layer):
         self.sizes = tuple(float(s) for s in sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.offset = float(offset)
+        self.rounded = bool(rounded)
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -52,7 +56,9 @@ class AnchorGenerator(keras.layers.Layer):
                 dynamic[1] if static[1] is None else static[1],
                 dynamic[2] if static[2] is None else static[2],
             )
-        return anchor_ops.pyramid_anchors(shapes, self.sizes, self.aspect_ratios, self.offset)
+        return anchor_ops.pyramid_anchors(
+            shapes, self.sizes, self.aspect_ratios, self.offset, self.rounded
+        )
 
     def compute_output_shape(
         self, input_shape: dict[str, tuple[int | None, ...]]
@@ -67,14 +73,3 @@ class AnchorGenerator(keras.layers.Layer):
             )
             result[key] = (count, 4)
         return result
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "sizes": list(self.sizes),
-                "aspect_ratios": list(self.aspect_ratios),
-                "offset": self.offset,
-            }
-        )
-        return config

@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from kmask.ops import boxes as box_ops
+from kmask.ops.levels import sorted_levels
 from kmask.ops.nms import batched_multiclass_nms
 
 
@@ -69,7 +70,7 @@ class ProposalGenerator(keras.layers.Layer):
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         pre_nms_topk = self.pre_nms_topk_train if training else self.pre_nms_topk_test
         post_nms_topk = self.post_nms_topk_train if training else self.post_nms_topk_test
-        keys = sorted(objectness, key=lambda name: int(name[1:]))
+        keys = sorted_levels(objectness)
         level_boxes, level_scores = [], []
         for level, key in enumerate(keys):
             logits = tf.stop_gradient(tf.cast(objectness[key], tf.float32))
@@ -106,18 +107,3 @@ class ProposalGenerator(keras.layers.Layer):
         batch = next(iter(input_shape.values()))[0]
         count = self.post_nms_topk_test
         return (batch, count, 4), (batch, count), (batch, count)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "pre_nms_topk_train": self.pre_nms_topk_train,
-                "pre_nms_topk_test": self.pre_nms_topk_test,
-                "post_nms_topk_train": self.post_nms_topk_train,
-                "post_nms_topk_test": self.post_nms_topk_test,
-                "nms_threshold": self.nms_threshold,
-                "min_box_size": self.min_box_size,
-                "box_weights": list(self.box_weights),
-            }
-        )
-        return config

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -27,16 +26,14 @@ class ROISampler(keras.layers.Layer):
       positive_fraction: most foreground among them (0.25).
       fg_iou_threshold: 0.5.
       add_gt_to_proposals: append the ground-truth boxes to the proposals.
-      box_weights: delta weights (dy, dx, dh, dw) of the box head (10, 10, 5, 5).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call: ``(proposals [B, P, 4], proposal_valid [B, P] bool, gt_boxes [B, G, 4],
     gt_classes [B, G] int32 0-based (-1 padding))`` -> dict with ``S = batch_size_per_image``:
       ``rois [B, S, 4]`` float32 (y1, x1, y2, x2) pixels (zeros for padding);
       ``class_targets [B, S]`` int32: 1..K foreground class + 1, 0 background, -1 padding;
-      ``box_targets [B, S, 4]`` float32 encoded deltas to the matched ground truth (zero
-      unless foreground);
-      ``matched_index [B, S]`` int32 index of the matched ground truth.
+      ``matched_index [B, S]`` int32 index of the matched ground truth (meaningful for
+      foreground RoIs, which the heads encode their targets from).
     """
 
     def __init__(
@@ -45,7 +42,6 @@ class ROISampler(keras.layers.Layer):
         positive_fraction: float = 0.25,
         fg_iou_threshold: float = 0.5,
         add_gt_to_proposals: bool = True,
-        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
@@ -54,7 +50,6 @@ class ROISampler(keras.layers.Layer):
         self.positive_fraction = float(positive_fraction)
         self.fg_iou_threshold = float(fg_iou_threshold)
         self.add_gt_to_proposals = bool(add_gt_to_proposals)
-        self.box_weights = tuple(float(w) for w in box_weights)
 
     @property
     def max_positives(self) -> int:
@@ -85,16 +80,12 @@ class ROISampler(keras.layers.Layer):
         rois = tf.gather(candidates, indices, batch_dims=1)
         rois = tf.where((sampled >= 0)[..., None], rois, 0.0)
         matched_index = tf.gather(matched, indices, batch_dims=1)
-        matched_boxes = tf.gather(gt_boxes, matched_index, batch_dims=1)
         matched_classes = tf.gather(gt_classes, matched_index, batch_dims=1)
         foreground = sampled == 1
         class_targets = tf.where(foreground, matched_classes + 1, tf.where(sampled == 0, 0, -1))
-        box_targets = box_ops.encode(matched_boxes, rois, self.box_weights)
-        box_targets = tf.where(foreground[..., None], box_targets, 0.0)
         return {
             "rois": tf.stop_gradient(rois),
             "class_targets": tf.stop_gradient(class_targets),
-            "box_targets": tf.stop_gradient(box_targets),
             "matched_index": tf.stop_gradient(matched_index),
         }
 
@@ -106,19 +97,5 @@ class ROISampler(keras.layers.Layer):
         return {
             "rois": (batch, count, 4),
             "class_targets": (batch, count),
-            "box_targets": (batch, count, 4),
             "matched_index": (batch, count),
         }
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "batch_size_per_image": self.batch_size_per_image,
-                "positive_fraction": self.positive_fraction,
-                "fg_iou_threshold": self.fg_iou_threshold,
-                "add_gt_to_proposals": self.add_gt_to_proposals,
-                "box_weights": list(self.box_weights),
-            }
-        )
-        return config

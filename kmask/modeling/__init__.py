@@ -1,8 +1,23 @@
-"""Mask R-CNN model components."""
+"""Mask R-CNN model: stages (backbone, FPN, RPN, RoI heads), heads and the factory."""
 
 from kmask.modeling.backbones import ResNet
-from kmask.modeling.fpn import FPN
+from kmask.modeling.box_head import BoxHead
 from kmask.modeling.factory import build_mask_rcnn
+from kmask.modeling.fpn import FPN
+from kmask.modeling.mask_head import MaskHead
 from kmask.modeling.mask_rcnn import MaskRCNN
+from kmask.modeling.roi_heads import ROIHeads
+from kmask.modeling.rpn import RPN
+from kmask.modeling.rpn_head import RPNHead
 
-__all__ = ["FPN", "MaskRCNN", "ResNet", "build_mask_rcnn"]
+__all__ = [
+    "FPN",
+    "RPN",
+    "BoxHead",
+    "MaskHead",
+    "MaskRCNN",
+    "ROIHeads",
+    "RPNHead",
+    "ResNet",
+    "build_mask_rcnn",
+]

@@ -1,39 +1,87 @@
-"""Fast R-CNN box head of FPN: 2 fc layers, class scores and class-specific box deltas."""
+"""Fast R-CNN box head of FPN: pooling, fc layers, class scores, per-class box deltas."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from kmask.layers.conv_stack import ConvStack
+from kmask.layers.multi_level_roi_align import MultiLevelROIAlign
+from kmask.modeling.postprocess import Postprocess
+from kmask.ops import boxes as box_ops
+from kmask.ops.losses import fast_rcnn_losses
+
 
 @keras.saving.register_keras_serializable(package="kmask")
 class BoxHead(keras.layers.Layer):
-    """``num_fc`` fully connected ReLU layers of ``fc_dim``, then sibling predictors.
+    """Box branch: RoIAlign -> ``num_conv`` 3x3 convs -> ``num_fc`` fc ReLU -> predictors.
 
-    Initialization as in the reference implementations: fc layers Caffe2 "XavierFill"
-    (uniform, fan_in), class scores normal(std 0.01), deltas normal(std 0.001), zero biases.
+    ``pooler`` (``MultiLevelROIAlign``) pools each RoI from its FPN level; ``convs``
+    (``ConvStack``, none in the papers' head, four with BN in torchvision's v2 head) and
+    ``fcs`` (``fc1``, ``fc2``) form the class-agnostic trunk; the class-dependent
+    predictors are ``cls_score`` (K + 1 logits, column 0 background) and ``bbox_pred``
+    ((dy, dx, dh, dw) per foreground class, or per class and background with
+    ``predict_background``, torchvision's layout, whose background deltas are unused).
+    Features are flattened in NHWC order. Initialization as the reference implementations:
+    fc Caffe2 "XavierFill", cls_score normal(0.01), bbox_pred normal(0.001), zero biases.
+
+    The head owns its loss (``losses``) and its inference (``postprocess``, a
+    ``Postprocess``). Arguments other than ``num_classes``, ``pooler_levels`` and
+    ``roi_align_implementation`` are the fields of ``kmask.config.BoxHeadConfig``.
 
     Args:
-      num_classes: foreground classes K (background is added: K + 1 scores).
-      num_fc: hidden fc layers (2).
-      fc_dim: their width (1024).
+      num_classes: foreground classes K.
+      pooler_levels: (min, max) FPN levels RoIs are pooled from (2, 5).
+      roi_align_implementation: "auto" | "custom" | "tf" (``kmask.ops.roi_align``).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
-    Call: ``pooled [B, R, S, S, C]`` RoIAligned features ->
-    ``(class_logits [B, R, K + 1] float32, column 0 = background,
-    box_deltas [B, R, K, 4] float32 (dy, dx, dh, dw) per foreground class)``.
+    Call: ``(features {"Pk": [B, Hk, Wk, C]}, rois [B, R, 4] float32 (y1, x1, y2, x2)
+    pixels)`` -> ``(class_logits [B, R, K + 1] float32, box_deltas [B, R, K, 4] float32)``.
     """
 
+    loss_names = ("loss_cls", "loss_box")
+
     def __init__(
-        self, num_classes: int, num_fc: int = 2, fc_dim: int = 1024, **kwargs: Any
+        self,
+        num_classes: int,
+        pooler_resolution: int = 7,
+        pooler_sampling_ratio: int = 2,
+        pooler_aligned: bool = True,
+        num_conv: int = 0,
+        conv_dim: int = 256,
+        norm: str = "none",
+        num_fc: int = 2,
+        fc_dim: int = 1024,
+        predict_background: bool = False,
+        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        smooth_l1_beta: float = 1.0,
+        cls_loss_weight: float = 1.0,
+        box_loss_weight: float = 1.0,
+        score_threshold: float = 0.05,
+        nms_threshold: float = 0.5,
+        detections_per_image: int = 100,
+        pooler_levels: Sequence[int] = (2, 5),
+        roi_align_implementation: str = "auto",
+        **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("autocast", False)  # boxes stay float32; sublayers cast themselves
         super().__init__(**kwargs)
+        self.supports_jit = False  # NMS (and the RoIAlign custom op) cannot be XLA-compiled
         self.num_classes = num_classes
-        self.num_fc = num_fc
-        self.fc_dim = fc_dim
+        self.predict_background = bool(predict_background)
+        self.box_weights = tuple(float(w) for w in box_weights)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.cls_loss_weight = float(cls_loss_weight)
+        self.box_loss_weight = float(box_loss_weight)
         dtype = self.dtype_policy
+        self.pooler = MultiLevelROIAlign(
+            pooler_resolution, pooler_sampling_ratio, pooler_aligned, roi_align_implementation,
+            *pooler_levels, name="pooler",
+        )
+        self.convs = ConvStack(conv_dim, num_conv, norm, name="convs", dtype=dtype.name)
         self.fcs = [
             keras.layers.Dense(
                 fc_dim,
@@ -51,42 +99,78 @@ class BoxHead(keras.layers.Layer):
             dtype=dtype,
         )
         self.bbox_pred = keras.layers.Dense(
-            4 * num_classes,
+            4 * (num_classes + int(self.predict_background)),
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
             name="bbox_pred",
             dtype=dtype,
         )
+        self.postprocess = Postprocess(
+            self.box_weights, score_threshold, nms_threshold, detections_per_image,
+            name="postprocess",
+        )
 
-    def build(self, pooled_shape: tuple[int | None, ...]) -> None:
-        features = pooled_shape[2] * pooled_shape[3] * pooled_shape[4]
+    def build(
+        self,
+        features_shape: dict[str, tuple[int | None, ...]],
+        rois_shape: tuple[int | None, ...] | None = None,
+    ) -> None:
+        channels = features_shape[f"P{self.pooler.min_level}"][-1]
+        height, width = self.pooler.output_size
+        self.convs.build((None, height, width, channels))
+        features = height * width * self.convs.compute_output_shape((None, 1, 1, channels))[-1]
         for fc in self.fcs:
             fc.build((None, features))
-            features = self.fc_dim
+            features = fc.units
         self.cls_score.build((None, features))
         self.bbox_pred.build((None, features))
 
-    def call(self, pooled: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        shape = tf.shape(pooled)
-        batch, num = shape[0], shape[1]
-        x = tf.reshape(pooled, [batch * num, pooled.shape[2] * pooled.shape[3] * pooled.shape[4]])
+    def call(
+        self, features: dict[str, tf.Tensor], rois: tf.Tensor, training: bool | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        pooled = self.pooler(features, rois)  # [B, R, S, S, C]
+        batch, num = tf.shape(pooled)[0], tf.shape(pooled)[1]
+        x = tf.reshape(pooled, [batch * num, *pooled.shape[2:]])
+        x = self.convs(x, training=training)
+        x = tf.reshape(x, [batch * num, x.shape[1] * x.shape[2] * x.shape[3]])
         for fc in self.fcs:
             x = fc(x)
         logits = tf.cast(self.cls_score(x), tf.float32)
-        deltas = tf.cast(self.bbox_pred(x), tf.float32)
-        return (
-            tf.reshape(logits, [batch, num, self.num_classes + 1]),
-            tf.reshape(deltas, [batch, num, self.num_classes, 4]),
+        deltas = tf.reshape(tf.cast(self.bbox_pred(x), tf.float32), [batch, num, -1, 4])
+        if self.predict_background:
+            deltas = deltas[:, :, 1:]
+        return tf.reshape(logits, [batch, num, self.num_classes + 1]), deltas
+
+    def compute_losses(
+        self,
+        class_logits: tf.Tensor,
+        box_deltas: tf.Tensor,
+        rois: tf.Tensor,
+        class_targets: tf.Tensor,
+        matched_boxes: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
+        """The box branch's losses on sampled RoIs (float32 scalars).
+
+        ``loss_cls`` and ``loss_box`` of ``kmask.ops.losses.fast_rcnn_losses``, with the
+        targets encoded from ``matched_boxes`` by this head's ``box_weights``.
+
+        Args:
+          class_logits / box_deltas: this head's outputs on ``rois`` [B, S, ...].
+          rois: [B, S, 4] sampled RoIs.
+          class_targets: [B, S] int32: k + 1 for class k, 0 background, -1 padding.
+          matched_boxes: [B, S, 4] the ground-truth box of each RoI (used where foreground).
+        """
+        targets = box_ops.encode(matched_boxes, rois, self.box_weights)
+        targets = tf.stop_gradient(tf.where((class_targets > 0)[..., None], targets, 0.0))
+        loss_cls, loss_box = fast_rcnn_losses(
+            class_logits, box_deltas, class_targets, targets, self.smooth_l1_beta
         )
+        return {
+            "loss_cls": self.cls_loss_weight * loss_cls,
+            "loss_box": self.box_loss_weight * loss_box,
+        }
 
     def compute_output_shape(
-        self, pooled_shape: tuple[int | None, ...]
+        self, features_shape: dict[str, tuple[int | None, ...]], rois_shape: tuple[int | None, ...]
     ) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
-        batch, num = pooled_shape[:2]
+        batch, num = rois_shape[:2]
         return (batch, num, self.num_classes + 1), (batch, num, self.num_classes, 4)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {"num_classes": self.num_classes, "num_fc": self.num_fc, "fc_dim": self.fc_dim}
-        )
-        return config

@@ -7,6 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from kmask.layers.normalization import build_norm, check_norm
+
 # Highest backbone level: C5 (stride 32) starts the top-down pathway.
 _TOP_BACKBONE_LEVEL = 5
 
@@ -44,6 +46,9 @@ class FPN(keras.layers.Layer):
       num_channels: feature dimension d of every output level (256 in the papers).
       min_level: finest output level, 2..5; the input must hold ``C{min_level}`` .. ``C5``.
       max_level: coarsest output level, >= 5; levels 6.. come from subsampling.
+      norm: normalization after every lateral and output conv (``"none"``: the papers',
+        convs with biases; ``"bn"``: torchvision's v2 model; ``"gn"``: detectron2's GN
+        configs); with a norm the convs have no bias. Norms are named ``{conv}_norm``.
       **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Call: ``features {"C2": [B, H2, W2, c2], ..., "C5": [B, H5, W5, c5]}`` (extra keys are
@@ -52,9 +57,15 @@ class FPN(keras.layers.Layer):
     """
 
     def __init__(
-        self, num_channels: int = 256, min_level: int = 2, max_level: int = 6, **kwargs: Any
+        self,
+        num_channels: int = 256,
+        min_level: int = 2,
+        max_level: int = 6,
+        norm: str = "none",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_norm(norm, "FPN")
         if num_channels < 1:
             raise ValueError(f"FPN num_channels must be >= 1, got {num_channels}")
         if not 2 <= min_level <= _TOP_BACKBONE_LEVEL <= max_level:
@@ -72,6 +83,7 @@ class FPN(keras.layers.Layer):
                 num_channels,
                 size,
                 padding="same",
+                use_bias=norm == "none",
                 kernel_initializer=_c2_xavier_fill(),
                 bias_initializer="zeros",
                 name=name,
@@ -80,6 +92,12 @@ class FPN(keras.layers.Layer):
 
         self.lateral_convs = [conv(1, f"fpn_lateral{level}") for level in self.backbone_levels]
         self.output_convs = [conv(3, f"fpn_output{level}") for level in self.backbone_levels]
+        self.lateral_norms = [
+            build_norm(norm, f"{conv.name}_norm", self.dtype_policy) for conv in self.lateral_convs
+        ]
+        self.output_norms = [
+            build_norm(norm, f"{conv.name}_norm", self.dtype_policy) for conv in self.output_convs
+        ]
 
     def build(self, features_shape: dict[str, tuple[int | None, ...]]) -> None:
         """Creates the conv weights from the channel counts of ``C{min_level}`` .. ``C5``."""
@@ -95,8 +113,16 @@ class FPN(keras.layers.Layer):
                 )
             lateral.build((None, None, None, features_shape[key][-1]))
             output.build((None, None, None, self.num_channels))
+        for norm in (*self.lateral_norms, *self.output_norms):
+            if norm is not None:
+                norm.build((None, None, None, self.num_channels))
 
-    def call(self, features: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _conv_norm(conv: Any, norm: Any, x: Any, training: bool | None) -> Any:
+        x = conv(x)
+        return x if norm is None else norm(x, training=training)
+
+    def call(self, features: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
         """Builds the pyramid.
 
         Args:
@@ -109,16 +135,24 @@ class FPN(keras.layers.Layer):
         """
         pyramid = {}
         merged = None
-        for level, lateral, output in reversed(
-            list(zip(self.backbone_levels, self.lateral_convs, self.output_convs))
+        for level, lateral, lateral_norm, output, output_norm in reversed(
+            list(
+                zip(
+                    self.backbone_levels,
+                    self.lateral_convs,
+                    self.lateral_norms,
+                    self.output_convs,
+                    self.output_norms,
+                )
+            )
         ):
-            x = lateral(features[f"C{level}"])
+            x = self._conv_norm(lateral, lateral_norm, features[f"C{level}"], training)
             if merged is not None:
                 height, width = ops.shape(x)[1], ops.shape(x)[2]
                 upsampled = ops.repeat(ops.repeat(merged, 2, axis=1), 2, axis=2)
                 x = x + upsampled[:, :height, :width, :]
             merged = x
-            pyramid[f"P{level}"] = output(x)
+            pyramid[f"P{level}"] = self._conv_norm(output, output_norm, x, training)
         for level in range(_TOP_BACKBONE_LEVEL + 1, self.max_level + 1):
             pyramid[f"P{level}"] = pyramid[f"P{level - 1}"][:, ::2, ::2, :]
         return {
@@ -139,15 +173,3 @@ class FPN(keras.layers.Layer):
                 width = None if width is None else -(-width // 2)
             shapes[f"P{level}"] = (batch, height, width, self.num_channels)
         return shapes
-
-    def get_config(self) -> dict[str, Any]:
-        """Constructor arguments plus the base layer's."""
-        config = super().get_config()
-        config.update(
-            {
-                "num_channels": self.num_channels,
-                "min_level": self.min_level,
-                "max_level": self.max_level,
-            }
-        )
-        return config

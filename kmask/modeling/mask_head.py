@@ -1,101 +1,158 @@
-"""Mask R-CNN mask head for FPN: 4 conv3x3, deconv 2x2 stride 2, 1x1 conv to K masks."""
+"""Mask R-CNN mask head for FPN: pooling, 4 conv3x3, deconv 2x2 stride 2, K mask logits."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
+
+from kmask.layers.conv_stack import ConvStack, msra_fill
+from kmask.layers.multi_level_roi_align import MultiLevelROIAlign
+from kmask.ops.losses import mask_loss
+from kmask.ops.masks import mask_targets
 
 
 @keras.saving.register_keras_serializable(package="kmask")
 class MaskHead(keras.layers.Layer):
     """Fully convolutional mask branch (Mask R-CNN figure 3, right).
 
-    ``num_convs`` 3x3 ReLU convs of ``conv_dim``, a 2x2 stride-2 ReLU deconvolution
-    doubling the resolution (14 -> 28), and a 1x1 conv predicting one mask logit map per
-    foreground class. Initialization: He normal (fan_out) for convs and deconv, normal(std
-    0.001) for the predictor, zero biases (reference implementations).
+    ``pooler`` (``MultiLevelROIAlign``, 14x14) -> ``convs`` (``ConvStack``: ``num_conv`` 3x3
+    ReLU convs of ``conv_dim`` with ``norm``) -> ``deconv`` (2x2 stride-2 ReLU, doubling the
+    side: ``output_size = 2 * pooler_resolution``) -> ``predictor`` (1x1 conv, one mask logit
+    map per foreground class; per class and background with ``predict_background``,
+    torchvision's layout, whose background map is unused). Initialization: MSRA fill for
+    convs and deconv, normal(0.001) for the predictor, zero biases.
+
+    An instance head of ``ROIHeads``: it owns its targets and loss (``compute_losses``) and
+    its inference (``inference``). Arguments other than ``num_classes``, ``pooler_levels``
+    and ``roi_align_implementation`` are the fields of ``kmask.config.MaskHeadConfig``.
 
     Args:
       num_classes: foreground classes K.
-      num_convs: 3x3 convs (4).
-      conv_dim: their channels (256).
+      pooler_levels: (min, max) FPN levels RoIs are pooled from (2, 5).
+      roi_align_implementation: "auto" | "custom" | "tf" (``kmask.ops.roi_align``).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
-    Call: ``pooled [B, R, S, S, C]`` -> ``mask_logits [B, R, 2S, 2S, K]`` float32 (apply a
-    sigmoid for probabilities; only the class's own channel is trained).
+    Call: ``(features {"Pk": [B, Hk, Wk, C]}, boxes [B, R, 4] float32 (y1, x1, y2, x2)
+    pixels)`` -> ``mask_logits [B, R, m, m, K]`` float32, ``m = output_size`` (a sigmoid
+    gives probabilities in the box frame; only the class's own map is trained).
     """
 
+    loss_names = ("loss_mask",)
+
     def __init__(
-        self, num_classes: int, num_convs: int = 4, conv_dim: int = 256, **kwargs: Any
+        self,
+        num_classes: int,
+        pooler_resolution: int = 14,
+        pooler_sampling_ratio: int = 2,
+        pooler_aligned: bool = True,
+        num_conv: int = 4,
+        conv_dim: int = 256,
+        norm: str = "none",
+        predict_background: bool = False,
+        loss_weight: float = 1.0,
+        pooler_levels: Sequence[int] = (2, 5),
+        roi_align_implementation: str = "auto",
+        **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("autocast", False)  # boxes stay float32; sublayers cast themselves
         super().__init__(**kwargs)
+        self.supports_jit = False  # the RoIAlign custom op cannot be XLA-compiled
         self.num_classes = num_classes
-        self.num_convs = num_convs
-        self.conv_dim = conv_dim
+        self.predict_background = bool(predict_background)
+        self.loss_weight = float(loss_weight)
+        self.output_size = 2 * pooler_resolution
+        self.roi_align_implementation = roi_align_implementation
         dtype = self.dtype_policy
-        he = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
-        self.convs = [
-            keras.layers.Conv2D(
-                conv_dim,
-                3,
-                padding="same",
-                activation="relu",
-                kernel_initializer=he,
-                name=f"mask_fcn{i + 1}",
-                dtype=dtype,
-            )
-            for i in range(num_convs)
-        ]
+        self.pooler = MultiLevelROIAlign(
+            pooler_resolution, pooler_sampling_ratio, pooler_aligned, roi_align_implementation,
+            *pooler_levels, name="pooler",
+        )
+        self.convs = ConvStack(conv_dim, num_conv, norm, name="convs", dtype=dtype.name)
         self.deconv = keras.layers.Conv2DTranspose(
-            conv_dim,
-            2,
-            strides=2,
-            activation="relu",
-            kernel_initializer=he,
-            name="deconv",
-            dtype=dtype,
+            conv_dim, 2, strides=2, activation="relu", kernel_initializer=msra_fill(),
+            name="deconv", dtype=dtype,
         )
         self.predictor = keras.layers.Conv2D(
-            num_classes,
+            num_classes + int(self.predict_background),
             1,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
             name="predictor",
             dtype=dtype,
         )
 
-    def build(self, pooled_shape: tuple[int | None, ...]) -> None:
-        channels = pooled_shape[-1]
-        for conv in self.convs:
-            conv.build((None, None, None, channels))
-            channels = self.conv_dim
+    def build(
+        self,
+        features_shape: dict[str, tuple[int | None, ...]],
+        boxes_shape: tuple[int | None, ...] | None = None,
+    ) -> None:
+        channels = features_shape[f"P{self.pooler.min_level}"][-1]
+        self.convs.build((None, None, None, channels))
+        channels = self.convs.compute_output_shape((None, 1, 1, channels))[-1]
         self.deconv.build((None, None, None, channels))
-        self.predictor.build((None, None, None, self.conv_dim))
+        self.predictor.build((None, None, None, self.deconv.filters))
 
-    def call(self, pooled: tf.Tensor) -> tf.Tensor:
-        shape = tf.shape(pooled)
-        batch, num = shape[0], shape[1]
-        size = pooled.shape[2]
-        x = tf.reshape(pooled, [batch * num, size, pooled.shape[3], pooled.shape[4]])
-        for conv in self.convs:
-            x = conv(x)
-        x = self.predictor(self.deconv(x))
+    def call(
+        self, features: dict[str, tf.Tensor], boxes: tf.Tensor, training: bool | None = None
+    ) -> tf.Tensor:
+        pooled = self.pooler(features, boxes)  # [B, R, S, S, C]
+        batch, num = tf.shape(pooled)[0], tf.shape(pooled)[1]
+        x = tf.reshape(pooled, [batch * num, *pooled.shape[2:]])
+        x = self.predictor(self.deconv(self.convs(x, training=training)))
         logits = tf.cast(x, tf.float32)
-        return tf.reshape(logits, [batch, num, 2 * size, 2 * size, self.num_classes])
+        if self.predict_background:
+            logits = logits[..., 1:]
+        side = self.output_size
+        return tf.reshape(logits, [batch, num, side, side, self.num_classes])
 
-    def compute_output_shape(self, pooled_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        batch, num, height, width = pooled_shape[:4]
-        double = (None if height is None else 2 * height, None if width is None else 2 * width)
-        return (batch, num, *double, self.num_classes)
+    def compute_losses(
+        self,
+        features: dict[str, tf.Tensor],
+        rois: tf.Tensor,
+        classes: tf.Tensor,
+        matched_index: tf.Tensor,
+        targets: dict[str, tf.Tensor],
+        training: bool | None = None,
+    ) -> dict[str, tf.Tensor]:
+        """``loss_mask`` on foreground RoIs: per-pixel sigmoid cross-entropy of the ground-truth
+        class's map only (the paper's decoupling), mean over the pixels of foreground RoIs;
+        zero without foreground.
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "num_classes": self.num_classes,
-                "num_convs": self.num_convs,
-                "conv_dim": self.conv_dim,
-            }
+        Args:
+          features: the pyramid.
+          rois: [B, Q, 4] RoIs (the sampled foreground slots).
+          classes: [B, Q] int32 0-based class of each RoI, -1 for none.
+          matched_index: [B, Q] int32 index of each RoI's ground truth.
+          targets: the batch's ground truth; uses ``gt_masks [B, G, M, M]`` box-frame masks
+            and ``gt_boxes [B, G, 4]`` (``kmask.ops.masks``).
+        """
+        logits = self(features, rois, training=training)  # [B, Q, m, m, K]
+        gt = mask_targets(
+            targets["gt_masks"],
+            tf.cast(targets["gt_boxes"], tf.float32),
+            rois,
+            matched_index,
+            output_size=self.output_size,
+            implementation=self.roi_align_implementation,
         )
-        return config
+        return {"loss_mask": self.loss_weight * mask_loss(logits, gt, classes)}
+
+    def inference(
+        self, features: dict[str, tf.Tensor], detections: dict[str, tf.Tensor]
+    ) -> dict[str, tf.Tensor]:
+        """``{"detection_masks": [B, N, m, m]}`` float32 probabilities of each detection's
+        class in its box frame (zeros for padding); ``kmask.ops.masks.paste_masks`` pastes
+        them into the image."""
+        logits = self(features, detections["detection_boxes"])
+        logits = tf.transpose(logits, [0, 1, 4, 2, 3])
+        chosen = tf.gather(logits, detections["detection_classes"], batch_dims=2)
+        valid = tf.range(tf.shape(chosen)[1])[None, :] < detections["num_detections"][:, None]
+        return {"detection_masks": tf.where(valid[:, :, None, None], tf.sigmoid(chosen), 0.0)}
+
+    def compute_output_shape(
+        self, features_shape: dict[str, tuple[int | None, ...]], boxes_shape: tuple[int | None, ...]
+    ) -> tuple[int | None, ...]:
+        side = self.output_size
+        return (*boxes_shape[:2], side, side, self.num_classes)

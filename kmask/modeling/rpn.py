@@ -1,79 +1,136 @@
-"""Region proposal network head, shared by all pyramid levels (FPN paper section 4.1)."""
+"""The RPN stage: anchors, head, proposals, and in training its targets and losses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-
-def _level_keys(shapes: dict[str, Any]) -> list[str]:
-    return sorted(shapes, key=lambda name: int(name[1:]))
+from kmask.layers.anchor_generator import AnchorGenerator
+from kmask.layers.proposal_generator import ProposalGenerator
+from kmask.layers.rpn_target_assigner import RPNTargetAssigner
+from kmask.modeling.rpn_head import RPNHead
+from kmask.ops.levels import sorted_levels
+from kmask.ops.losses import rpn_losses
 
 
 @keras.saving.register_keras_serializable(package="kmask")
 class RPN(keras.layers.Layer):
-    """RPN head: 3x3 conv + ReLU, then sibling 1x1 convs for objectness and box deltas.
+    """Region proposal network over a feature pyramid (Faster R-CNN, FPN section 4.1).
 
-    The same weights slide over every level. Initialization follows the reference
-    implementations: normal(std 0.01) kernels, zero biases.
+    Owns its parts: ``anchor_generator`` (``AnchorGenerator``), ``head`` (``RPNHead``),
+    ``proposal_generator`` (``ProposalGenerator``) and, for training, ``target_assigner``
+    (``RPNTargetAssigner``) and the two losses:
 
-    Args:
-      num_anchors: anchors per location ``A`` (3 aspect ratios).
-      conv_channels: channels of the shared 3x3 conv (the FPN's d = 256).
-      **kwargs: base ``keras.layers.Layer`` arguments.
+    - ``loss_rpn_cls``: binary cross-entropy of the objectness logits of the sampled anchors,
+      divided by the number of sampled anchors in the batch;
+    - ``loss_rpn_box``: smooth L1 (``smooth_l1_beta``) of the positive anchors' deltas,
+      summed over the four coordinates, divided by the same number.
 
-    Call: ``features {"P2": [B, H2, W2, C], ..., "P6": [...]}`` ->
-    ``(objectness {"Pk": [B, Hk*Wk*A]}, deltas {"Pk": [B, Hk*Wk*A, 4]})``, float32 logits and
-    ``(dy, dx, dh, dw)`` deltas ordered (row, column, anchor) like ``kmask.ops.anchors``.
+    The arguments are the fields of ``kmask.config.RPNConfig`` (documented there).
+
+    Call: ``(features {"Pk": [B, Hk, Wk, C]}, image_size [B, 2] int32 (h, w), gt_boxes=None
+    [B, G, 4] float32 (y1, x1, y2, x2) pixels, gt_classes=None [B, G] int32 (-1 padding),
+    training=None)`` -> ``(proposals, losses)`` with ``proposals = {"proposals" [B, P, 4]
+    float32 pixels best first, "proposal_scores" [B, P] objectness probabilities,
+    "proposal_valid" [B, P] bool}`` (P = ``post_nms_topk_train`` when ``training`` else
+    ``post_nms_topk_test``; no gradient) and ``losses`` the two float32 scalars when ground
+    truth is given, else ``{}``.
     """
 
-    def __init__(self, num_anchors: int = 3, conv_channels: int = 256, **kwargs: Any) -> None:
+    loss_names = ("loss_rpn_cls", "loss_rpn_box")
+
+    def __init__(
+        self,
+        anchor_sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0, 512.0),
+        anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        anchor_offset: float = 0.5,
+        anchor_rounding: bool = False,
+        num_conv: int = 1,
+        norm: str = "none",
+        fg_iou_threshold: float = 0.7,
+        bg_iou_threshold: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        pre_nms_topk_train: int = 2000,
+        pre_nms_topk_test: int = 1000,
+        post_nms_topk_train: int = 2000,
+        post_nms_topk_test: int = 1000,
+        nms_threshold: float = 0.7,
+        min_box_size: float = 0.0,
+        box_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        smooth_l1_beta: float = 1.0 / 9.0,
+        cls_loss_weight: float = 1.0,
+        box_loss_weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("autocast", False)  # boxes stay float32; the head casts itself
         super().__init__(**kwargs)
-        self.num_anchors = num_anchors
-        self.conv_channels = conv_channels
-        init = keras.initializers.RandomNormal(stddev=0.01)
-        common = {
-            "kernel_initializer": init,
-            "bias_initializer": "zeros",
-            "dtype": self.dtype_policy,
-        }
-        self.conv = keras.layers.Conv2D(
-            conv_channels, 3, padding="same", activation="relu", name="rpn_conv", **common
+        self.supports_jit = False  # NMS cannot be XLA-compiled
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        self.cls_loss_weight = float(cls_loss_weight)
+        self.box_loss_weight = float(box_loss_weight)
+        self.anchor_generator = AnchorGenerator(
+            anchor_sizes, anchor_aspect_ratios, anchor_offset, anchor_rounding,
+            name="anchor_generator",
         )
-        self.objectness = keras.layers.Conv2D(num_anchors, 1, name="rpn_objectness", **common)
-        self.deltas = keras.layers.Conv2D(4 * num_anchors, 1, name="rpn_deltas", **common)
+        self.head = RPNHead(
+            self.anchor_generator.num_anchors_per_location, num_conv, norm,
+            name="head", dtype=self.dtype_policy.name,
+        )
+        self.proposal_generator = ProposalGenerator(
+            pre_nms_topk_train, pre_nms_topk_test, post_nms_topk_train, post_nms_topk_test,
+            nms_threshold, min_box_size, box_weights, name="proposal_generator",
+        )
+        self.target_assigner = RPNTargetAssigner(
+            fg_iou_threshold, bg_iou_threshold, batch_size_per_image, positive_fraction,
+            box_weights, name="target_assigner",
+        )
 
-    def build(self, features_shape: dict[str, tuple[int | None, ...]]) -> None:
-        channels = features_shape[_level_keys(features_shape)[0]][-1]
-        self.conv.build((None, None, None, channels))
-        self.objectness.build((None, None, None, self.conv_channels))
-        self.deltas.build((None, None, None, self.conv_channels))
+    def build(
+        self,
+        features_shape: dict[str, tuple[int | None, ...]],
+        image_size_shape: tuple[int | None, ...] | None = None,
+        gt_boxes_shape: tuple[int | None, ...] | None = None,
+        gt_classes_shape: tuple[int | None, ...] | None = None,
+    ) -> None:
+        if not self.head.built:
+            self.head.build(features_shape)
 
-    def call(self, features: dict[str, Any]) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-        objectness, deltas = {}, {}
-        for key in _level_keys(features):
-            hidden = self.conv(features[key])
-            batch = tf.shape(hidden)[0]
-            logits = tf.cast(self.objectness(hidden), tf.float32)
-            objectness[key] = tf.reshape(logits, [batch, -1])
-            box = tf.cast(self.deltas(hidden), tf.float32)
-            deltas[key] = tf.reshape(box, [batch, -1, 4])
-        return objectness, deltas
-
-    def compute_output_shape(
-        self, features_shape: dict[str, tuple[int | None, ...]]
-    ) -> tuple[dict[str, tuple[int | None, ...]], dict[str, tuple[int | None, ...]]]:
-        objectness, deltas = {}, {}
-        for key in _level_keys(features_shape):
-            batch, height, width = features_shape[key][:3]
-            count = None if height is None or width is None else height * width * self.num_anchors
-            objectness[key] = (batch, count)
-            deltas[key] = (batch, count, 4)
-        return objectness, deltas
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update({"num_anchors": self.num_anchors, "conv_channels": self.conv_channels})
-        return config
+    def call(
+        self,
+        features: dict[str, tf.Tensor],
+        image_size: tf.Tensor,
+        gt_boxes: tf.Tensor | None = None,
+        gt_classes: tf.Tensor | None = None,
+        training: bool | None = None,
+    ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        image_size = tf.cast(image_size, tf.int32)
+        anchors = self.anchor_generator(features)
+        objectness, deltas = self.head(features, training=training)
+        proposals, scores, valid = self.proposal_generator(
+            objectness, deltas, anchors, image_size, training=training
+        )
+        outputs = {"proposals": proposals, "proposal_scores": scores, "proposal_valid": valid}
+        if gt_boxes is None:
+            return outputs, {}
+        keys = sorted_levels(objectness)
+        indices, labels, box_targets = self.target_assigner(
+            tf.concat([anchors[key] for key in keys], axis=0),
+            tf.cast(gt_boxes, tf.float32),
+            tf.cast(gt_classes, tf.int32),
+        )
+        logits = tf.gather(tf.concat([objectness[k] for k in keys], axis=1), indices, batch_dims=1)
+        sampled_deltas = tf.gather(
+            tf.concat([deltas[k] for k in keys], axis=1), indices, batch_dims=1
+        )
+        loss_cls, loss_box = rpn_losses(
+            logits, labels, sampled_deltas, box_targets, self.smooth_l1_beta
+        )
+        losses = {
+            "loss_rpn_cls": self.cls_loss_weight * loss_cls,
+            "loss_rpn_box": self.box_loss_weight * loss_box,
+        }
+        return outputs, losses

@@ -15,18 +15,25 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from kmask.ops.levels import level_of, sorted_levels
 
-def cell_anchors(size: float, aspect_ratios: Sequence[float]) -> np.ndarray:
+
+def cell_anchors(
+    size: float, aspect_ratios: Sequence[float], rounded: bool = False
+) -> np.ndarray:
     """Anchors centred on (0, 0) for one level -> [A, 4] float32.
 
-    Each anchor has area ``size**2`` and ``height / width = ratio``.
+    Each anchor has area ``size**2`` and ``height / width = ratio``; ``rounded`` rounds the
+    corners to whole pixels as torchvision's ``AnchorGenerator`` does (half away from zero
+    becomes half to even there too: ``torch.round``).
     """
     anchors = []
     for ratio in aspect_ratios:
         height = size * np.sqrt(ratio)
         width = size / np.sqrt(ratio)
         anchors.append([-height / 2.0, -width / 2.0, height / 2.0, width / 2.0])
-    return np.asarray(anchors, dtype=np.float32)
+    anchors = np.asarray(anchors, dtype=np.float32)
+    return np.round(anchors) if rounded else anchors
 
 
 def grid_anchors(
@@ -36,9 +43,10 @@ def grid_anchors(
     size: float,
     aspect_ratios: Sequence[float],
     offset: float = 0.5,
+    rounded: bool = False,
 ) -> tf.Tensor:
     """Anchors of one level with a ``height x width`` feature map -> [height*width*A, 4]."""
-    base = tf.constant(cell_anchors(size, aspect_ratios))  # [A, 4]
+    base = tf.constant(cell_anchors(size, aspect_ratios, rounded))  # [A, 4]
     ys = (tf.cast(tf.range(height), tf.float32) + offset) * float(stride)
     xs = (tf.cast(tf.range(width), tf.float32) + offset) * float(stride)
     cy, cx = tf.meshgrid(ys, xs, indexing="ij")  # [H, W]
@@ -52,6 +60,7 @@ def pyramid_anchors(
     sizes: Sequence[float],
     aspect_ratios: Sequence[float],
     offset: float = 0.5,
+    rounded: bool = False,
 ) -> dict[str, tf.Tensor]:
     """Anchors for every level.
 
@@ -60,15 +69,19 @@ def pyramid_anchors(
         level ``Pk`` has stride ``2**k``.
       sizes: one anchor size (sqrt of the area) per level, same order as the levels.
       aspect_ratios: height / width ratios shared by all levels.
-      offset: anchor centre within a cell, in cells (0.5 = cell centre).
+      offset: anchor centre within a cell, in cells (0.5 = cell centre; detectron2 and
+        torchvision use 0.0).
+      rounded: round the cell anchors to whole pixels (torchvision).
 
     Returns:
       ``{"Pk": [h*w*A, 4]}`` float32 anchors.
     """
-    levels = sorted(feature_shapes, key=lambda name: int(name[1:]))
+    levels = sorted_levels(feature_shapes)
     if len(levels) != len(sizes):
         raise ValueError(f"{len(levels)} levels {levels} but {len(sizes)} anchor sizes {sizes}")
     return {
-        name: grid_anchors(*feature_shapes[name], 2 ** int(name[1:]), size, aspect_ratios, offset)
+        name: grid_anchors(
+            *feature_shapes[name], 2 ** level_of(name), size, aspect_ratios, offset, rounded
+        )
         for name, size in zip(levels, sizes)
     }

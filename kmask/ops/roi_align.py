@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import tensorflow as tf
 
 from kmask.ops import _custom_ops
+from kmask.ops.levels import level_of
 from kmask.ops.roi_align_tf import multilevel_roi_align_tf, roi_align_tf
 
 logger = logging.getLogger(__name__)
@@ -153,9 +154,7 @@ def assign_levels(
 def _levels(features: Mapping[str, tf.Tensor]) -> dict[int, tf.Tensor]:
     levels = {}
     for key, value in features.items():
-        if not (key.startswith("P") and key[1:].isdigit()):
-            raise ValueError(f"feature keys must be 'P2'..'P6', got {key!r}")
-        levels[int(key[1:])] = value
+        levels[level_of(key)] = value
     keys = sorted(levels)
     if not keys or keys != list(range(keys[0], keys[-1] + 1)):
         raise ValueError(f"feature levels must be consecutive, got {sorted(features)}")

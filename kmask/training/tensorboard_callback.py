@@ -1,4 +1,4 @@
-"""Keras callback writing losses, learning rate, epoch metrics and predicted-mask images to
+"""Keras callback writing losses, learning rate, epoch metrics and prediction images to
 TensorBoard."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from kmask.evaluation.predictor import Predictor
-from kmask.ops.masks import paste_masks
 from kmask.training.optimizer import optimizer_step
-from kmask.visualization import draw_detections
+from kmask.visualization import draw_image_detections
 
 
 class TensorBoardCallback(keras.callbacks.Callback):
@@ -26,8 +25,9 @@ class TensorBoardCallback(keras.callbacks.Callback):
       the rate of the last step;
     - every epoch: ``epoch/<key>`` for every epoch log (including the ``val_*`` metrics
       an ``EvaluationCallback`` earlier in the list adds), and ``predictions/<i>``: the
-      validation images of ``visualization_batch`` with the predicted masks, boxes, class
-      names and scores drawn over them.
+      validation images of ``visualization_batch`` with the predictions drawn over them:
+      masks (Mask R-CNN only), boxes, class names and scores, or the best proposals of an
+      RPN-only model (the mode is read off the model's outputs).
 
     Args:
       log_dir: the run's ``logs`` directory.
@@ -39,6 +39,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
       predictor: runs the model on ``visualization_batch`` (required with it).
       class_names: names of the classes, for the labels.
       score_threshold: detections drawn from this score.
+      num_proposals: proposals drawn per image for an RPN-only model.
       is_chief: only the chief writes (multi-worker training).
     """
 
@@ -51,6 +52,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         predictor: Predictor | None = None,
         class_names: Sequence[str] = (),
         score_threshold: float = 0.5,
+        num_proposals: int = 20,
         is_chief: bool = True,
     ) -> None:
         super().__init__()
@@ -63,6 +65,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         self.predictor = predictor
         self.class_names = tuple(class_names)
         self.score_threshold = score_threshold
+        self.num_proposals = num_proposals
         self.is_chief = is_chief
         self._writer: Any = None
         self._previous: tuple[int, dict[str, float]] = (0, {})
@@ -109,30 +112,20 @@ class TensorBoardCallback(keras.callbacks.Callback):
         self._writer.flush()
 
     def draw_predictions(self) -> list[np.ndarray]:
-        """The visualization images with the current model's detections drawn over them
-        (in resized-image pixels), uint8 ``[H, W, 3]`` each."""
+        """The visualization images with the current model's predictions drawn over them
+        (in resized-image pixels), uint8 ``[H, W, 3]`` each: detections with masks (Mask
+        R-CNN) or without (Faster R-CNN) scoring ``>= score_threshold``, or the
+        ``num_proposals`` best proposals of an RPN-only model."""
         outputs = self.predictor.predict_batch(self.visualization_batch)
         images = np.asarray(self.visualization_batch["images"])
         pictures = []
-        for index in range(len(images)):
-            height, width = (int(v) for v in outputs["image_size"][index])
-            count = int(outputs["num_detections"][index])
-            boxes = outputs["detection_boxes"][index : index + 1, :count]
-            masks = paste_masks(
-                outputs["detection_masks"][index : index + 1, :count], boxes, (height, width),
-                threshold=self.predictor.mask_threshold,
-            )[0]
-            pictures.append(
-                draw_detections(
-                    np.clip(images[index, :height, :width], 0, 255).astype(np.uint8),
-                    boxes[0],
-                    outputs["detection_classes"][index, :count],
-                    outputs["detection_scores"][index, :count],
-                    np.asarray(masks),
-                    self.class_names,
-                    self.score_threshold,
-                )
-            )
+        for index, detections in enumerate(
+            self.predictor.batch_detections(outputs, source_pixels=False)
+        ):
+            height, width = (int(round(float(v))) for v in outputs["image_size"][index])
+            image = np.clip(images[index, :height, :width], 0, 255).astype(np.uint8)
+            pictures.append(draw_image_detections(image, detections, self.class_names,
+                                                  self.score_threshold, self.num_proposals))
         return pictures
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

@@ -68,13 +68,6 @@ def test_coco_flip_permutation():
     assert CategoryMap(CATEGORIES).flip_permutation() == coco_flip_map
 
 
-def test_normalize_image():
-    images = tf.fill([1, 2, 2, 3], 123.675)
-    normalized = transforms.normalize_image(images)
-    np.testing.assert_allclose(normalized[..., 0], 0.0, atol=1e-6)
-    np.testing.assert_allclose(normalized[0, 0, 0, 1], (123.675 - 116.28) / 57.12, rtol=1e-6)
-
-
 def _example(height=30, width=44):
     """An image whose content is its instances: instance k's pixels have value 40 * (k + 1)."""
     ys, xs = np.mgrid[0:height, 0:width] + 0.5

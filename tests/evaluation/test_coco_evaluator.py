@@ -74,7 +74,10 @@ def test_hand_computed_average_precision(tmp_path):
     metrics = COCOEvaluator.coco_metrics(coco, [{**miss, "score": 0.1}, {**hit, "score": 0.8}],
                                          "bbox")
     assert metrics["bbox_AP"] == pytest.approx(1.0)
-    assert COCOEvaluator.coco_metrics(coco, [], "segm")["segm_AP"] == 0.0
+    # No detection at all: 0 where ground truth exists (one medium box), -1 elsewhere.
+    assert COCOEvaluator.coco_metrics(coco, [], "bbox") == {
+        "bbox_AP": 0.0, "bbox_AP50": 0.0, "bbox_AP75": 0.0, "bbox_APs": -1.0,
+        "bbox_APm": 0.0, "bbox_APl": -1.0}
 
 
 def test_detections_map_back_to_source_pixels_and_original_ids(shapes_val):

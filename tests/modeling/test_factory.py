@@ -75,6 +75,28 @@ def test_parameter_count_matches_the_reference(r50_model):
     assert not any("conv3_block1_1_conv" in p and "kernel" in p for p in frozen)
 
 
+TORCHVISION_STYLE = [
+    "model.num_classes=90",
+    "model.input={channel_order: RGB, pixel_scale: 0.00392156862745098, "
+    "pixel_mean: [0.485, 0.456, 0.406], pixel_std: [0.229, 0.224, 0.225]}",
+    "model.backbone={stride_in_1x1: false, conv_bias: false, norm_epsilon: 0.0}",
+    "model.rpn={anchor_offset: 0.0, anchor_rounding: true}",
+    "model.box_head={predict_background: true, pooler_aligned: false}",
+    "model.mask_head={predict_background: true, pooler_aligned: false}",
+]
+
+
+def test_torchvision_style_configuration_has_exactly_torchvision_parameter_count():
+    """torchvision's maskrcnn_resnet50_fpn: 44,401,393 parameters (conv / fc kernels and
+    biases; its FrozenBatchNorm2d values are buffers, not parameters)."""
+    model = build_mask_rcnn(load_config(overrides=TORCHVISION_STYLE).model)
+    model.build({"images": (None, None, None, 3)})
+    assert _parameters_without_normalization(model) == 44_401_393
+    stage2 = model.backbone.blocks[3]  # conv3_block1: the stride sits on the 3x3 conv
+    assert stage2.conv1.strides == (1, 1) and stage2.conv2.strides == (2, 2)
+    assert stage2.conv1.bias is None
+
+
 def test_r50_inference_and_save_load(r50_model, tmp_path):
     images = np.random.default_rng(0).uniform(0, 255, (1, 64, 96, 3)).astype(np.float32)
     features = {"images": images, "image_size": np.array([[64, 90]], np.int32)}
@@ -96,42 +118,57 @@ def test_config_reaches_the_components():
             "model.num_classes=7",
             "model.rpn.nms_threshold=0.6",
             "model.rpn.post_nms_topk_test=300",
+            "model.rpn.anchor_offset=0.0",
             "model.roi_heads.batch_size_per_image=128",
-            "model.roi_heads.detections_per_image=50",
+            "model.box_head.detections_per_image=50",
             "model.box_head.fc_dim=512",
-            "model.mask_head.num_convs=2",
-            "model.anchors.offset=0.0",
-            "model.roi_heads.mask_loss_weight=2.0",
+            "model.box_head.pooler_sampling_ratio=0",
+            "model.mask_head.num_conv=2",
+            "model.mask_head.loss_weight=2.0",
+            "model.mask_head.pooler_aligned=false",
             "model.backbone.depth=101",
             "model.roi_align_implementation=tf",
         ]
     ).model
     model = build_mask_rcnn(config)
+    box_head, (mask_head,) = model.roi_heads.box_head, model.roi_heads.instance_heads
     assert model.backbone.depth == 101
-    assert model.proposal_generator.nms_threshold == 0.6
-    assert model.proposal_generator.post_nms_topk_test == 300
-    assert model.roi_heads.roi_sampler.batch_size_per_image == 128
-    assert model.roi_heads.postprocess.detections_per_image == 50
-    assert model.roi_heads.box_head.fc_dim == 512 and model.roi_heads.box_head.num_classes == 7
-    assert model.roi_heads.mask_head.num_convs == 2
-    assert model.anchor_generator.offset == 0.0
-    assert model.losses_layer.mask_weight == 2.0
-    assert model.roi_heads.box_pooler.implementation == "tf"
+    assert model.rpn.proposal_generator.nms_threshold == 0.6
+    assert model.rpn.proposal_generator.post_nms_topk_test == 300
+    assert model.rpn.anchor_generator.offset == 0.0
+    assert model.roi_heads.sampler.batch_size_per_image == 128
+    assert box_head.postprocess.detections_per_image == 50
+    assert box_head.fcs[0].units == 512 and box_head.num_classes == 7
+    assert box_head.pooler.sampling_ratio == 0 and box_head.pooler.aligned
+    assert mask_head.convs.num_conv == 2 and mask_head.loss_weight == 2.0
+    assert not mask_head.pooler.aligned and mask_head.pooler.implementation == "tf"
+    # The model's config carries every field as the layers' constructor arguments.
+    rpn_config = model.get_config()["rpn"]["config"]
+    assert rpn_config["nms_threshold"] == 0.6 and rpn_config["smooth_l1_beta"] == pytest.approx(1 / 9)
     defaults = ModelConfig()
-    assert defaults.anchors.sizes == (32.0, 64.0, 128.0, 256.0, 512.0)
+    assert defaults.rpn.anchor_sizes == (32.0, 64.0, 128.0, 256.0, 512.0)
     assert defaults.rpn.batch_size_per_image == 256 and defaults.rpn.positive_fraction == 0.5
-    assert defaults.roi_heads.box_weights == (10.0, 10.0, 5.0, 5.0)
+    assert defaults.box_head.box_weights == (10.0, 10.0, 5.0, 5.0)
     assert (defaults.rpn.pre_nms_topk_train, defaults.rpn.post_nms_topk_train) == (2000, 2000)
     assert (defaults.rpn.pre_nms_topk_test, defaults.rpn.post_nms_topk_test) == (1000, 1000)
 
 
+def test_detector_modes_from_config():
+    faster = build_mask_rcnn(load_config(overrides=["model.mask_head=null"]).model)
+    assert faster.roi_heads.instance_heads == [] and "loss_mask" not in faster.loss_names
+    rpn_only = load_config(overrides=["model.box_head=null", "model.mask_head=null"]).model
+    assert build_mask_rcnn(rpn_only).roi_heads is None
+    with pytest.raises(ConfigError, match="mask_head needs model.box_head"):
+        load_config(overrides=["model.box_head=null"])
+
+
 def test_inconsistent_configs_are_rejected():
-    with pytest.raises(ValueError, match="anchors.sizes"):
-        build_mask_rcnn(load_config(overrides=["model.anchors.sizes=[32,64]"]).model)
+    with pytest.raises(ValueError, match="anchor_sizes"):
+        build_mask_rcnn(load_config(overrides=["model.rpn.anchor_sizes=[32,64]"]).model)
     with pytest.raises(ValueError, match="pool from P2..P5"):
         build_mask_rcnn(
             load_config(
-                overrides=["model.fpn.min_level=3", "model.anchors.sizes=[64,128,256,512]"]
+                overrides=["model.fpn.min_level=3", "model.rpn.anchor_sizes=[64,128,256,512]"]
             ).model
         )
     with pytest.raises(ConfigError, match="unknown"):

@@ -15,23 +15,14 @@ import tensorflow as tf
 
 from kmask.config import DataConfig
 from kmask.data.pipeline import batch_examples
-from kmask.layers.anchor_generator import AnchorGenerator
-from kmask.layers.proposal_generator import ProposalGenerator
-from kmask.layers.roi_sampler import ROISampler
-from kmask.layers.rpn_target_assigner import RPNTargetAssigner
-from kmask.modeling import MaskRCNN
-from kmask.modeling.box_head import BoxHead
-from kmask.modeling.fpn import FPN
-from kmask.modeling.losses import LOSS_KEYS, Losses
-from kmask.modeling.mask_head import MaskHead
-from kmask.modeling.postprocess import Postprocess
-from kmask.modeling.roi_heads import ROIHeads
-from kmask.modeling.rpn import RPN
+from kmask.layers.image_normalization import ImageNormalization
+from kmask.modeling import FPN, RPN, BoxHead, MaskHead, MaskRCNN, ROIHeads
 from kmask.ops import boxes as box_ops
 from kmask.ops.masks import paste_masks
 
 SIZE = 128
 NUM_CLASSES = 3
+LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 DETECTION_KEYS = {
     "detection_boxes",
     "detection_scores",
@@ -67,7 +58,7 @@ class TinyBackbone(keras.layers.Layer):
             channels = self.width * 2**i
 
     def call(self, images):
-        x = tf.cast(images, self.compute_dtype) / 255.0
+        x = tf.cast(images, self.compute_dtype)
         features = {}
         for i, conv in enumerate(self.convs):
             x = conv(x)
@@ -92,23 +83,28 @@ class TinyBackbone(keras.layers.Layer):
         return {**super().get_config(), "width": self.width}
 
 
-def tiny_model() -> MaskRCNN:
+def tiny_model(box_head: bool = True, mask_head: bool = True) -> MaskRCNN:
+    """Mask R-CNN on ``TinyBackbone``; Faster R-CNN without the mask head, RPN only
+    without the box head. Inputs are scaled to 0..1 as the stand-in backbone expects."""
     channels = 16
+    pooling = {"pooler_levels": (2, 5), "roi_align_implementation": "tf"}
+    roi_heads = None
+    if box_head:
+        masks = [MaskHead(NUM_CLASSES, num_conv=2, conv_dim=channels, **pooling)]
+        roi_heads = ROIHeads(
+            BoxHead(NUM_CLASSES, fc_dim=32, **pooling),
+            masks if mask_head else [],
+            batch_size_per_image=64,
+        )
     return MaskRCNN(
+        normalizer=ImageNormalization("RGB", 1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
         backbone=TinyBackbone(8),
         fpn=FPN(channels),
-        anchor_generator=AnchorGenerator(),
-        rpn=RPN(3, channels),
-        proposal_generator=ProposalGenerator(300, 300, 100, 100),
-        rpn_target_assigner=RPNTargetAssigner(),
-        roi_heads=ROIHeads(
-            BoxHead(NUM_CLASSES, 2, 32),
-            MaskHead(NUM_CLASSES, 2, channels),
-            ROISampler(64),
-            Postprocess(),
-            roi_align_implementation="tf",
+        rpn=RPN(
+            pre_nms_topk_train=300, pre_nms_topk_test=300,
+            post_nms_topk_train=100, post_nms_topk_test=100,
         ),
-        losses_layer=Losses(),
+        roi_heads=roi_heads,
     )
 
 
@@ -175,6 +171,7 @@ def test_fit_evaluate_predict_on_pipeline_batches():
     model = tiny_model()
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     history = model.fit(dataset.repeat(2), epochs=1, verbose=0)
+    assert model.loss_names == LOSS_KEYS
     assert set(history.history) == {"loss", *LOSS_KEYS}
     assert all(np.isfinite(v[-1]) for v in history.history.values())
     results = model.evaluate(dataset, verbose=0, return_dict=True)
@@ -190,16 +187,43 @@ def test_fit_evaluate_predict_on_pipeline_batches():
     assert (predictions["num_proposals"] > 0).all() and predictions["num_proposals"].max() <= 100
 
 
-def test_training_outputs_and_dynamic_shapes():
+@pytest.mark.parametrize(
+    "box_head, mask_head, losses, outputs",
+    [
+        (True, False, LOSS_KEYS[:4], DETECTION_KEYS - {"detection_masks"}),
+        (False, False, LOSS_KEYS[:2], set()),
+    ],
+    ids=["faster_rcnn", "rpn_only"],
+)
+def test_detector_modes_train_and_predict(box_head, mask_head, losses, outputs):
+    keras.utils.set_random_seed(0)
+    masks, classes, image = _shapes()
+    dataset = _batches([_example(image, masks, classes)])
+    model = tiny_model(box_head, mask_head)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    history = model.fit(dataset.repeat(2), epochs=1, verbose=0)
+    assert model.loss_names == losses
+    assert set(history.history) == {"loss", *losses}
+    assert all(np.isfinite(v[-1]) for v in history.history.values())
+    predictions = model.predict(dataset, verbose=0)
+    proposal_keys = {"proposals", "proposal_scores", "num_proposals"}
+    assert set(predictions) == outputs | proposal_keys | {"image_id", "image_size", "original_size"}
+    scores = predictions["proposal_scores"][0, : predictions["num_proposals"][0]]
+    assert (np.diff(scores) <= 0).all()  # best first
+    restored = MaskRCNN.from_config(model.get_config())
+    assert restored.loss_names == losses
+
+
+def test_losses_and_dynamic_shapes():
     masks, classes, image = _shapes()
     features, targets = _first(_batches([_example(image, masks, classes)]))
     model = tiny_model()
-    outputs = model({**features, **targets}, training=True)
-    assert outputs["rpn_logits"].shape == (1, 256) and outputs["proposals"].shape == (1, 100, 4)
-    assert outputs["class_logits"].shape == (1, 64, NUM_CLASSES + 1)
-    assert outputs["mask_targets"].shape == (1, 16, 28, 28)
-    # Positives: the three ground-truth boxes at least (added to the proposals).
-    assert (outputs["class_targets"].numpy() > 0).sum() >= 3
+    losses = model({**features, **targets}, training=True)
+    assert tuple(losses) == LOSS_KEYS
+    assert all(v.dtype == tf.float32 and v.shape == () for v in losses.values())
+    pyramid = model.fpn(model.backbone(model.normalizer(features["images"], features["image_size"])))
+    training, _ = model.rpn(pyramid, features["image_size"], training=True)
+    assert training["proposals"].shape == (1, 100, 4)
     # One graph for any batch size and image size: no Python loop over images.
     spec = {
         key: tf.TensorSpec([None, *value.shape[1:]], value.dtype) for key, value in features.items()
@@ -213,7 +237,7 @@ def test_training_outputs_and_dynamic_shapes():
 
 def _loss_and_gradients(model: MaskRCNN, features, targets):
     with tf.GradientTape() as tape:
-        losses = model.losses_layer(model({**features, **targets}, training=True))
+        losses = model({**features, **targets}, training=True)
         total = tf.add_n(list(losses.values()))
     return losses, tape.gradient(total, model.trainable_variables)
 
@@ -288,18 +312,18 @@ def test_mixed_precision(policy):
     try:
         model = tiny_model()
         half = keras.mixed_precision.Policy(policy).compute_dtype
-        outputs = model({**features, **targets}, training=True)
-        assert model.rpn.conv.compute_dtype == half
-        assert model.roi_heads.mask_head.convs[0].compute_dtype == half
-        assert model.rpn.conv.variable_dtype == "float32"
-        for key in ("proposals", "rois", "rpn_deltas", "box_deltas", "box_targets", "mask_logits"):
-            assert outputs[key].dtype == tf.float32, key
+        losses = model({**features, **targets}, training=True)
+        assert model.rpn.head.objectness.compute_dtype == half
+        assert model.roi_heads.instance_heads[0].convs.convs[0].compute_dtype == half
+        assert model.rpn.head.objectness.variable_dtype == "float32"
+        assert all(value.dtype == tf.float32 for value in losses.values())
         model.compile(optimizer=keras.optimizers.SGD(0.01))
         history = model.fit(dataset.repeat(2), verbose=0)
         assert np.isfinite(history.history["loss"][-1])
         detections = model.predict(dataset, verbose=0)
         assert detections["detection_boxes"].dtype == np.float32
         assert detections["detection_masks"].dtype == np.float32
+        assert detections["proposals"].dtype == np.float32
     finally:
         keras.mixed_precision.set_global_policy(previous)
 

@@ -10,6 +10,7 @@ import tensorflow as tf
 from kmask.layers.proposal_generator import ProposalGenerator
 from kmask.layers.rpn_target_assigner import RPNTargetAssigner
 from kmask.modeling.rpn import RPN
+from kmask.modeling.rpn_head import RPNHead
 
 
 def _np_iou(a, b):
@@ -34,7 +35,7 @@ def _np_decode(deltas, anchors):
 
 
 def test_rpn_head_parameters_sharing_and_layout():
-    head = RPN(num_anchors=3, conv_channels=256)
+    head = RPNHead(num_anchors=3)
     features = {f"P{k}": tf.random.normal([2, 128 // 2**k, 64 // 2**k, 256]) for k in range(2, 7)}
     objectness, deltas = head(features)
     # One head for all levels: 3x3 conv + 1x1 objectness + 1x1 deltas (torchvision: 593,935).
@@ -54,16 +55,16 @@ def test_rpn_head_parameters_sharing_and_layout():
     np.testing.assert_allclose(
         deltas["P3"].numpy()[1, (5 * 8 + 4) * 3 + 2], boxes[1, 5, 4, 2], rtol=1e-5
     )
-    clone = RPN.from_config(head.get_config())
+    clone = RPNHead.from_config(head.get_config())
     assert clone.get_config() == head.get_config()
     shapes = head.compute_output_shape({k: tuple(v.shape) for k, v in features.items()})
     assert shapes[0]["P2"] == (2, 32 * 16 * 3) and shapes[1]["P6"] == (2, 2 * 1 * 3, 4)
 
 
 def test_rpn_head_mixed_precision_outputs_float32():
-    head = RPN(num_anchors=3, conv_channels=8, dtype="mixed_bfloat16")
+    head = RPNHead(num_anchors=3, dtype="mixed_bfloat16")
     objectness, deltas = head({"P2": tf.random.normal([1, 4, 4, 8])})
-    assert head.conv.compute_dtype == "bfloat16"
+    assert head.conv.convs[0].compute_dtype == "bfloat16"
     assert objectness["P2"].dtype == tf.float32 and deltas["P2"].dtype == tf.float32
 
 
@@ -193,3 +194,31 @@ def test_proposals_stay_float32_with_half_precision_inputs(policy):
     )
     assert out[0].dtype == tf.float32
     np.testing.assert_array_equal(out[0].numpy()[0, 0], [1000, 1000, 1100, 1100])
+
+
+def test_rpn_stage_owns_anchors_head_proposals_and_losses():
+    tf.random.set_seed(0)
+    stage = RPN(
+        anchor_sizes=(16.0, 32.0), num_conv=2, batch_size_per_image=32,
+        post_nms_topk_train=20, post_nms_topk_test=10,
+    )
+    features = {"P2": tf.random.normal([2, 16, 16, 8]), "P3": tf.random.normal([2, 8, 8, 8])}
+    size = tf.constant([[64, 64], [64, 48]])
+    proposals, losses = stage(features, size)
+    assert losses == {} and proposals["proposals"].shape == (2, 10, 4)
+    # The head's anchor count comes from the anchor generator: 3 ratios.
+    assert stage.head.num_anchors == stage.anchor_generator.num_anchors_per_location == 3
+    # torchvision's v2 RPN head (two 3x3 convs): 2 * (9 * C * C + C) + (C * 3 + 3) + (C * 12 + 12).
+    assert stage.head.count_params() == 2 * (9 * 8 * 8 + 8) + (8 * 3 + 3) + (8 * 12 + 12)
+    gt_boxes = tf.constant([[[4.0, 4.0, 30.0, 40.0]], [[0.0, 0.0, 0.0, 0.0]]])
+    gt_classes = tf.constant([[0], [-1]])
+    proposals, losses = stage(features, size, gt_boxes, gt_classes, training=True)
+    assert proposals["proposals"].shape == (2, 20, 4)
+    assert set(losses) == set(RPN.loss_names)
+    assert np.isfinite(losses["loss_rpn_cls"].numpy()) and losses["loss_rpn_box"].numpy() > 0
+    # No ground truth at all: the box loss is exactly zero.
+    _, empty = stage(features, size, tf.zeros([2, 1, 4]), tf.fill([2, 1], -1), training=True)
+    assert empty["loss_rpn_box"].numpy() == 0.0
+    clone = RPN.from_config(stage.get_config())
+    assert clone.get_config() == stage.get_config()
+    assert stage.get_config()["smooth_l1_beta"] == pytest.approx(1 / 9)

@@ -68,3 +68,12 @@ def test_anchor_generator_layer_static_dynamic_and_config():
     clone = AnchorGenerator.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     assert layer.num_anchors_per_location == 3
+
+
+def test_rounded_cell_anchors_match_torchvision_base_anchors():
+    # torchvision AnchorGenerator(sizes=(32,), aspect_ratios=(0.5, 1.0, 2.0)) base anchors
+    # (x1, y1, x2, y2): [-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]
+    # (its ratio is h / w as here); rounded with torch.round.
+    rounded = anchor_ops.cell_anchors(32.0, (0.5, 1.0, 2.0), rounded=True)
+    expected_xyxy = np.array([[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]])
+    np.testing.assert_array_equal(rounded, expected_xyxy[:, [1, 0, 3, 2]])

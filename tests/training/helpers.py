@@ -20,7 +20,7 @@ def tiny_overrides(shapes: Path) -> list[str]:
     """``key=value`` overrides: 64 px images, narrow heads, few proposals and RoIs."""
     return [
         "model.num_classes=3",
-        "model.backbone.norm=group_norm",
+        "model.backbone.norm=gn",
         "model.backbone.freeze_at=0",
         "model.fpn.num_channels=32",
         "model.rpn.pre_nms_topk_train=200",
@@ -29,10 +29,10 @@ def tiny_overrides(shapes: Path) -> list[str]:
         "model.rpn.post_nms_topk_test=64",
         "model.rpn.batch_size_per_image=64",
         "model.roi_heads.batch_size_per_image=32",
-        "model.roi_heads.detections_per_image=20",
+        "model.box_head.detections_per_image=20",
         "model.box_head.fc_dim=64",
         "model.mask_head.conv_dim=16",
-        "model.mask_head.num_convs=1",
+        "model.mask_head.num_conv=1",
         f"data.min_size=[{IMAGE_SIZE}]",
         f"data.max_size={IMAGE_SIZE}",
         "data.max_instances=4",

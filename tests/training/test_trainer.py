@@ -12,10 +12,13 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kmask.config import ConfigError
+from kmask.config import ConfigError, DataConfig
+from kmask.evaluation import Predictor
 from kmask.training import CheckpointCallback, NonFiniteLossError, Trainer, WarmupStepSchedule
 from kmask.training.checkpoint_callback import checkpoint_step
+from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainer import epoch_plan
+from tests.evaluation import fake_outputs as fake
 from tests.training.helpers import make_shapes, tiny_config
 
 
@@ -95,6 +98,25 @@ def test_run_directory_contents(shapes, tmp_path):
     assert picture.shape[-1] == 3 and picture.shape[0] >= 512
 
 
+@pytest.mark.parametrize("mode, overrides", [
+    ("faster_rcnn", ("model.mask_head=null",)),
+    ("rpn", ("model.mask_head=null", "model.box_head=null")),
+])
+def test_evaluation_during_training_follows_the_mode(shapes, tmp_path, mode, overrides):
+    """Without a mask head only box AP (and proposal AR) is evaluated; without RoI heads
+    only proposal AR. The logs and pictures follow."""
+    config = tiny_config(shapes, "train.max_steps=1", "train.steps_per_epoch=1",
+                         "train.eval_every_epochs=1", "eval.max_images=2", *overrides)
+    history = Trainer(config, tmp_path, verbose=0).train()
+    assert not any("segm" in key or key == "loss_mask" for key in history)
+    assert "val_AR@1000" in history
+    assert ("val_bbox_AP" in history) == (mode == "faster_rcnn")
+    assert ("loss_cls" in history) == (mode == "faster_rcnn")
+    events = EventAccumulator(str(tmp_path / "logs" / "train"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"predictions/0", "epoch/val_AR@1000"} <= set(events.Tags()["tensors"])
+
+
 def test_loss_decreases(shapes, tmp_path):
     losses = {}
 
@@ -160,3 +182,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_pa
         handle.visititems(lambda name, item: arrays.append(item[()])
                           if isinstance(item, h5py.Dataset) else None)
     assert arrays and all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f")
+
+
+@pytest.mark.parametrize("mode", ["mask_rcnn", "faster_rcnn", "rpn"])
+@pytest.mark.parametrize("empty", [False, True])
+def test_tensorboard_pictures_in_every_mode(mode, empty, tmp_path):
+    """Pictures of hand-made outputs (no real model): detections with or without masks,
+    or the best proposals; nothing drawn when nothing was found."""
+    predictor = Predictor(fake.FixedOutputModel(fake.model_outputs(mode, empty)), DataConfig())
+    batch = fake.features_batch()
+    callback = TensorBoardCallback(tmp_path, 1, visualization_batch=batch, predictor=predictor,
+                                   class_names=("cat", "dog"), score_threshold=0.0,
+                                   num_proposals=3)
+    pictures = callback.draw_predictions()
+    # 400 x 480 and 80 x 80 resized images, enlarged 2x and 7x to reach 512 px.
+    assert [p.shape for p in pictures] == [(800, 960, 3), (560, 560, 3)]
+    for picture, factor in zip(pictures, (2, 7)):
+        blank = not picture[::factor, ::factor].any()
+        assert blank == empty

@@ -1,8 +1,8 @@
-"""ResNet-50/101 backbone returning C2..C5, with keras.applications weight loading."""
+"""ResNet / ResNeXt backbones returning C2..C5, with keras.applications weight loading."""
 
 from __future__ import annotations
 
-import math
+import contextvars
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,19 +11,27 @@ import keras
 import numpy as np
 from keras import ops
 
-from kmask.layers.frozen_batch_norm import FrozenBatchNorm
+from kmask.layers.normalization import build_norm, check_norm
+from kmask.modeling.backbones.backbone import Backbone, FeatureSpec, register_backbone
 
 # Bottleneck blocks per stage conv2..conv5 (He et al., "Deep Residual Learning", Table 1).
-_BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-_STAGE_FILTERS = (64, 128, 256, 512)
-_NORMS = ("frozen_bn", "group_norm")
-# keras.applications.resnet.preprocess_input ("caffe" mode): BGR channel means, no scaling.
-_BGR_MEAN = (103.939, 116.779, 123.68)
-# BatchNormalization epsilon of the keras.applications ResNets.
-_BN_EPSILON = 1.001e-5
-_GN_GROUPS = 32
-_GN_EPSILON = 1e-5
-_APPLICATIONS = {50: keras.applications.ResNet50, 101: keras.applications.ResNet101}
+_BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_LEVELS = (2, 3, 4, 5)
+_APPLICATIONS = {
+    50: keras.applications.ResNet50,
+    101: keras.applications.ResNet101,
+    152: keras.applications.ResNet152,
+}
+# The constructor arguments that keras.applications ResNet weight files require.
+_APPLICATIONS_LAYOUT = {
+    "norm": "frozen_bn",
+    "conv_bias": True,
+    "stride_in_1x1": True,
+    "groups": 1,
+    "width_per_group": 64,
+}
+# Set by ResNet.from_config: rebuild the architecture without reading the weights file.
+_SKIP_WEIGHTS_FILE = contextvars.ContextVar("kmask_resnet_skip_weights_file", default=False)
 
 
 def _conv_initializer() -> keras.initializers.Initializer:
@@ -33,133 +41,184 @@ def _conv_initializer() -> keras.initializers.Initializer:
     )
 
 
-def _make_norm(norm: str, prefix: str, dtype: Any) -> keras.layers.Layer:
-    """The normalization after conv ``prefix``: ``{prefix}_bn`` or ``{prefix}_gn``."""
-    if norm == "frozen_bn":
-        return FrozenBatchNorm(epsilon=_BN_EPSILON, name=f"{prefix}_bn", dtype=dtype)
-    return keras.layers.GroupNormalization(
-        groups=_GN_GROUPS, epsilon=_GN_EPSILON, name=f"{prefix}_gn", dtype=dtype
-    )
+def _norm_layer(norm: str, prefix: str, epsilon: float, dtype: Any) -> keras.layers.Layer | None:
+    """The normalization after conv ``prefix``: ``{prefix}_bn``, ``{prefix}_gn`` or None."""
+    suffix = "gn" if norm == "gn" else "bn"
+    return build_norm(norm, f"{prefix}_{suffix}", dtype=dtype, epsilon=epsilon)
+
+
+def _normalize(norm: keras.layers.Layer | None, x: Any) -> Any:
+    return x if norm is None else norm(x)
 
 
 class _Bottleneck(keras.layers.Layer):
-    """ResNet v1 bottleneck block ``1x1 (stride) -> 3x3 -> 1x1 (4 * filters)`` + shortcut.
+    """Bottleneck block ``1x1 -> 3x3 (groups) -> 1x1`` plus identity or projection shortcut.
 
-    Sublayer names equal those of keras.applications (``{name}_{0..3}_conv`` and
-    ``{name}_{0..3}_bn``); ``_0_`` is the projection shortcut of a stage's first block.
-    Input ``[B, H, W, C_in]``; output ``[B, ceil(H / stride), ceil(W / stride), 4 * filters]``.
+    ``width`` is the channel count of the two inner convolutions, ``out_channels`` that of
+    the block. The spatial ``stride`` sits on the first 1x1 convolution when
+    ``stride_in_1x1`` (MSRA / keras.applications / detectron2), else on the 3x3 (torchvision
+    "v1.5"); a strided 3x3 pads 1 pixel on every side, as PyTorch's ``padding=1`` does.
+    Sublayer names are keras.applications' (``{name}_{0..3}_conv`` and ``{name}_{0..3}_bn``
+    or ``_gn``); ``_0_`` is the projection shortcut of a stage's first block.
+    Input ``[B, H, W, C_in]``; output ``[B, ceil(H / stride), ceil(W / stride), out_channels]``.
     """
 
     def __init__(
-        self, filters: int, stride: int, projection: bool, norm: str, **kwargs: Any
+        self,
+        width: int,
+        out_channels: int,
+        stride: int,
+        projection: bool,
+        stride_in_1x1: bool,
+        groups: int,
+        norm: str,
+        norm_epsilon: float,
+        conv_bias: bool,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.filters = filters
+        self.width = width
+        self.out_channels = out_channels
         self.stride = stride
         dtype = self.dtype_policy
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
 
-        def conv(out: int, size: int, index: int, stride: int = 1) -> keras.layers.Conv2D:
+        def conv(out: int, size: int, index: int, stride: int = 1, groups: int = 1):
             return keras.layers.Conv2D(
                 out,
                 size,
                 strides=stride,
-                padding="same" if size > 1 else "valid",
+                padding="same" if size > 1 and stride == 1 else "valid",
+                groups=groups,
+                use_bias=conv_bias,
                 kernel_initializer=_conv_initializer(),
                 name=f"{self.name}_{index}_conv",
                 dtype=dtype,
             )
 
-        self.shortcut_conv = conv(4 * filters, 1, 0, stride) if projection else None
-        self.shortcut_norm = _make_norm(norm, f"{self.name}_0", dtype) if projection else None
-        self.conv1 = conv(filters, 1, 1, stride)
-        self.norm1 = _make_norm(norm, f"{self.name}_1", dtype)
-        self.conv2 = conv(filters, 3, 2)
-        self.norm2 = _make_norm(norm, f"{self.name}_2", dtype)
-        self.conv3 = conv(4 * filters, 1, 3)
-        self.norm3 = _make_norm(norm, f"{self.name}_3", dtype)
+        def norm_layer(index: int) -> keras.layers.Layer | None:
+            return _norm_layer(norm, f"{self.name}_{index}", norm_epsilon, dtype)
+
+        self.shortcut_conv = conv(out_channels, 1, 0, stride) if projection else None
+        self.shortcut_norm = norm_layer(0) if projection else None
+        self.conv1 = conv(width, 1, 1, stride_1x1)
+        self.norm1 = norm_layer(1)
+        # TF's "same" padding of a strided 3x3 pads bottom/right only; pad 1 on every side.
+        self.pad_3x3 = stride_3x3 > 1
+        self.conv2 = conv(width, 3, 2, stride_3x3, groups)
+        self.norm2 = norm_layer(2)
+        self.conv3 = conv(out_channels, 1, 3)
+        self.norm3 = norm_layer(3)
 
     def named_layers(self) -> list[keras.layers.Layer]:
         """The block's convolutions and normalizations (the layers that hold weights)."""
         layers = [self.conv1, self.norm1, self.conv2, self.norm2, self.conv3, self.norm3]
         if self.shortcut_conv is not None:
             layers = [self.shortcut_conv, self.shortcut_norm, *layers]
-        return layers
+        return [layer for layer in layers if layer is not None]
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         channels = input_shape[-1]
-        for conv, norm, in_channels in (
+        pairs = [
             (self.conv1, self.norm1, channels),
-            (self.conv2, self.norm2, self.filters),
-            (self.conv3, self.norm3, self.filters),
-        ):
-            conv.build((None, None, None, in_channels))
-            norm.build((None, None, None, conv.filters))
+            (self.conv2, self.norm2, self.width),
+            (self.conv3, self.norm3, self.width),
+        ]
         if self.shortcut_conv is not None:
-            self.shortcut_conv.build((None, None, None, channels))
-            self.shortcut_norm.build((None, None, None, 4 * self.filters))
+            pairs.append((self.shortcut_conv, self.shortcut_norm, channels))
+        for conv, norm, in_channels in pairs:
+            conv.build((None, None, None, in_channels))
+            if norm is not None:
+                norm.build((None, None, None, conv.filters))
 
     def call(self, inputs: Any) -> Any:
         shortcut = inputs
         if self.shortcut_conv is not None:
-            shortcut = self.shortcut_norm(self.shortcut_conv(inputs))
-        x = ops.relu(self.norm1(self.conv1(inputs)))
-        x = ops.relu(self.norm2(self.conv2(x)))
-        x = self.norm3(self.conv3(x))
+            shortcut = _normalize(self.shortcut_norm, self.shortcut_conv(inputs))
+        x = ops.relu(_normalize(self.norm1, self.conv1(inputs)))
+        if self.pad_3x3:
+            x = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        x = ops.relu(_normalize(self.norm2, self.conv2(x)))
+        x = _normalize(self.norm3, self.conv3(x))
         return ops.relu(x + shortcut)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         def down(size: int | None) -> int | None:
             return None if size is None else -(-size // self.stride)
 
-        return (input_shape[0], down(input_shape[1]), down(input_shape[2]), 4 * self.filters)
+        return (input_shape[0], down(input_shape[1]), down(input_shape[2]), self.out_channels)
 
 
+@register_backbone("resnet")
 @keras.saving.register_keras_serializable(package="kmask")
-class ResNet(keras.layers.Layer):
-    """ResNet-50/101 (v1) backbone: images in, C2..C5 feature maps out.
+class ResNet(Backbone):
+    """ResNet-50/101/152 and ResNeXt (v1 bottleneck) backbone: images in, C2..C5 out.
 
-    Layout: exactly the keras.applications ``ResNet50`` / ``ResNet101`` (v1) graph, which is
-    the original MSRA "ResNet v1 / Caffe-style" layout that the original Mask R-CNN release
-    (Detectron, ``STRIDE_1X1``) also used: stem ``7x7/2 conv -> norm -> ReLU -> 3x3/2 max
-    pool`` (both with explicit zero padding, 3 and 1), then stages conv2..conv5 of
-    bottleneck blocks [3, 4, 6, 3] (depth 50) or [3, 4, 23, 3] (depth 101). The spatial
-    stride 2 of stages conv3..conv5 sits on the **first 1x1 convolution** of the stage's
-    first block (and on its 1x1 projection shortcut), not on the 3x3 convolution (the
-    "v1.5" / torchvision layout). Convolutions have biases, as in keras.applications.
-    Sublayer names equal keras.applications' (``conv1_conv``, ``conv2_block1_1_conv``, ...,
-    with ``_bn`` / ``_gn`` normalizations), so weights map one to one.
+    Call: ``images [B, H, W, 3]`` float, **already normalized** -> ``{"C2": [B, H/4, W/4,
+    256], "C3": [B, H/8, W/8, 512], "C4": [B, H/16, W/16, 1024], "C5": [B, H/32, W/32,
+    2048]}`` (sizes ``ceil(H / s) x ceil(W / s)``, exactly ``H / s`` for inputs padded to a
+    multiple of 32), in the layer's compute dtype. The backbone does not normalize: the
+    model's input normalization layer runs before it, with the statistics the weights were
+    trained with (keras.applications weights: RGB -> BGR, minus (103.939, 116.779, 123.68),
+    no scaling; torchvision: RGB / 255 minus (0.485, 0.456, 0.406) over (0.229, 0.224,
+    0.225); detectron2 MSRA: BGR minus (103.53, 116.28, 123.675)). The layer only casts the
+    images to its compute dtype, so mixed precision works (``dtype="mixed_float16"``).
 
-    Preprocessing is part of the layer: it takes RGB pixels 0..255 and applies the
-    keras.applications ResNet ("caffe" mode) normalization itself: RGB -> BGR, subtract the
-    ImageNet means (103.939, 116.779, 123.68), no scaling. The arithmetic is in float32; the
-    network then runs in the layer's compute dtype (mixed precision works).
+    Architecture: stem ``7x7/2 conv -> norm -> ReLU -> 3x3/2 max pool`` (zero padding 3 and
+    1), then stages conv2..conv5 (C2..C5) of bottleneck blocks ``1x1 -> 3x3 -> 1x1`` with
+    (3, 4, 6, 3), (3, 4, 23, 3) or (3, 8, 36, 3) blocks for depth 50, 101, 152. The inner
+    width of stage conv2 is ``groups * width_per_group`` and doubles per stage; the block
+    outputs are 256, 512, 1024, 2048 channels. A stage's first block has a 1x1 projection
+    shortcut; stages conv3..conv5 downsample by 2 in their first block.
 
-    Output sizes are ``ceil(H / s) x ceil(W / s)`` for strides s = 4, 8, 16, 32 (exactly
-    ``H / s`` for inputs padded to a multiple of 32).
+    Layout variants, so that the common checkpoints map one to one:
+
+    - keras.applications ResNet50/101/152: ``stride_in_1x1=True, conv_bias=True``
+      (the defaults), ``norm_epsilon=1.001e-5`` (what those files were trained with).
+    - detectron2 MSRA R-50 / R-101: ``stride_in_1x1=True, conv_bias=False``,
+      ``norm_epsilon=1e-5``.
+    - torchvision ResNet ("v1.5"): ``stride_in_1x1=False, conv_bias=False``;
+      ``norm_epsilon=0.0`` for the COCO detection weights (1e-5 for ImageNet ones).
+    - ResNeXt-101 32x8d (detectron2's X101 model-zoo backbone, torchvision's
+      ``resnext101_32x8d``): ``depth=101, groups=32, width_per_group=8,
+      stride_in_1x1=False, conv_bias=False``.
+
+    Sublayer names are keras.applications' (``conv1_conv``, ``conv1_bn``,
+    ``conv2_block1_0_conv`` (projection), ``conv2_block1_1_conv`` .. ``_3_conv``, with
+    ``_bn`` after frozen_bn / bn and ``_gn`` after gn), whatever the variant.
 
     Args:
-      depth: 50 or 101.
+      depth: 50, 101 or 152.
       freeze_at: number of leading stages set ``trainable = False``: 0 nothing, 1 the stem
         (conv1), 2 stem + conv2 (papers' default), ... 5 everything. Setting the whole layer's
         ``trainable`` attribute afterwards overrides this, as for any Keras layer.
-      norm: ``"frozen_bn"`` (``FrozenBatchNorm``, fixed pretrained statistics; the papers'
-        choice) or ``"group_norm"`` (``keras.layers.GroupNormalization``, 32 groups,
-        trainable unless frozen by ``freeze_at``).
-      weights: path to a keras.applications ResNet50/ResNet101 weights file matching
-        ``depth``: the legacy ``.h5`` files that ``keras.applications.ResNet50(weights=path)``
-        accepts (with or without the classification top, e.g.
+      norm: ``kmask.layers.normalization`` choice after every convolution: ``"frozen_bn"``
+        (fixed pretrained statistics; the papers' choice), ``"bn"`` (batch statistics in
+        training), ``"gn"`` (GroupNorm, 32 groups) or ``"none"``.
+      norm_epsilon: epsilon of every normalization layer (see the variants above).
+      stride_in_1x1: where a downsampling block's stride sits: on its first 1x1 convolution
+        (True: MSRA / Caffe, keras.applications, detectron2 ``STRIDE_IN_1X1``) or on its 3x3
+        convolution (False: torchvision "v1.5", ResNeXt). The projection shortcut is strided
+        either way.
+      conv_bias: whether the convolutions have biases (keras.applications: yes; detectron2,
+        torchvision: no).
+      groups: groups of the 3x3 convolutions (ResNeXt cardinality; 1 = ResNet).
+      width_per_group: channels per group of stage conv2's 3x3 convolution (64 = ResNet).
+      weights: path (str) of a keras.applications ResNet50/101/152 weights file matching
+        ``depth``: a legacy ``.h5`` download (with or without the classification top, e.g.
         ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``) or a Keras 3
         ``.weights.h5`` saved by ``model.save_weights`` of such a model. ``None`` = random
-        initialization. Read once, at construction; only valid with ``norm="frozen_bn"``.
-      **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
+        initialization. Read once, at construction (not by ``from_config``); only valid for
+        the keras.applications layout (``norm="frozen_bn"``, ``conv_bias=True``,
+        ``stride_in_1x1=True``, ``groups=1``, ``width_per_group=64``).
+      **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...). For
+        ``get_config`` to work, pass ``dtype`` as a policy name (``"mixed_float16"``), not
+        a ``DTypePolicy`` object: Keras' automatic config only captures plain values.
 
     Raises:
-      ValueError: for an unsupported depth, norm or freeze_at, for weights with group_norm,
-        or when the weights file does not fit (the message names the file).
+      ValueError: for an unsupported argument value, for ``weights`` with another layout, or
+        when the weights file does not fit (the message names the file).
       FileNotFoundError: when the weights file does not exist.
-
-    Call: ``images [B, H, W, 3]`` float RGB 0..255 -> ``{"C2": [B, H/4, W/4, 256],
-    "C3": [B, H/8, W/8, 512], "C4": [B, H/16, W/16, 1024], "C5": [B, H/32, W/32, 2048]}``.
     """
 
     def __init__(
@@ -167,6 +226,11 @@ class ResNet(keras.layers.Layer):
         depth: int = 50,
         freeze_at: int = 2,
         norm: str = "frozen_bn",
+        norm_epsilon: float = 1e-5,
+        stride_in_1x1: bool = True,
+        conv_bias: bool = True,
+        groups: int = 1,
+        width_per_group: int = 64,
         weights: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -175,54 +239,112 @@ class ResNet(keras.layers.Layer):
             raise ValueError(
                 f"ResNet depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}"
             )
-        if norm not in _NORMS:
-            raise ValueError(f"ResNet norm must be one of {_NORMS}, got {norm!r}")
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"ResNet freeze_at must be in 0..5, got {freeze_at}")
-        if weights is not None and norm != "frozen_bn":
+        check_norm(norm, "ResNet")
+        if norm_epsilon < 0:
+            raise ValueError(f"ResNet norm_epsilon must be >= 0, got {norm_epsilon}")
+        if groups < 1 or width_per_group < 1:
             raise ValueError(
-                f"ResNet weights={weights!r}: keras.applications weights carry BatchNorm "
-                f"statistics and only fit norm='frozen_bn', not norm={norm!r}"
+                f"ResNet groups and width_per_group must be >= 1, got {groups}, {width_per_group}"
             )
-        if weights is not None and not Path(weights).is_file():
-            raise FileNotFoundError(f"ResNet-{depth} weights file not found: {weights}")
+        if weights is not None:
+            if not isinstance(weights, str):
+                raise TypeError(
+                    f"ResNet weights must be a str path (it is part of the layer config), "
+                    f"got {type(weights).__name__}; pass str(path)"
+                )
+            arguments = {
+                "norm": norm,
+                "conv_bias": conv_bias,
+                "stride_in_1x1": stride_in_1x1,
+                "groups": groups,
+                "width_per_group": width_per_group,
+            }
+            mismatches = {
+                key: value for key, value in arguments.items() if value != _APPLICATIONS_LAYOUT[key]
+            }
+            if mismatches:
+                raise ValueError(
+                    f"ResNet weights={weights!r}: keras.applications weight files only fit "
+                    f"the keras.applications layout {_APPLICATIONS_LAYOUT}, got {mismatches}"
+                )
         self.depth = depth
         self.freeze_at = freeze_at
         self.norm = norm
-        self.weights_path = None if weights is None else str(weights)
+        self.norm_epsilon = norm_epsilon
+        self.stride_in_1x1 = stride_in_1x1
+        self.conv_bias = conv_bias
+        self.groups = groups
+        self.width_per_group = width_per_group
+        self.weights_path = weights
 
         dtype = self.dtype_policy
         self.stem_conv = keras.layers.Conv2D(
-            64, 7, strides=2, kernel_initializer=_conv_initializer(), name="conv1_conv", dtype=dtype
+            64,
+            7,
+            strides=2,
+            use_bias=conv_bias,
+            kernel_initializer=_conv_initializer(),
+            name="conv1_conv",
+            dtype=dtype,
         )
-        self.stem_norm = _make_norm(norm, "conv1", dtype)
+        self.stem_norm = _norm_layer(norm, "conv1", norm_epsilon, dtype)
         self.blocks = []
-        for stage, (filters, count) in enumerate(
-            zip(_STAGE_FILTERS, _BLOCKS_PER_STAGE[depth]), start=2
-        ):
+        for level, count in zip(_LEVELS, _BLOCKS_PER_STAGE[depth], strict=True):
+            scale = 2 ** (level - 2)
             for index in range(count):
                 self.blocks.append(
                     _Bottleneck(
-                        filters,
-                        stride=2 if stage > 2 and index == 0 else 1,
+                        width=groups * width_per_group * scale,
+                        out_channels=256 * scale,
+                        stride=2 if level > 2 and index == 0 else 1,
                         projection=index == 0,
+                        stride_in_1x1=stride_in_1x1,
+                        groups=groups,
                         norm=norm,
-                        name=f"conv{stage}_block{index + 1}",
+                        norm_epsilon=norm_epsilon,
+                        conv_bias=conv_bias,
+                        name=f"conv{level}_block{index + 1}",
                         dtype=dtype,
                     )
                 )
         for layer in self._stage_layers(range(1, freeze_at + 1)):
             layer.trainable = False
-        if self.weights_path is not None:
+        if weights is not None and not _SKIP_WEIGHTS_FILE.get():
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f"ResNet-{depth} weights file not found: {weights}")
             self.build((None, None, None, 3))
-            self._load_applications_weights(Path(self.weights_path))
+            self._load_applications_weights(Path(weights))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ResNet:
+        """Rebuilds the architecture from ``get_config()`` without reading the weights file.
+
+        A deserialized layer gets its variables from the saved model (or ``set_weights``),
+        so a saved model does not depend on the original weights file still existing. The
+        returned layer's ``get_config()`` equals ``config``.
+        """
+        token = _SKIP_WEIGHTS_FILE.set(True)
+        try:
+            return super().from_config(config)
+        finally:
+            _SKIP_WEIGHTS_FILE.reset(token)
+
+    def output_specs(self) -> dict[str, FeatureSpec]:
+        """``{"C2": (256, 4), "C3": (512, 8), "C4": (1024, 16), "C5": (2048, 32)}``."""
+        return {
+            f"C{level}": FeatureSpec(channels=64 * 2**level, stride=2**level) for level in _LEVELS
+        }
 
     def _stage_layers(self, stages: range) -> list[keras.layers.Layer]:
         """The sublayers of stages ``stages`` (1 = stem, 2..5 = conv2..conv5)."""
-        layers = [self.stem_conv, self.stem_norm] if 1 in stages else []
+        layers = [self.stem_conv] if 1 in stages else []
+        if 1 in stages and self.stem_norm is not None:
+            layers.append(self.stem_norm)
         start = 0
-        for stage, count in enumerate(_BLOCKS_PER_STAGE[self.depth], start=2):
-            if stage in stages:
+        for level, count in zip(_LEVELS, _BLOCKS_PER_STAGE[self.depth], strict=True):
+            if level in stages:
                 layers.extend(self.blocks[start : start + count])
             start += count
         return layers
@@ -232,7 +354,7 @@ class ResNet(keras.layers.Layer):
         layers = [self.stem_conv, self.stem_norm]
         for block in self.blocks:
             layers.extend(block.named_layers())
-        return {layer.name: layer for layer in layers}
+        return {layer.name: layer for layer in layers if layer is not None}
 
     def _load_applications_weights(self, path: Path) -> None:
         """Copies the weights of a keras.applications ResNet file into the sublayers."""
@@ -247,78 +369,39 @@ class ResNet(keras.layers.Layer):
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         """Creates all weights for ``input_shape = [B, H, W, 3]``."""
         if input_shape[-1] != 3:
-            raise ValueError(f"ResNet expects RGB images [B, H, W, 3], got shape {input_shape}")
+            raise ValueError(f"ResNet expects images [B, H, W, 3], got shape {input_shape}")
         self.stem_conv.build((None, None, None, 3))
-        self.stem_norm.build((None, None, None, 64))
+        if self.stem_norm is not None:
+            self.stem_norm.build((None, None, None, 64))
         channels = 64
         for block in self.blocks:
             block.build((None, None, None, channels))
-            channels = 4 * block.filters
+            channels = block.out_channels
 
     def call(self, images: Any) -> dict[str, Any]:
         """Runs the backbone.
 
         Args:
-          images: ``[B, H, W, 3]`` RGB pixel values 0..255 (any float dtype).
+          images: ``[B, H, W, 3]`` normalized images (any float dtype).
 
         Returns:
           ``{"C2".."C5"}``: ``[B, ceil(H/s), ceil(W/s), C]`` for s = 4, 8, 16, 32 and
           C = 256, 512, 1024, 2048, in the layer's compute dtype.
         """
-        x = ops.flip(ops.cast(images, "float32"), axis=-1)
-        x = x - ops.convert_to_tensor(_BGR_MEAN, dtype="float32")
-        x = ops.cast(x, self.compute_dtype)
+        x = ops.cast(images, self.compute_dtype)
         x = ops.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        x = ops.relu(self.stem_norm(self.stem_conv(x)))
+        x = ops.relu(_normalize(self.stem_norm, self.stem_conv(x)))
+        # Zero padding equals PyTorch's -inf padding here: the values are >= 0 after ReLU.
         x = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         x = ops.max_pool(x, pool_size=3, strides=2, padding="valid")
         features = {}
         start = 0
-        for stage, count in enumerate(_BLOCKS_PER_STAGE[self.depth], start=2):
+        for level, count in zip(_LEVELS, _BLOCKS_PER_STAGE[self.depth], strict=True):
             for block in self.blocks[start : start + count]:
                 x = block(x)
             start += count
-            features[f"C{stage}"] = x
+            features[f"C{level}"] = x
         return features
-
-    def compute_output_shape(
-        self, input_shape: tuple[int | None, ...]
-    ) -> dict[str, tuple[int | None, ...]]:
-        """``{"Ck": (B, ceil(H / 2**k), ceil(W / 2**k), 64 * 2**k)}`` for k = 2..5."""
-        batch, height, width = input_shape[0], input_shape[1], input_shape[2]
-
-        def down(size: int | None, stride: int) -> int | None:
-            return None if size is None else math.ceil(size / stride)
-
-        return {
-            f"C{level}": (batch, down(height, 2**level), down(width, 2**level), 64 * 2**level)
-            for level in range(2, 6)
-        }
-
-    def get_config(self) -> dict[str, Any]:
-        """Constructor arguments plus the base layer's."""
-        config = super().get_config()
-        config.update(
-            {
-                "depth": self.depth,
-                "freeze_at": self.freeze_at,
-                "norm": self.norm,
-                "weights": self.weights_path,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ResNet:
-        """Rebuilds the architecture from ``get_config()`` without reading the weights file.
-
-        A deserialized layer gets its variables from the saved model (or ``set_weights``),
-        so a saved model does not depend on the original weights file still existing. The
-        returned layer's ``get_config()`` equals ``config``.
-        """
-        layer = cls(**{**config, "weights": None})
-        layer.weights_path = config.get("weights")
-        return layer
 
 
 def _read_applications_weights(path: Path, depth: int) -> dict[str, list[np.ndarray]]:

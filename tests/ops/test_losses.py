@@ -1,10 +1,12 @@
-"""Losses against NumPy, the empty-ground-truth case and the mask decoupling."""
+"""The stages' loss terms against NumPy, the empty-ground-truth case and the mask decoupling."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmask.modeling.losses import LOSS_KEYS, Losses, smooth_l1
+from kmask.ops.losses import fast_rcnn_losses, mask_loss, rpn_losses, smooth_l1
+
+LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 
 
 def _np_smooth_l1(x, beta):
@@ -75,6 +77,17 @@ def _reference(o, rpn_beta, box_beta):
     }
 
 
+def _losses(o, rpn_beta=1 / 9, box_beta=1.0):
+    rpn_cls, rpn_box = rpn_losses(
+        o["rpn_logits"], o["rpn_labels"], o["rpn_deltas"], o["rpn_box_targets"], rpn_beta
+    )
+    cls, box = fast_rcnn_losses(
+        o["class_logits"], o["box_deltas"], o["class_targets"], o["box_targets"], box_beta
+    )
+    mask = mask_loss(o["mask_logits"], o["mask_targets"], o["mask_classes"])
+    return dict(zip(LOSS_KEYS, (rpn_cls, rpn_box, cls, box, mask)))
+
+
 def test_smooth_l1_values():
     x = tf.constant([-2.0, -0.5, 0.0, 0.05, 3.0])
     np.testing.assert_allclose(
@@ -86,29 +99,18 @@ def test_smooth_l1_values():
 @pytest.mark.parametrize("rpn_beta, box_beta", [(1.0, 1.0), (1 / 9, 0.0)])
 def test_losses_match_numpy(rng, rpn_beta, box_beta):
     outputs = _outputs(rng)
-    losses = Losses(rpn_smooth_l1_beta=rpn_beta, box_smooth_l1_beta=box_beta)(outputs)
-    assert tuple(losses) == LOSS_KEYS
+    losses = _losses(outputs, rpn_beta, box_beta)
     expected = _reference(outputs, rpn_beta, box_beta)
     for key in LOSS_KEYS:
         assert losses[key].dtype == tf.float32 and losses[key].shape == ()
         np.testing.assert_allclose(losses[key].numpy(), expected[key], rtol=1e-5, err_msg=key)
 
 
-def test_loss_weights_scale_each_loss(rng):
-    outputs = _outputs(rng)
-    base = Losses()(outputs)
-    weighted = Losses(
-        rpn_cls_weight=2, rpn_box_weight=3, cls_weight=4, box_weight=5, mask_weight=6
-    )(outputs)
-    for key, w in zip(LOSS_KEYS, (2, 3, 4, 5, 6)):
-        np.testing.assert_allclose(weighted[key].numpy(), w * base[key].numpy(), rtol=1e-6)
-
-
 def test_no_foreground_gives_exact_zero_box_and_mask_losses(rng):
     outputs = _outputs(rng, empty=True)
     outputs["mask_logits"][:] = np.inf  # not even non-finite logits may leak in
     outputs["box_deltas"][:] = np.nan
-    losses = Losses()(outputs)
+    losses = _losses(outputs)
     assert np.isfinite(losses["loss_rpn_cls"].numpy()) and losses["loss_rpn_cls"].numpy() > 0
     for key in ("loss_rpn_box", "loss_box", "loss_mask"):
         assert losses[key].numpy() == 0.0, key
@@ -118,7 +120,7 @@ def test_mask_loss_trains_only_the_ground_truth_class_channel(rng):
     outputs = _outputs(rng)
     logits = tf.Variable(outputs["mask_logits"])
     with tf.GradientTape() as tape:
-        loss = Losses()({**outputs, "mask_logits": logits})["loss_mask"]
+        loss = mask_loss(logits, outputs["mask_targets"], outputs["mask_classes"])
     grad = tape.gradient(loss, logits).numpy()
     classes = outputs["mask_classes"]
     expected_nonzero = np.zeros(grad.shape, bool)
@@ -126,8 +128,3 @@ def test_mask_loss_trains_only_the_ground_truth_class_channel(rng):
         expected_nonzero[b, q, :, :, classes[b, q]] = True
     assert (grad[~expected_nonzero] == 0).all()
     assert (grad[expected_nonzero] != 0).all()
-
-
-def test_config_round_trip():
-    layer = Losses(rpn_smooth_l1_beta=0.5, mask_weight=2.0)
-    assert Losses.from_config(layer.get_config()).get_config() == layer.get_config()

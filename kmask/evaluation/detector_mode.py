@@ -1,0 +1,91 @@
+"""Which stages a model's inference outputs come from, read off the outputs themselves."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Mapping
+
+
+class DetectorMode(enum.Enum):
+    """The detector a model is, as its inference outputs show it.
+
+    The evaluation, prediction and visualization code never reads the model configuration:
+    it looks at the keys of ``model.predict_step`` (``from_outputs``) or of
+    ``Predictor.image_detections`` (``from_detections``):
+
+    ============== ============================ =========================== ===============
+    mode           ``predict_step`` keys        ``image_detections`` keys   evaluated as
+    ============== ============================ =========================== ===============
+    ``MASK_RCNN``  ``detection_boxes`` and      ``boxes``, ``scores``,      ``bbox``,
+                   ``detection_masks``          ``classes``, ``masks``      ``segm``
+    ``FASTER_RCNN`` ``detection_boxes``, no     ``boxes``, ``scores``,      ``bbox``
+                   ``detection_masks``          ``classes``
+    ``RPN``        ``proposals`` only (no       ``proposals``,              proposal AR
+                   ``detection_boxes``)         ``proposal_scores``
+    ============== ============================ =========================== ===============
+
+    Every mode may also carry the proposals (``proposals [B, P, 4]``,
+    ``proposal_scores [B, P]``, ``num_proposals [B]``); where they are present the
+    proposal recall is evaluated as well.
+    """
+
+    MASK_RCNN = "mask_rcnn"
+    FASTER_RCNN = "faster_rcnn"
+    RPN = "rpn"
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, Any]) -> DetectorMode:
+        """The mode of a ``model.predict_step`` (or ``Predictor.predict_batch``) result.
+
+        Raises:
+          ValueError: neither ``detection_boxes`` nor ``proposals`` among the keys.
+        """
+        if "detection_boxes" in outputs:
+            return cls.MASK_RCNN if "detection_masks" in outputs else cls.FASTER_RCNN
+        if "proposals" in outputs:
+            return cls.RPN
+        raise ValueError(
+            f"the model's outputs {sorted(outputs)} hold neither detections "
+            f"('detection_boxes') nor proposals ('proposals')"
+        )
+
+    @classmethod
+    def from_detections(cls, detections: Mapping[str, Any]) -> DetectorMode:
+        """The mode of one image's ``Predictor.image_detections``.
+
+        Raises:
+          ValueError: neither ``boxes`` nor ``proposals`` among the keys.
+        """
+        if "boxes" in detections:
+            return cls.MASK_RCNN if "masks" in detections else cls.FASTER_RCNN
+        if "proposals" in detections:
+            return cls.RPN
+        raise ValueError(
+            f"image detections with keys {sorted(detections)} hold neither detections "
+            f"('boxes') nor proposals ('proposals')"
+        )
+
+    @property
+    def has_detections(self) -> bool:
+        """Whether the model outputs classified detections (boxes, scores, classes)."""
+        return self is not DetectorMode.RPN
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the detections carry instance masks."""
+        return self is DetectorMode.MASK_RCNN
+
+    @property
+    def iou_types(self) -> tuple[str, ...]:
+        """The COCOeval ``iouType`` values that apply: ``("bbox", "segm")``, ``("bbox",)``
+        or ``()``."""
+        return {"mask_rcnn": ("bbox", "segm"), "faster_rcnn": ("bbox",), "rpn": ()}[self.value]
+
+    @property
+    def description(self) -> str:
+        """Human-readable name, e.g. ``"Faster R-CNN (boxes, no masks)"``."""
+        return {
+            "mask_rcnn": "Mask R-CNN (boxes and masks)",
+            "faster_rcnn": "Faster R-CNN (boxes, no masks)",
+            "rpn": "RPN only (proposals, no detections)",
+        }[self.value]
