@@ -30,3 +30,13 @@ def test_shapes_tiny_config():
     assert config.data.min_size == (128,)
     assert config.train.json_path == "data/shapes/train.json"
     assert config.train.max_steps > max(config.train.lr_steps)
+
+
+def test_detector_mode_and_resnext_configs():
+    faster = load_config(_CONFIGS / "faster_rcnn_r50_fpn_1x_coco.yaml").model
+    assert faster.mask_head is None and faster.box_head is not None
+    rpn = load_config(_CONFIGS / "rpn_r50_fpn_1x_coco.yaml").model
+    assert rpn.box_head is None and rpn.mask_head is None
+    resnext = load_config(_CONFIGS / "mask_rcnn_x101_32x8d_fpn_1x_coco.yaml").model.backbone
+    assert (resnext.depth, resnext.groups, resnext.width_per_group) == (101, 32, 8)
+    assert not resnext.stride_in_1x1 and not resnext.conv_bias
