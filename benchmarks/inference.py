@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 env=env,
                 check=False,
             )
-            lines = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
             if result.returncode != 0 or not lines:
                 print(f"{size:>10} {precision:>15} FAILED\n{result.stderr[-2000:]}")
                 continue

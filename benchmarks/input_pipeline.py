@@ -75,8 +75,8 @@ def main() -> None:
         print(f"convert-coco: {conversion:.1f} images/s (4 shards)")
 
         sources = {
-            "json": dict(json_path=json_path, images_dir=root),
-            "shards": dict(tfrecord_pattern=str(root / "shards" / "bench-*.tfrecord")),
+            "json": {"json_path": json_path, "images_dir": root},
+            "shards": {"tfrecord_pattern": str(root / "shards" / "bench-*.tfrecord")},
         }
         for name, source in sources.items():
             dataset = build_dataset(config, training=True, batch_size=args.batch_size, **source)

@@ -32,14 +32,25 @@ def make_inputs(num_rois: int, seed: int = 0) -> tuple[dict[str, tf.Tensor], tf.
     sqrt(area) log-uniform in [16, 800] px, aspect ratio log-uniform in [1/3, 3], clipped to
     the image (all four levels get boxes)."""
     rng = np.random.default_rng(seed)
-    pyramid = {f"P{k}": tf.constant(rng.normal(size=(1, HEIGHT >> k, WIDTH >> k, CHANNELS))
-                                    .astype(np.float32)) for k in range(2, 6)}
+    pyramid = {
+        f"P{k}": tf.constant(
+            rng.normal(size=(1, HEIGHT >> k, WIDTH >> k, CHANNELS)).astype(np.float32)
+        )
+        for k in range(2, 6)
+    }
     size = np.exp(rng.uniform(np.log(16), np.log(800), num_rois))
     ratio = np.exp(rng.uniform(np.log(1 / 3), np.log(3), num_rois))
     box_h, box_w = size * np.sqrt(ratio), size / np.sqrt(ratio)
     cy, cx = rng.uniform(0, HEIGHT, num_rois), rng.uniform(0, WIDTH, num_rois)
-    boxes = np.stack([np.clip(cy - box_h / 2, 0, HEIGHT), np.clip(cx - box_w / 2, 0, WIDTH),
-                      np.clip(cy + box_h / 2, 0, HEIGHT), np.clip(cx + box_w / 2, 0, WIDTH)], -1)
+    boxes = np.stack(
+        [
+            np.clip(cy - box_h / 2, 0, HEIGHT),
+            np.clip(cx - box_w / 2, 0, WIDTH),
+            np.clip(cy + box_h / 2, 0, HEIGHT),
+            np.clip(cx + box_w / 2, 0, WIDTH),
+        ],
+        -1,
+    )
     return pyramid, tf.constant(boxes[None].astype(np.float32))
 
 
@@ -56,8 +67,9 @@ def median_ms(function, *args, repeats: int) -> float:
 
 def make_functions(implementation: str, size: int, sampling_ratio: int, jit: bool):
     def forward(pyramid, boxes):
-        return multilevel_roi_align(pyramid, boxes, size, sampling_ratio=sampling_ratio,
-                                    implementation=implementation)
+        return multilevel_roi_align(
+            pyramid, boxes, size, sampling_ratio=sampling_ratio, implementation=implementation
+        )
 
     def forward_backward(pyramid, boxes):
         with tf.GradientTape() as tape:
@@ -65,13 +77,13 @@ def make_functions(implementation: str, size: int, sampling_ratio: int, jit: boo
             loss = tf.reduce_sum(forward(pyramid, boxes))
         return tape.gradient(loss, pyramid)
 
-    return (tf.function(forward, jit_compile=jit),
-            tf.function(forward_backward, jit_compile=jit))
+    return (tf.function(forward, jit_compile=jit), tf.function(forward_backward, jit_compile=jit))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rois", type=int, nargs="+", default=[512, 1000])
     parser.add_argument("--sizes", type=int, nargs="+", default=[7, 14])
@@ -79,8 +91,10 @@ def main() -> None:
     args = parser.parse_args()
 
     status = _custom_ops.status()
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, intra-op threads "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, intra-op threads "
+        f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}"
+    )
     print(f"custom op: {status.library} ({status.reason})")
     variants = [("custom", "custom", 0, False), ("tf", "tf", 0, False)]
     if not args.skip_xla:
@@ -95,18 +109,25 @@ def main() -> None:
         for size in args.sizes:
             results = {}
             for name, implementation, sampling_ratio, jit in variants:
-                forward, forward_backward = make_functions(implementation, size,
-                                                           sampling_ratio, jit)
-                results[name] = (median_ms(forward, pyramid, boxes, repeats=args.repeats),
-                                 median_ms(forward_backward, pyramid, boxes,
-                                           repeats=args.repeats))
-                print(f"{num_rois:>5} {size:>4} {name:<18} {results[name][0]:>9.1f} "
-                      f"{results[name][1]:>11.1f}", flush=True)
+                forward, forward_backward = make_functions(
+                    implementation, size, sampling_ratio, jit
+                )
+                results[name] = (
+                    median_ms(forward, pyramid, boxes, repeats=args.repeats),
+                    median_ms(forward_backward, pyramid, boxes, repeats=args.repeats),
+                )
+                print(
+                    f"{num_rois:>5} {size:>4} {name:<18} {results[name][0]:>9.1f} "
+                    f"{results[name][1]:>11.1f}",
+                    flush=True,
+                )
             custom = results["custom"]
             for name, (fwd, both) in results.items():
                 if name != "custom":
-                    print(f"{'':>5} {'':>4} {'tf/custom' if name == 'tf' else name + '/custom':<18}"
-                          f" {fwd / custom[0]:>8.1f}x {both / custom[1]:>10.1f}x")
+                    print(
+                        f"{'':>5} {'':>4} {'tf/custom' if name == 'tf' else name + '/custom':<18}"
+                        f" {fwd / custom[0]:>8.1f}x {both / custom[1]:>10.1f}x"
+                    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Each subcommand is a function ``_add_NAME(subparsers)`` that registers its parse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -85,8 +87,10 @@ def _run_make_shapes(args: argparse.Namespace) -> int:
         return _fail("make-shapes", f"--image-size: {error}", 2)
     except OSError as error:
         return _fail("make-shapes", f"cannot write to {args.out}: {error}", 1)
-    print(f"wrote {paths['train']} ({args.num_train} images) and {paths['val']} "
-          f"({args.num_val} images); image paths are relative to {args.out}")
+    print(
+        f"wrote {paths['train']} ({args.num_train} images) and {paths['val']} "
+        f"({args.num_val} images); image paths are relative to {args.out}"
+    )
     return 0
 
 
@@ -96,8 +100,9 @@ def _add_make_shapes(subparsers: argparse._SubParsersAction) -> None:
         help="write the synthetic shapes dataset (COCO JSON + PNG images of circles, "
         "squares and triangles with exact masks); deterministic for a seed",
     )
-    parser.add_argument("--out", required=True, help="output folder (train.json, val.json, "
-                        "train/, val/)")
+    parser.add_argument(
+        "--out", required=True, help="output folder (train.json, val.json, train/, val/)"
+    )
     parser.add_argument("--num-train", type=int, default=200, help="training images (200)")
     parser.add_argument("--num-val", type=int, default=50, help="validation images (50)")
     parser.add_argument("--image-size", type=int, default=128, help="image side in pixels (128)")
@@ -120,8 +125,10 @@ def _run_convert_coco(args: argparse.Namespace) -> int:
         return _fail("convert-coco", str(error), 1)
     except KeyboardInterrupt:
         return _fail("convert-coco", "interrupted; no shard was written", 130)
-    print(f"wrote {len(paths)} shard(s) to {args.out}: {writer.images_written} images, "
-          f"{writer.instances_written} instances ({paths[0].name} ...)")
+    print(
+        f"wrote {len(paths)} shard(s) to {args.out}: {writer.images_written} images, "
+        f"{writer.instances_written} instances ({paths[0].name} ...)"
+    )
     print(dataset.report.summary())
     return 0
 
@@ -133,16 +140,28 @@ def _add_convert_coco(subparsers: argparse._SubParsersAction) -> None:
         "/ Model Garden feature keys), in parallel and atomically",
     )
     parser.add_argument("--json", required=True, help="COCO annotation file")
-    parser.add_argument("--images", required=True, help="folder the file_name entries are "
-                        "relative to")
-    parser.add_argument("--out", required=True, help="output folder for the shards and "
-                        "categories.json")
-    parser.add_argument("--num-shards", type=int, default=None,
-                        help="number of shards (default: one per 1000 images)")
-    parser.add_argument("--prefix", default=None,
-                        help="shard name prefix (default: the JSON file name without .json)")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop at the first bad image or annotation instead of skipping it")
+    parser.add_argument(
+        "--images", required=True, help="folder the file_name entries are relative to"
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder for the shards and categories.json"
+    )
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        help="number of shards (default: one per 1000 images)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="shard name prefix (default: the JSON file name without .json)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first bad image or annotation instead of skipping it",
+    )
     parser.set_defaults(handler=_run_convert_coco)
 
 
@@ -194,8 +213,14 @@ def _train_config(args: argparse.Namespace, run: RunDirectory) -> Config:
     from kmask.config import ConfigError, config_to_dict, load_config
 
     def with_flags(config: Config) -> Config:
-        return _with_data_paths(config, args.train_json, args.train_images,
-                                args.train_tfrecords, args.val_json, args.val_images)
+        return _with_data_paths(
+            config,
+            args.train_json,
+            args.train_images,
+            args.train_tfrecords,
+            args.val_json,
+            args.val_images,
+        )
 
     overrides = tuple(args.set)
     if args.resume and run.config_path.is_file():
@@ -236,20 +261,28 @@ def _run_train(args: argparse.Namespace) -> int:
         config = _train_config(args, run)
     except (ConfigError, FileNotFoundError) as error:
         return _fail("train", str(error), 2)
-    trainer = Trainer(config, run.path, strategy=strategy,
-                      verbose="auto" if sys.stdout.isatty() else 2)
+    trainer = Trainer(
+        config, run.path, strategy=strategy, verbose="auto" if sys.stdout.isatty() else 2
+    )
     try:
         trainer.train(resume=args.resume)
     except NonFiniteLossError as error:
         latest = run.latest_checkpoint()
         kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint"
-        return _fail("train", f"{error}. Training stopped; {kept}. Lower the learning rate "
-                     f"or set train.grad_clip_norm", 1)
+        return _fail(
+            "train",
+            f"{error}. Training stopped; {kept}. Lower the learning rate "
+            f"or set train.grad_clip_norm",
+            1,
+        )
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
         return _fail("train", str(error), 1)
     except KeyboardInterrupt:
-        return _fail("train", f"interrupted; continue with --resume from "
-                     f"{run.latest_checkpoint() or 'the start'}", 130)
+        return _fail(
+            "train",
+            f"interrupted; continue with --resume from {run.latest_checkpoint() or 'the start'}",
+            130,
+        )
     step = optimizer_step(trainer.model)
     print(f"trained to step {step}; run directory {run.path}")
     return 0
@@ -261,28 +294,46 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="train Mask R-CNN with model.fit: SGD + warmup/steps, atomic checkpoints, "
         "TensorBoard logs, optional evaluation; writes a run directory",
     )
-    parser.add_argument("--config", help="experiment YAML (configs/*.yaml); optional with "
-                        "--resume")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set train.max_steps=500 "
-                        "(repeatable)")
-    parser.add_argument("--out", required=True, help="run directory (config.yaml, "
-                        "checkpoints/, logs/, categories.json)")
+    parser.add_argument("--config", help="experiment YAML (configs/*.yaml); optional with --resume")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.max_steps=500 (repeatable)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="run directory (config.yaml, checkpoints/, logs/, categories.json)",
+    )
     parser.add_argument("--train-json", help="COCO annotation file (train.json_path)")
     parser.add_argument("--train-images", help="its image folder (train.images_dir)")
-    parser.add_argument("--train-tfrecords", help="TFRecord shards of kmask convert-coco "
-                        "instead (train.tfrecord_pattern)")
+    parser.add_argument(
+        "--train-tfrecords",
+        help="TFRecord shards of kmask convert-coco instead (train.tfrecord_pattern)",
+    )
     parser.add_argument("--val-json", help="validation COCO file (eval.json_path)")
     parser.add_argument("--val-images", help="its image folder (eval.images_dir)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint in --out (exact step, "
-                        "optimizer state and schedule)")
-    parser.add_argument("--strategy", default="auto",
-                        choices=("auto", "default", "mirrored", "multi_worker"),
-                        help="tf.distribute strategy: auto = MultiWorkerMirrored from "
-                        "TF_CONFIG, Mirrored over several GPUs, else one device")
-    parser.add_argument("--cpu-devices", type=int, default=2,
-                        help="logical CPU devices of --strategy mirrored without GPUs (2)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --out (exact step, "
+        "optimizer state and schedule)",
+    )
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        choices=("auto", "default", "mirrored", "multi_worker"),
+        help="tf.distribute strategy: auto = MultiWorkerMirrored from "
+        "TF_CONFIG, Mirrored over several GPUs, else one device",
+    )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=2,
+        help="logical CPU devices of --strategy mirrored without GPUs (2)",
+    )
     parser.set_defaults(handler=_run_train)
 
 
@@ -296,8 +347,7 @@ def _inference_setup(args: argparse.Namespace) -> tuple[Config, Path, RunDirecto
     overrides = tuple(args.set)
     if args.run:
         run = RunDirectory(args.run)
-        config = load_config(args.config, overrides) if args.config else run.load_config(
-            overrides)
+        config = load_config(args.config, overrides) if args.config else run.load_config(overrides)
         checkpoint = run.latest_checkpoint()
         if checkpoint is None:
             raise FileNotFoundError(f"no checkpoint in {run.checkpoints_dir}")
@@ -313,20 +363,29 @@ def _inference_setup(args: argparse.Namespace) -> tuple[Config, Path, RunDirecto
     elif run is not None:
         config = run.load_config(overrides)
     else:
-        raise ConfigError(f"--config is required: no run directory config.yaml holds "
-                          f"{checkpoint}")
+        raise ConfigError(f"--config is required: no run directory config.yaml holds {checkpoint}")
     return config, checkpoint, run
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="run directory of kmask train (config.yaml, latest "
-                        "checkpoint, categories.json)")
-    source.add_argument("--checkpoint", help="a checkpoint file (ckpt-*.weights.h5); its run "
-                        "directory's config.yaml is used unless --config is given")
+    source.add_argument(
+        "--run",
+        help="run directory of kmask train (config.yaml, latest checkpoint, categories.json)",
+    )
+    source.add_argument(
+        "--checkpoint",
+        help="a checkpoint file (ckpt-*.weights.h5); its run "
+        "directory's config.yaml is used unless --config is given",
+    )
     parser.add_argument("--config", help="experiment YAML the checkpoint was trained with")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -342,8 +401,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         json_path = args.json or config.eval.json_path
         images_dir = args.images or config.eval.images_dir
         if not (json_path and images_dir):
-            raise ConfigError("no evaluation data: give --json FILE --images DIR (or set "
-                              "eval.json_path and eval.images_dir)")
+            raise ConfigError(
+                "no evaluation data: give --json FILE --images DIR (or set "
+                "eval.json_path and eval.images_dir)"
+            )
         categories = None
         if run is not None and run.categories_path.is_file():
             categories = run.load_categories()
@@ -353,11 +414,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 f"{json_path} has {evaluator.categories.num_classes} categories but the model "
                 f"has model.num_classes={config.model.num_classes}"
             )
-        source = open_dataset(json_path=json_path, images_dir=images_dir,
-                              strict=config.data.strict)
+        source = open_dataset(json_path=json_path, images_dir=images_dir, strict=config.data.strict)
         batches, count, total = evaluation_batches(
-            source, config.data, args.batch_size or config.eval.batch_size,
-            args.max_images or config.eval.max_images)
+            source,
+            config.data,
+            args.batch_size or config.eval.batch_size,
+            args.max_images or config.eval.max_images,
+        )
         predictor = Predictor.from_checkpoint(config, checkpoint)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         return _fail("evaluate", str(error), 2)
@@ -374,10 +437,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     metrics_out = args.metrics_out or (run.metrics_path if run is not None else None)
     if metrics_out:
         record = {**evaluator.metrics_record(metrics), "checkpoint": str(checkpoint)}
-        try:
+        with contextlib.suppress(ValueError):
             record["step"] = checkpoint_step(checkpoint)
-        except ValueError:
-            pass
         atomic_write_json(metrics_out, record)
         print(f"wrote metrics to {metrics_out}")
     print(evaluator.summary(metrics))
@@ -393,13 +454,19 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     _add_inference_arguments(parser)
     parser.add_argument("--json", help="COCO annotation file (default: eval.json_path)")
     parser.add_argument("--images", help="its image folder (default: eval.images_dir)")
-    parser.add_argument("--metrics-out", help="flat metrics JSON (default with --run: "
-                        "RUN/metrics.json)")
-    parser.add_argument("--results-out", help="COCO results JSON (default with --run: "
-                        "RUN/results.json)")
+    parser.add_argument(
+        "--metrics-out", help="flat metrics JSON (default with --run: RUN/metrics.json)"
+    )
+    parser.add_argument(
+        "--results-out", help="COCO results JSON (default with --run: RUN/results.json)"
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="eval.batch_size")
-    parser.add_argument("--max-images", type=int, default=None,
-                        help="evaluate only the first N images (eval.max_images)")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="evaluate only the first N images (eval.max_images)",
+    )
     parser.set_defaults(handler=_run_evaluate)
 
 
@@ -427,16 +494,23 @@ def _run_predict(args: argparse.Namespace) -> int:
         if run is not None and run.categories_path.is_file():
             categories = run.load_categories()
         else:
-            categories = CategoryMap([{"id": k + 1, "name": f"class_{k + 1}"}
-                                      for k in range(config.model.num_classes)])
+            categories = CategoryMap(
+                [{"id": k + 1, "name": f"class_{k + 1}"} for k in range(config.model.num_classes)]
+            )
         predictor = Predictor.from_checkpoint(config, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
     except (ConfigError, DataError, FileNotFoundError, ValueError, OSError) as error:
         return _fail("predict", str(error), 2)
-    threshold = (args.score_threshold if args.score_threshold is not None
-                 else config.eval.visualization_score_threshold)
+    threshold = (
+        args.score_threshold
+        if args.score_threshold is not None
+        else config.eval.visualization_score_threshold
+    )
     writer = PredictionWriter(
-        predictor, categories, out, score_threshold=threshold,
+        predictor,
+        categories,
+        out,
+        score_threshold=threshold,
         num_proposals=args.num_proposals,
         on_skip=lambda path, reason: _fail("predict", f"skipping {path}: {reason}"),
     )
@@ -455,17 +529,25 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         "write their detections as COCO JSON in source-image pixels",
     )
     _add_inference_arguments(parser)
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files, or folders of images")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files, or folders of images"
+    )
     parser.add_argument("--out", help="output folder (default with --run: RUN/predictions)")
-    parser.add_argument("--score-threshold", type=float, default=None,
-                        help="detections below this score are left out (default "
-                        "eval.visualization_score_threshold, 0.5)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="predict only the first N images")
-    parser.add_argument("--num-proposals", type=int, default=20,
-                        help="RPN-only models: draw and write the N best proposals of each "
-                        "image, whatever their score (20)")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="detections below this score are left out (default "
+        "eval.visualization_score_threshold, 0.5)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="predict only the first N images")
+    parser.add_argument(
+        "--num-proposals",
+        type=int,
+        default=20,
+        help="RPN-only models: draw and write the N best proposals of each "
+        "image, whatever their score (20)",
+    )
     parser.set_defaults(handler=_run_predict)
 
 
@@ -486,8 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
         "predict. `kmask COMMAND --help` describes each command.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_info, _add_build_ops, _add_make_shapes, _add_convert_coco, _add_train,
-                _add_evaluate, _add_predict):
+    for add in (
+        _add_info,
+        _add_build_ops,
+        _add_make_shapes,
+        _add_convert_coco,
+        _add_train,
+        _add_evaluate,
+        _add_predict,
+    ):
         add(subparsers)
     return parser
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
-
 
 # The model sections below are the constructor arguments of the layers they configure,
 # field for field: ``kmask.modeling.factory`` passes each section as keyword arguments and
@@ -251,9 +251,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.min_size or min(self.min_size) <= 0:
             raise ConfigError(f"data.min_size: expected positive sizes, got {self.min_size!r}")
-        if self.image_size is not None and (
-            len(self.image_size) != 2 or min(self.image_size) <= 0
-        ):
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) <= 0):
             raise ConfigError(
                 f"data.image_size: expected (height, width) or null, got {self.image_size!r}"
             )
@@ -316,8 +314,15 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "reference_batch_size", "max_steps", "steps_per_epoch",
-                     "checkpoint_every_steps", "keep_checkpoints", "log_every"):
+        for name in (
+            "batch_size",
+            "reference_batch_size",
+            "max_steps",
+            "steps_per_epoch",
+            "checkpoint_every_steps",
+            "keep_checkpoints",
+            "log_every",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}: expected a positive integer")
         for name in ("warmup_steps", "eval_every_epochs", "num_visualizations"):

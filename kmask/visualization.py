@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -114,18 +115,30 @@ def draw_image_detections(
       uint8 RGB, enlarged as ``draw_detections`` does.
     """
     if "boxes" in detections:
-        return draw_detections(image, np.asarray(detections["boxes"]).reshape(-1, 4),
-                               np.asarray(detections["classes"]),
-                               np.asarray(detections["scores"]), detections.get("masks"),
-                               class_names, score_threshold)
+        return draw_detections(
+            image,
+            np.asarray(detections["boxes"]).reshape(-1, 4),
+            np.asarray(detections["classes"]),
+            np.asarray(detections["scores"]),
+            detections.get("masks"),
+            class_names,
+            score_threshold,
+        )
     proposals = np.asarray(detections.get("proposals", np.zeros((0, 4)))).reshape(-1, 4)
     proposals = proposals[:max_proposals]
     scores = detections.get("proposal_scores")
     if scores is None:
         return _draw_unlabelled(image, proposals)
     scores = np.asarray(scores, np.float32)[: len(proposals)]
-    return draw_detections(image, proposals, np.zeros(len(proposals), np.int32), scores,
-                           None, ("proposal",), score_threshold=-np.inf)
+    return draw_detections(
+        image,
+        proposals,
+        np.zeros(len(proposals), np.int32),
+        scores,
+        None,
+        ("proposal",),
+        score_threshold=-np.inf,
+    )
 
 
 def _draw_unlabelled(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -135,6 +148,9 @@ def _draw_unlabelled(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     draw = ImageDraw.Draw(picture)
     for rank in reversed(range(len(boxes))):
         y1, x1, y2, x2 = (float(v) * factor for v in boxes[rank])
-        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)],
-                       outline=instance_color(rank), width=max(1, factor // 2))
+        draw.rectangle(
+            [x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)],
+            outline=instance_color(rank),
+            width=max(1, factor // 2),
+        )
     return np.asarray(picture)

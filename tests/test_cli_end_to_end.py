@@ -19,9 +19,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 def kmask(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())",
-         *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 
@@ -35,20 +37,44 @@ def _tiny_sets(work: Path, drop: tuple[str, ...] = ()) -> list[str]:
     """``--set`` arguments of the tiny overrides, without the data paths (given as flags)
     and without the keys starting with ``drop``."""
     drop = ("train.json_path", "train.images_dir", "eval.json_path", "eval.images_dir", *drop)
-    return [arg for item in tiny_overrides(work / "shapes") if not item.startswith(drop)
-            for arg in ("--set", item)]
+    return [
+        arg
+        for item in tiny_overrides(work / "shapes")
+        if not item.startswith(drop)
+        for arg in ("--set", item)
+    ]
 
 
-_DATA_FLAGS = ("--train-json", "shapes/train.json", "--train-images", "shapes",
-               "--val-json", "shapes/val.json", "--val-images", "shapes")
+_DATA_FLAGS = (
+    "--train-json",
+    "shapes/train.json",
+    "--train-images",
+    "shapes",
+    "--val-json",
+    "shapes/val.json",
+    "--val-images",
+    "shapes",
+)
 
 
 @pytest.fixture(scope="module")
 def shapes_work(tmp_path_factory) -> Path:
     """A folder with a 64 px shapes dataset in ``shapes/``."""
     work = tmp_path_factory.mktemp("cli")
-    _ok(kmask("make-shapes", "--out", "shapes", "--num-train", "4", "--num-val", "2",
-              "--image-size", "64", cwd=work))
+    _ok(
+        kmask(
+            "make-shapes",
+            "--out",
+            "shapes",
+            "--num-train",
+            "4",
+            "--num-val",
+            "2",
+            "--image-size",
+            "64",
+            cwd=work,
+        )
+    )
     return work
 
 
@@ -57,9 +83,22 @@ def trained(shapes_work) -> tuple[Path, Path]:
     """A shapes dataset and a run trained by ``kmask train`` (2 steps) from the shipped
     shapes_tiny config with tiny overrides."""
     work = shapes_work
-    _ok(kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
-              *_tiny_sets(work), "--set", "train.max_steps=2", "--set",
-              "train.steps_per_epoch=2", *_DATA_FLAGS, "--out", "run", cwd=work))
+    _ok(
+        kmask(
+            "train",
+            "--config",
+            str(_ROOT / "configs" / "shapes_tiny.yaml"),
+            *_tiny_sets(work),
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.steps_per_epoch=2",
+            *_DATA_FLAGS,
+            "--out",
+            "run",
+            cwd=work,
+        )
+    )
     return work, work / "run"
 
 
@@ -74,11 +113,16 @@ def test_train_writes_a_complete_run_directory(trained):
 
 def test_refuses_to_overwrite_and_resumes(trained):
     work, run = trained
-    again = kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
-                  "--out", str(run), cwd=work)
+    again = kmask(
+        "train",
+        "--config",
+        str(_ROOT / "configs" / "shapes_tiny.yaml"),
+        "--out",
+        str(run),
+        cwd=work,
+    )
     assert again.returncode == 1 and "--resume" in again.stderr
-    out = _ok(kmask("train", "--resume", "--out", str(run), "--set", "train.max_steps=3",
-                    cwd=work))
+    out = _ok(kmask("train", "--resume", "--out", str(run), "--set", "train.max_steps=3", cwd=work))
     assert "resuming from" in out and "trained to step 3" in out
     assert (run / "checkpoints" / "ckpt-00000003.weights.h5").is_file()
 
@@ -102,8 +146,19 @@ def test_predict_checkpoint(trained, tmp_path):
     work, run = trained
     checkpoint = sorted((run / "checkpoints").glob("ckpt-*.weights.h5"))[-1]
     images = sorted((work / "shapes" / "val").glob("*.png"))
-    out = _ok(kmask("predict", "--checkpoint", str(checkpoint), *map(str, images),
-                    "--out", str(tmp_path / "pred"), "--score-threshold", "0.0", cwd=work))
+    out = _ok(
+        kmask(
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            *map(str, images),
+            "--out",
+            str(tmp_path / "pred"),
+            "--score-threshold",
+            "0.0",
+            cwd=work,
+        )
+    )
     assert "wrote 2 PNGs" in out
     for image in images:
         picture = np.asarray(Image.open(tmp_path / "pred" / image.name))
@@ -111,7 +166,7 @@ def test_predict_checkpoint(trained, tmp_path):
     detections = json.loads((tmp_path / "pred" / "detections.json").read_text())
     for detection in detections:
         x, y, w, h = detection["bbox"]
-        assert 0 <= x and 0 <= y and x + w <= 64.01 and y + h <= 64.01
+        assert x >= 0 and y >= 0 and x + w <= 64.01 and y + h <= 64.01
         assert detection["category_name"] in ("circle", "square", "triangle")
 
 
@@ -119,8 +174,16 @@ def test_errors_name_the_argument(trained, tmp_path):
     work, run = trained
     result = kmask("train", "--config", "missing.yaml", "--out", str(tmp_path), cwd=work)
     assert result.returncode == 2 and "missing.yaml" in result.stderr
-    result = kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
-                   "--set", "train.bogus=1", "--out", str(tmp_path), cwd=work)
+    result = kmask(
+        "train",
+        "--config",
+        str(_ROOT / "configs" / "shapes_tiny.yaml"),
+        "--set",
+        "train.bogus=1",
+        "--out",
+        str(tmp_path),
+        cwd=work,
+    )
     assert result.returncode == 2 and "bogus" in result.stderr
     result = kmask("evaluate", "--run", str(tmp_path / "nothing"), cwd=work)
     assert result.returncode == 2 and "nothing" in result.stderr
@@ -132,8 +195,10 @@ def test_errors_name_the_argument(trained, tmp_path):
 # heads they remove.
 _MODES = {
     "faster_rcnn": (("model.mask_head=null",), ("model.mask_head.",)),
-    "rpn": (("model.mask_head=null", "model.box_head=null"),
-            ("model.mask_head.", "model.box_head.")),
+    "rpn": (
+        ("model.mask_head=null", "model.box_head=null"),
+        ("model.mask_head.", "model.box_head."),
+    ),
 }
 
 
@@ -144,11 +209,25 @@ def test_box_only_and_rpn_only_models(shapes_work, tmp_path, mode):
     work = shapes_work
     overrides, removed = _MODES[mode]
     run = tmp_path / "run"
-    out = _ok(kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"),
-                    *_tiny_sets(work, removed), *(a for o in overrides for a in ("--set", o)),
-                    "--set", "train.max_steps=1", "--set", "train.steps_per_epoch=1",
-                    "--set", "train.eval_every_epochs=1", *_DATA_FLAGS, "--out", str(run),
-                    cwd=work))
+    out = _ok(
+        kmask(
+            "train",
+            "--config",
+            str(_ROOT / "configs" / "shapes_tiny.yaml"),
+            *_tiny_sets(work, removed),
+            *(a for o in overrides for a in ("--set", o)),
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.steps_per_epoch=1",
+            "--set",
+            "train.eval_every_epochs=1",
+            *_DATA_FLAGS,
+            "--out",
+            str(run),
+            cwd=work,
+        )
+    )
     assert "loss_mask" not in out and "segm" not in out
     assert ("AR@1000" in out) and (("bbox" in out) == (mode == "faster_rcnn"))
 
@@ -170,8 +249,19 @@ def test_box_only_and_rpn_only_models(shapes_work, tmp_path, mode):
         assert all("category_id" not in r for r in results)
 
     images = sorted((work / "shapes" / "val").glob("*.png"))
-    out = _ok(kmask("predict", "--run", str(run), *map(str, images), "--score-threshold",
-                    "0.0", "--num-proposals", "5", cwd=work))
+    out = _ok(
+        kmask(
+            "predict",
+            "--run",
+            str(run),
+            *map(str, images),
+            "--score-threshold",
+            "0.0",
+            "--num-proposals",
+            "5",
+            cwd=work,
+        )
+    )
     assert "wrote 2 PNGs" in out
     for image in images:
         picture = np.asarray(Image.open(run / "predictions" / image.name))
@@ -188,8 +278,15 @@ def test_usage_errors_go_through_one_format(tmp_path):
     result = kmask("make-shapes", "--out", "x", "--num-train", "-1", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("kmask make-shapes: error: --num-train must be >= 0")
-    result = kmask("predict", "--checkpoint", "missing.weights.h5", "--num-proposals", "-1",
-                   "image.png", cwd=tmp_path)
+    result = kmask(
+        "predict",
+        "--checkpoint",
+        "missing.weights.h5",
+        "--num-proposals",
+        "-1",
+        "image.png",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().endswith("kmask predict: error: --num-proposals must be >= 0")
     result = kmask("predict", "--checkpoint", "missing.weights.h5", "image.png", cwd=tmp_path)

@@ -18,17 +18,30 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 def kmask(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())",
-         *args], cwd=cwd, capture_output=True, text=True, timeout=1800,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 @pytest.mark.slow
 def test_readme_main_job_reaches_the_acceptance_figures(tmp_path: Path) -> None:
     # The README's commands, run in a fresh directory (the config reads data/shapes).
     _ok(kmask("make-shapes", "--out", "data/shapes", cwd=tmp_path))
-    _ok(kmask("train", "--config", str(_ROOT / "configs" / "shapes_tiny.yaml"), "--out", "run",
-              "--resume", cwd=tmp_path))
+    _ok(
+        kmask(
+            "train",
+            "--config",
+            str(_ROOT / "configs" / "shapes_tiny.yaml"),
+            "--out",
+            "run",
+            "--resume",
+            cwd=tmp_path,
+        )
+    )
     _ok(kmask("predict", "--run", "run", "data/shapes/val", "--limit", "2", cwd=tmp_path))
     assert len(list((tmp_path / "run" / "predictions").glob("*.png"))) == 2
     output = _ok(kmask("evaluate", "--run", "run", cwd=tmp_path))

@@ -19,7 +19,8 @@ Element ``(features, targets)``, ``B`` = batch size, ``N`` = ``data.max_instance
 features
   ``images`` float32 ``[B, H, W, 3]``: RGB, pixel values 0..255, NOT normalized. The model
   normalizes its input itself (``model.input``), so that exported models take raw pixels,
-  and zeroes the padding after normalization. Zero padding at the bottom and right: ``H, W`` are the largest resized image of the batch rounded up to a multiple of
+  and zeroes the padding after normalization. Zero padding at the bottom and right:
+  ``H, W`` are the largest resized image of the batch rounded up to a multiple of
   ``data.size_divisibility`` (32), or exactly ``data.image_size`` when that is set (static
   shapes; images are then also shrunk to fit).
   ``image_size`` int32 ``[B, 2]``: (height, width) of the resized image inside the padding.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from kmask.data.data_error import DataError
 
@@ -92,7 +93,7 @@ class CategoryMap:
         return json.dumps(list(self.categories), indent=1, sort_keys=True)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "CategoryMap":
+    def load(cls, path: str | os.PathLike[str]) -> CategoryMap:
         """Reads categories from a COCO JSON (its ``categories``) or a JSON list of them."""
         path = Path(path)
         if not path.is_file():

@@ -23,11 +23,12 @@ image is resized, so resizing never touches them and the flip reverses their col
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
 from kmask.config import DataConfig
+
 
 def resized_size(
     height: tf.Tensor,

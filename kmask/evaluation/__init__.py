@@ -26,5 +26,11 @@ from kmask.evaluation.prediction_writer import PredictionWriter
 from kmask.evaluation.predictor import Predictor
 from kmask.evaluation.proposal_recall import ProposalRecall
 
-__all__ = ["COCOEvaluator", "DetectorMode", "PredictionWriter", "Predictor", "ProposalRecall",
-           "format_metrics"]
+__all__ = [
+    "COCOEvaluator",
+    "DetectorMode",
+    "PredictionWriter",
+    "Predictor",
+    "ProposalRecall",
+    "format_metrics",
+]

@@ -8,8 +8,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -29,8 +30,7 @@ _AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 IOU_TYPES = ("bbox", "segm")
 
 
-def to_coco_results(detections: dict[str, Any], categories: CategoryMap
-                    ) -> list[dict[str, Any]]:
+def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list[dict[str, Any]]:
     """One image's detections (``Predictor.image_detections``) as COCO result dicts.
 
     Boxes ``(y1, x1, y2, x2)`` become ``bbox [x, y, w, h]``, classes original category ids;
@@ -61,8 +61,9 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap
     return results
 
 
-def to_proposal_results(detections: dict[str, Any], limit: int | None = None
-                        ) -> list[dict[str, Any]]:
+def to_proposal_results(
+    detections: dict[str, Any], limit: int | None = None
+) -> list[dict[str, Any]]:
     """One image's proposals (``Predictor.image_detections``) as class-agnostic result
     dicts ``{"image_id", "bbox": [x, y, w, h], "score"}``, best first, at most ``limit``
     (all when None); no ``score`` when the model returns no ``proposal_scores``."""
@@ -83,8 +84,9 @@ def _xywh(box: np.ndarray) -> list[float]:
     return [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]
 
 
-def evaluation_batches(source: Any, data_config: Any, batch_size: int,
-                       max_images: int | None = None) -> tuple[Any, int, int]:
+def evaluation_batches(
+    source: Any, data_config: Any, batch_size: int, max_images: int | None = None
+) -> tuple[Any, int, int]:
     """The evaluation pipeline of a dataset (``CocoDataset`` / ``ShardDataset``): its first
     ``max_images`` images (all when None) in batches of ``batch_size``.
 
@@ -204,8 +206,13 @@ class COCOEvaluator:
             areas = np.array([a["area"] for a in annotations], np.float64)
             self._recall.update(detections["proposals"], gt_boxes, areas)
 
-    def run(self, predictor: Predictor, batches: Iterable[Any], total: int | None = None,
-            progress: bool = True) -> dict[str, float]:
+    def run(
+        self,
+        predictor: Predictor,
+        batches: Iterable[Any],
+        total: int | None = None,
+        progress: bool = True,
+    ) -> dict[str, float]:
         """Predicts every batch of ``(features, targets)`` (or features), collects the
         predictions and returns ``evaluate()``.
 
@@ -216,8 +223,9 @@ class COCOEvaluator:
           progress: show a tqdm progress bar.
         """
         self.reset()
-        for batch in tqdm(batches, total=total, desc="evaluate", unit="batch",
-                          disable=not progress):
+        for batch in tqdm(
+            batches, total=total, desc="evaluate", unit="batch", disable=not progress
+        ):
             features = batch[0] if isinstance(batch, (tuple, list)) else batch
             for detections in predictor.batch_detections(predictor.predict_batch(features)):
                 self.add_image(detections)
@@ -253,20 +261,28 @@ class COCOEvaluator:
         count = len(self.image_ids)
         lines = [_applies_line(self.mode, self.evaluated), format_metrics(metrics)]
         if "segm_AP" in metrics:
-            lines.append(f"mask AP {metrics['segm_AP']:.3f}  box AP {metrics['bbox_AP']:.3f}  "
-                         f"(COCO AP@[.5:.95], {count} images)")
+            lines.append(
+                f"mask AP {metrics['segm_AP']:.3f}  box AP {metrics['bbox_AP']:.3f}  "
+                f"(COCO AP@[.5:.95], {count} images)"
+            )
         elif "bbox_AP" in metrics:
             lines.append(f"box AP {metrics['bbox_AP']:.3f}  (COCO AP@[.5:.95], {count} images)")
         else:
             key = f"AR@{max(self.proposal_limits)}"
             if key in metrics:
-                lines.append(f"proposal {key} {metrics[key]:.3f}  (recall averaged over IoU "
-                             f"[.5:.95], {count} images)")
+                lines.append(
+                    f"proposal {key} {metrics[key]:.3f}  (recall averaged over IoU "
+                    f"[.5:.95], {count} images)"
+                )
         return "\n".join(line for line in lines if line)
 
     @staticmethod
-    def coco_metrics(coco: COCO, results: list[dict[str, Any]], iou_type: str,
-                     image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    def coco_metrics(
+        coco: COCO,
+        results: list[dict[str, Any]],
+        iou_type: str,
+        image_ids: Sequence[int] | None = None,
+    ) -> dict[str, float]:
         """pycocotools COCOeval of COCO-format ``results`` against ``coco``.
 
         Args:
@@ -291,13 +307,15 @@ class COCOEvaluator:
         else:
             # loadRes refuses an empty list; an empty result set scores 0 (or -1).
             detections = COCO()
-            detections.dataset = {"images": list(coco.dataset.get("images", [])),
-                                  "categories": list(coco.dataset.get("categories", [])),
-                                  "annotations": []}
+            detections.dataset = {
+                "images": list(coco.dataset.get("images", [])),
+                "categories": list(coco.dataset.get("categories", [])),
+                "annotations": [],
+            }
             _quiet(detections.createIndex)
         evaluator = COCOeval(coco, detections, iou_type)
         if image_ids is not None:
-            evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+            evaluator.params.imgIds = sorted({int(i) for i in image_ids})
         _quiet(evaluator.evaluate)
         _quiet(evaluator.accumulate)
         _quiet(evaluator.summarize)
@@ -314,8 +332,11 @@ class COCOEvaluator:
         write_atomic(path, json.dumps(self.results).encode("utf-8"))
 
 
-_GROUP_NAMES = {"bbox": "box AP (bbox)", "segm": "mask AP (segm)",
-                "proposals": "proposal recall (AR)"}
+_GROUP_NAMES = {
+    "bbox": "box AP (bbox)",
+    "segm": "mask AP (segm)",
+    "proposals": "proposal recall (AR)",
+}
 
 
 def _applies_line(mode: DetectorMode | None, evaluated: Sequence[str]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -80,8 +81,9 @@ class PredictionWriter:
         self.results_path: Path | None = None
 
     @staticmethod
-    def image_paths(inputs: Sequence[str | os.PathLike[str]], limit: int | None = None
-                    ) -> list[Path]:
+    def image_paths(
+        inputs: Sequence[str | os.PathLike[str]], limit: int | None = None
+    ) -> list[Path]:
         """Image files named directly, or found (sorted, by suffix ``IMAGE_SUFFIXES``) in
         named folders; the first ``limit`` of them (all when None or 0).
 
@@ -92,8 +94,9 @@ class PredictionWriter:
         for name in inputs:
             path = Path(name)
             if path.is_dir():
-                paths.extend(sorted(p for p in path.iterdir()
-                                    if p.suffix.lower() in IMAGE_SUFFIXES))
+                paths.extend(
+                    sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                )
             elif path.is_file():
                 paths.append(path)
             else:
@@ -107,13 +110,19 @@ class PredictionWriter:
         if DetectorMode.from_detections(detections).has_detections:
             keep = np.asarray(detections["scores"]) >= self.score_threshold
             drop = ("proposals", "proposal_scores")
-            return {key: value[keep] if isinstance(value, np.ndarray) else value
-                    for key, value in detections.items() if key not in drop}
-        return {key: value[: self.num_proposals] if key in ("proposals", "proposal_scores")
-                else value for key, value in detections.items()}
+            return {
+                key: value[keep] if isinstance(value, np.ndarray) else value
+                for key, value in detections.items()
+                if key not in drop
+            }
+        return {
+            key: value[: self.num_proposals] if key in ("proposals", "proposal_scores") else value
+            for key, value in detections.items()
+        }
 
-    def predict_image(self, image: np.ndarray, image_id: int = 0
-                      ) -> tuple[dict[str, Any], np.ndarray]:
+    def predict_image(
+        self, image: np.ndarray, image_id: int = 0
+    ) -> tuple[dict[str, Any], np.ndarray]:
         """One image's selected predictions (``select``, source pixels) and its picture.
 
         Args:
@@ -126,8 +135,13 @@ class PredictionWriter:
         """
         outputs = self.predictor.predict_batch(self.predictor.features_for_image(image, image_id))
         selected = self.select(self.predictor.image_detections(outputs, 0))
-        picture = draw_image_detections(image, selected, self.categories.category_names,
-                                        self.score_threshold, self.num_proposals)
+        picture = draw_image_detections(
+            image,
+            selected,
+            self.categories.category_names,
+            self.score_threshold,
+            self.num_proposals,
+        )
         return selected, picture
 
     def write(self, paths: Sequence[str | os.PathLike[str]], progress: bool = True) -> Path:
@@ -142,8 +156,10 @@ class PredictionWriter:
         self._clear()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         used: set[str] = set()
-        for position, path in enumerate(tqdm([Path(p) for p in paths], desc="predict",
-                                             unit="image", disable=not progress), start=1):
+        for position, path in enumerate(
+            tqdm([Path(p) for p in paths], desc="predict", unit="image", disable=not progress),
+            start=1,
+        ):
             try:
                 image, _ = decode_rgb(path.read_bytes())
             except (OSError, ValueError, SyntaxError) as error:
@@ -155,8 +171,9 @@ class PredictionWriter:
             selected, picture = self.predict_image(image, position)
             mode = DetectorMode.from_detections(selected)
             if self.mode is not None and mode is not self.mode:
-                raise ValueError(f"{path}: {mode.description} outputs after "
-                                 f"{self.mode.description} outputs")
+                raise ValueError(
+                    f"{path}: {mode.description} outputs after {self.mode.description} outputs"
+                )
             self.mode = mode
             name = path.stem if path.stem not in used else f"{path.stem}_{position}"
             used.add(name)
@@ -170,19 +187,19 @@ class PredictionWriter:
 
     def _results(self, selected: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         if not DetectorMode.from_detections(selected).has_detections:
-            return [{**result, "file_name": str(path)}
-                    for result in to_proposal_results(selected)]
+            return [{**result, "file_name": str(path)} for result in to_proposal_results(selected)]
         names = dict(zip(self.categories.category_ids, self.categories.category_names))
-        return [{**result, "file_name": str(path), "category_name": names[result["category_id"]]}
-                for result in to_coco_results(selected, self.categories)]
+        return [
+            {**result, "file_name": str(path), "category_name": names[result["category_id"]]}
+            for result in to_coco_results(selected, self.categories)
+        ]
 
     def summary(self) -> str:
         """One line on what the last ``write`` wrote."""
         where = self.results_path.parent if self.results_path else self.out_dir
         name = self.results_path.name if self.results_path else "detections.json"
         if self.mode is DetectorMode.RPN:
-            what = (f"{len(self.results)} proposals, the best {self.num_proposals} of each "
-                    f"image")
+            what = f"{len(self.results)} proposals, the best {self.num_proposals} of each image"
         else:
             what = f"{len(self.results)} detections with score >= {self.score_threshold}"
         return f"wrote {self.images_written} PNGs and {name} ({what}) to {where}"

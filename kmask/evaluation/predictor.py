@@ -42,8 +42,9 @@ class Predictor:
       mask_threshold: pasted mask probabilities ``>=`` this are foreground.
     """
 
-    def __init__(self, model: keras.Model, data_config: DataConfig,
-                 mask_threshold: float = 0.5) -> None:
+    def __init__(
+        self, model: keras.Model, data_config: DataConfig, mask_threshold: float = 0.5
+    ) -> None:
         self.model = model
         self.data_config = data_config
         self.mask_threshold = mask_threshold
@@ -102,8 +103,9 @@ class Predictor:
         """
         return {key: np.asarray(value) for key, value in self._predict(features).items()}
 
-    def image_detections(self, outputs: dict[str, np.ndarray], index: int,
-                         source_pixels: bool = True) -> dict[str, Any]:
+    def image_detections(
+        self, outputs: dict[str, np.ndarray], index: int, source_pixels: bool = True
+    ) -> dict[str, Any]:
         """The predictions of image ``index`` of a ``predict_batch`` result.
 
         Only the first ``num_detections`` / ``num_proposals`` entries are kept (zero gives
@@ -153,8 +155,11 @@ class Predictor:
             if mode.has_masks:
                 masks = outputs["detection_masks"][index : index + 1, :count]
                 if count:
-                    pasted = np.asarray(paste_masks(masks, boxes[None], (height, width),
-                                                    threshold=self.mask_threshold)[0])
+                    pasted = np.asarray(
+                        paste_masks(
+                            masks, boxes[None], (height, width), threshold=self.mask_threshold
+                        )[0]
+                    )
                 else:
                     pasted = np.zeros((0, height, width), bool)
                 result["masks"] = pasted
@@ -162,18 +167,22 @@ class Predictor:
             count = _valid_count(outputs, "num_proposals", "proposals", index)
             result["proposals"] = to_target(outputs["proposals"][index, :count])
             if "proposal_scores" in outputs:
-                result["proposal_scores"] = (
-                    outputs["proposal_scores"][index, :count].astype(np.float32))
+                result["proposal_scores"] = outputs["proposal_scores"][index, :count].astype(
+                    np.float32
+                )
         return result
 
-    def batch_detections(self, outputs: dict[str, np.ndarray], source_pixels: bool = True
-                         ) -> list[dict[str, Any]]:
+    def batch_detections(
+        self, outputs: dict[str, np.ndarray], source_pixels: bool = True
+    ) -> list[dict[str, Any]]:
         """``image_detections`` of every image of a ``predict_batch`` result."""
         key = "detection_boxes" if "detection_boxes" in outputs else "proposals"
         if key not in outputs:
             DetectorMode.from_outputs(outputs)  # raises, naming the keys
-        return [self.image_detections(outputs, index, source_pixels)
-                for index in range(len(outputs[key]))]
+        return [
+            self.image_detections(outputs, index, source_pixels)
+            for index in range(len(outputs[key]))
+        ]
 
     def features_for_image(self, image: np.ndarray, image_id: int = 0) -> dict[str, tf.Tensor]:
         """A batch of one raw image, resized and padded as the evaluation pipeline does.
@@ -196,8 +205,7 @@ class Predictor:
         return {key: value[None] for key, value in features.items()}
 
 
-def _valid_count(outputs: dict[str, np.ndarray], count_key: str, array_key: str,
-                 index: int) -> int:
+def _valid_count(outputs: dict[str, np.ndarray], count_key: str, array_key: str, index: int) -> int:
     """``outputs[count_key][index]`` clipped to ``[0, padded size]``; the padded size when
     the count is missing."""
     size = outputs[array_key].shape[1]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
 
 from kmask.ops.roi_align import (
-    output_size_pair,
     multilevel_roi_align,
+    output_size_pair,
     resolve_implementation,
 )
 
@@ -63,17 +64,29 @@ class MultiLevelROIAlign(keras.layers.Layer):
         return {key: features[key] for key in keys}
 
     def call(self, features: Mapping[str, tf.Tensor], boxes: tf.Tensor) -> tf.Tensor:
-        return multilevel_roi_align(self._levels(features), boxes, self.output_size,
-                                    self.sampling_ratio, self.aligned, self.implementation)
+        return multilevel_roi_align(
+            self._levels(features),
+            boxes,
+            self.output_size,
+            self.sampling_ratio,
+            self.aligned,
+            self.implementation,
+        )
 
-    def compute_output_shape(self, features_shape: Mapping[str, tuple], boxes_shape: tuple
-                             ) -> tuple:
+    def compute_output_shape(
+        self, features_shape: Mapping[str, tuple], boxes_shape: tuple
+    ) -> tuple:
         channels = self._levels(features_shape)[f"P{self.min_level}"][-1]
         return (boxes_shape[0], boxes_shape[1], *self.output_size, channels)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(output_size=list(self.output_size), sampling_ratio=self.sampling_ratio,
-                      aligned=self.aligned, implementation=self.implementation,
-                      min_level=self.min_level, max_level=self.max_level)
+        config.update(
+            output_size=list(self.output_size),
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            implementation=self.implementation,
+            min_level=self.min_level,
+            max_level=self.max_level,
+        )
         return config

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -48,8 +49,16 @@ class ROIAlign(keras.layers.Layer):
         self.supports_jit = resolve_implementation(implementation) == "tf"
 
     def call(self, features: tf.Tensor, boxes: tf.Tensor, box_indices: tf.Tensor) -> tf.Tensor:
-        return roi_align(features, boxes, box_indices, self.output_size, self.spatial_scale,
-                         self.sampling_ratio, self.aligned, self.implementation)
+        return roi_align(
+            features,
+            boxes,
+            box_indices,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+            self.implementation,
+        )
 
     def compute_output_shape(
         self, features_shape: tuple, boxes_shape: tuple, box_indices_shape: tuple
@@ -58,7 +67,11 @@ class ROIAlign(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(output_size=list(self.output_size), spatial_scale=self.spatial_scale,
-                      sampling_ratio=self.sampling_ratio, aligned=self.aligned,
-                      implementation=self.implementation)
+        config.update(
+            output_size=list(self.output_size),
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            implementation=self.implementation,
+        )
         return config

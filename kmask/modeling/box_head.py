@@ -78,8 +78,12 @@ class BoxHead(keras.layers.Layer):
         self.box_loss_weight = float(box_loss_weight)
         dtype = self.dtype_policy
         self.pooler = MultiLevelROIAlign(
-            pooler_resolution, pooler_sampling_ratio, pooler_aligned, roi_align_implementation,
-            *pooler_levels, name="pooler",
+            pooler_resolution,
+            pooler_sampling_ratio,
+            pooler_aligned,
+            roi_align_implementation,
+            *pooler_levels,
+            name="pooler",
         )
         self.convs = ConvStack(conv_dim, num_conv, norm, name="convs", dtype=dtype.name)
         self.fcs = [
@@ -105,7 +109,10 @@ class BoxHead(keras.layers.Layer):
             dtype=dtype,
         )
         self.postprocess = Postprocess(
-            self.box_weights, score_threshold, nms_threshold, detections_per_image,
+            self.box_weights,
+            score_threshold,
+            nms_threshold,
+            detections_per_image,
             name="postprocess",
         )
 

@@ -67,13 +67,22 @@ class MaskHead(keras.layers.Layer):
         self.roi_align_implementation = roi_align_implementation
         dtype = self.dtype_policy
         self.pooler = MultiLevelROIAlign(
-            pooler_resolution, pooler_sampling_ratio, pooler_aligned, roi_align_implementation,
-            *pooler_levels, name="pooler",
+            pooler_resolution,
+            pooler_sampling_ratio,
+            pooler_aligned,
+            roi_align_implementation,
+            *pooler_levels,
+            name="pooler",
         )
         self.convs = ConvStack(conv_dim, num_conv, norm, name="convs", dtype=dtype.name)
         self.deconv = keras.layers.Conv2DTranspose(
-            conv_dim, 2, strides=2, activation="relu", kernel_initializer=msra_fill(),
-            name="deconv", dtype=dtype,
+            conv_dim,
+            2,
+            strides=2,
+            activation="relu",
+            kernel_initializer=msra_fill(),
+            name="deconv",
+            dtype=dtype,
         )
         self.predictor = keras.layers.Conv2D(
             num_classes + int(self.predict_background),

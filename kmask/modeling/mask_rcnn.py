@@ -66,9 +66,7 @@ class MaskRCNN(keras.Model):
         self.fpn = fpn
         self.rpn = rpn
         self.roi_heads = roi_heads
-        self.loss_trackers = [
-            keras.metrics.Mean(name=key) for key in ("loss", *self.loss_names)
-        ]
+        self.loss_trackers = [keras.metrics.Mean(name=key) for key in ("loss", *self.loss_names)]
 
     @property
     def loss_names(self) -> tuple[str, ...]:
@@ -102,25 +100,29 @@ class MaskRCNN(keras.Model):
         images = self.normalizer(inputs["images"], image_size)
         pyramid = self.fpn(self.backbone(images, training=training), training=training)
         targets = {key: inputs[key] for key in TARGET_KEYS if key in inputs} or None
-        gt = {} if targets is None else {
-            "gt_boxes": targets["gt_boxes"], "gt_classes": targets["gt_classes"]
-        }
+        gt = (
+            {}
+            if targets is None
+            else {"gt_boxes": targets["gt_boxes"], "gt_classes": targets["gt_classes"]}
+        )
         proposals, losses = self.rpn(pyramid, image_size, training=training, **gt)
         if targets is not None:
             if self.roi_heads is not None:
                 losses.update(
                     self.roi_heads(
-                        pyramid, proposals["proposals"], proposals["proposal_valid"],
-                        image_size, targets=targets, training=training,
+                        pyramid,
+                        proposals["proposals"],
+                        proposals["proposal_valid"],
+                        image_size,
+                        targets=targets,
+                        training=training,
                     )
                 )
             return losses
         valid = proposals.pop("proposal_valid")
         outputs = {**proposals, "num_proposals": tf.reduce_sum(tf.cast(valid, tf.int32), 1)}
         if self.roi_heads is not None:
-            outputs.update(
-                self.roi_heads(pyramid, proposals["proposals"], valid, image_size)
-            )
+            outputs.update(self.roi_heads(pyramid, proposals["proposals"], valid, image_size))
         return outputs
 
     @staticmethod

@@ -66,7 +66,10 @@ class ROIHeads(keras.layers.Layer):
         self.box_head = _layer(box_head)
         self.instance_heads = [_layer(head) for head in instance_heads]
         self.sampler = ROISampler(
-            batch_size_per_image, positive_fraction, fg_iou_threshold, add_gt_to_proposals,
+            batch_size_per_image,
+            positive_fraction,
+            fg_iou_threshold,
+            add_gt_to_proposals,
             name="sampler",
         )
 
@@ -136,7 +139,11 @@ class ROIHeads(keras.layers.Layer):
         for head in self.instance_heads:
             losses.update(
                 head.compute_losses(
-                    features, rois[:, :count], classes, matched_index[:, :count], targets,
+                    features,
+                    rois[:, :count],
+                    classes,
+                    matched_index[:, :count],
+                    targets,
                     training=training,
                 )
             )

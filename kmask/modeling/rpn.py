@@ -73,20 +73,36 @@ class RPN(keras.layers.Layer):
         self.cls_loss_weight = float(cls_loss_weight)
         self.box_loss_weight = float(box_loss_weight)
         self.anchor_generator = AnchorGenerator(
-            anchor_sizes, anchor_aspect_ratios, anchor_offset, anchor_rounding,
+            anchor_sizes,
+            anchor_aspect_ratios,
+            anchor_offset,
+            anchor_rounding,
             name="anchor_generator",
         )
         self.head = RPNHead(
-            self.anchor_generator.num_anchors_per_location, num_conv, norm,
-            name="head", dtype=self.dtype_policy.name,
+            self.anchor_generator.num_anchors_per_location,
+            num_conv,
+            norm,
+            name="head",
+            dtype=self.dtype_policy.name,
         )
         self.proposal_generator = ProposalGenerator(
-            pre_nms_topk_train, pre_nms_topk_test, post_nms_topk_train, post_nms_topk_test,
-            nms_threshold, min_box_size, box_weights, name="proposal_generator",
+            pre_nms_topk_train,
+            pre_nms_topk_test,
+            post_nms_topk_train,
+            post_nms_topk_test,
+            nms_threshold,
+            min_box_size,
+            box_weights,
+            name="proposal_generator",
         )
         self.target_assigner = RPNTargetAssigner(
-            fg_iou_threshold, bg_iou_threshold, batch_size_per_image, positive_fraction,
-            box_weights, name="target_assigner",
+            fg_iou_threshold,
+            bg_iou_threshold,
+            batch_size_per_image,
+            positive_fraction,
+            box_weights,
+            name="target_assigner",
         )
 
     def build(

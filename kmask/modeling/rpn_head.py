@@ -48,7 +48,12 @@ class RPNHead(keras.layers.Layer):
     def build(self, features_shape: dict[str, tuple[int | None, ...]]) -> None:
         channels = features_shape[sorted_levels(features_shape)[0]][-1]
         self.conv = ConvStack(
-            channels, self.num_conv, self.norm, init_std=0.01, name="conv", dtype=self.dtype_policy.name
+            channels,
+            self.num_conv,
+            self.norm,
+            init_std=0.01,
+            name="conv",
+            dtype=self.dtype_policy.name,
         )
         self.conv.build((None, None, None, channels))
         self.objectness.build((None, None, None, channels))

@@ -88,7 +88,7 @@ def _nvcc_version(nvcc: str) -> str | None:
     return match.group(1) if match else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_plan() -> tuple[str | None, str]:
     """(nvcc path or None, reason): whether CUDA kernels will be built, and why (not)."""
     if not tf.test.is_built_with_cuda():
@@ -137,8 +137,9 @@ def _build_key(nvcc: str | None) -> str:
     sources = source_dir()
     for name in _CPU_SOURCES + (_GPU_SOURCES if nvcc else ()):
         digest.update(name.encode() + (sources / name).read_bytes())
-    digest.update(" ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags())
-                  .encode())
+    digest.update(
+        " ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()).encode()
+    )
     digest.update(str(nvcc).encode())
     digest.update(" ".join(_native_flags()).encode())
     if _native_flags():
@@ -152,8 +153,10 @@ def _run(command: list[str], verbose: bool) -> None:
         print(" ".join(command), flush=True)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise BuildError(f"command failed ({result.returncode}): {' '.join(command)}\n"
-                         f"{result.stdout}{result.stderr}")
+        raise BuildError(
+            f"command failed ({result.returncode}): {' '.join(command)}\n"
+            f"{result.stdout}{result.stderr}"
+        )
 
 
 def _compile(output: Path, nvcc: str | None, workdir: Path, verbose: bool) -> None:
@@ -165,8 +168,13 @@ def _compile(output: Path, nvcc: str | None, workdir: Path, verbose: bool) -> No
     # TensorFlow's flags already carry -std=c++17 and the C++ ABI flag: add no -std of ours.
     cflags = tf.sysconfig.get_compile_flags()
     lflags = tf.sysconfig.get_link_flags()
-    common = ["-O3", "-fPIC", "-Wno-deprecated-declarations", "-Wno-interference-size",
-              *_native_flags()]
+    common = [
+        "-O3",
+        "-fPIC",
+        "-Wno-deprecated-declarations",
+        "-Wno-interference-size",
+        *_native_flags(),
+    ]
     objects = []
     if nvcc is not None:
         # TF's gpu_kernel_helper.h includes third_party/gpus/cuda/include/cuda_fp16.h, which
@@ -176,13 +184,45 @@ def _compile(output: Path, nvcc: str | None, workdir: Path, verbose: bool) -> No
         mapped.mkdir(parents=True)
         (mapped / "include").symlink_to(cuda_include)
         gpu_object = workdir / "roi_align_op_gpu.o"
-        _run([nvcc, "-c", "-x", "cu", str(sources / _GPU_SOURCE), "-o", str(gpu_object),
-              "-DGOOGLE_CUDA=1", "--expt-relaxed-constexpr", "-O3", "-Xcompiler", "-fPIC",
-              "-Xcompiler", "-Wno-deprecated-declarations", *_gencode(nvcc),
-              f"-I{workdir / 'include'}", f"-I{sources}", *cflags], verbose)
+        _run(
+            [
+                nvcc,
+                "-c",
+                "-x",
+                "cu",
+                str(sources / _GPU_SOURCE),
+                "-o",
+                str(gpu_object),
+                "-DGOOGLE_CUDA=1",
+                "--expt-relaxed-constexpr",
+                "-O3",
+                "-Xcompiler",
+                "-fPIC",
+                "-Xcompiler",
+                "-Wno-deprecated-declarations",
+                *_gencode(nvcc),
+                f"-I{workdir / 'include'}",
+                f"-I{sources}",
+                *cflags,
+            ],
+            verbose,
+        )
         objects = [str(gpu_object), f"-L{cuda_include.parent / 'lib64'}", "-lcudart"]
-    _run([cxx, "-shared", *common, *(["-DGOOGLE_CUDA=1"] if nvcc else []), *cflags,
-          str(sources / _CPU_SOURCE), *objects, "-o", str(output), *lflags], verbose)
+    _run(
+        [
+            cxx,
+            "-shared",
+            *common,
+            *(["-DGOOGLE_CUDA=1"] if nvcc else []),
+            *cflags,
+            str(sources / _CPU_SOURCE),
+            *objects,
+            "-o",
+            str(output),
+            *lflags,
+        ],
+        verbose,
+    )
 
 
 def build(force: bool = False, verbose: bool = False) -> Path:
@@ -192,7 +232,7 @@ def build(force: bool = False, verbose: bool = False) -> Path:
     CPU build fails.
     """
     nvcc, _ = cuda_plan()
-    for attempt in ([nvcc, None] if nvcc else [None]):
+    for attempt in [nvcc, None] if nvcc else [None]:
         directory = cache_root() / "ops" / _build_key(attempt)
         library = directory / _LIBRARY_NAME
         directory.mkdir(parents=True, exist_ok=True)
@@ -211,8 +251,9 @@ def build(force: bool = False, verbose: bool = False) -> Path:
                     if attempt is None:
                         raise
                     failed.write_text(str(error))
-                    logger.warning("kmask: CUDA build of RoIAlign failed (see %s); building "
-                                   "CPU only", failed)
+                    logger.warning(
+                        "kmask: CUDA build of RoIAlign failed (see %s); building CPU only", failed
+                    )
                     continue
                 os.replace(partial, library)
             (directory / "cuda").write_text("yes" if attempt else "no")
@@ -251,13 +292,20 @@ def status(build: bool = True) -> OpStatus:
     library = _loaded.get("library")
     cuda_built = bool(_loaded.get("cuda"))
     if forced:
-        return OpStatus(forced, f"forced by KMASK_ROI_ALIGN={forced}", library, cuda_built,
-                        cuda_reason)
+        return OpStatus(
+            forced, f"forced by KMASK_ROI_ALIGN={forced}", library, cuda_built, cuda_reason
+        )
     if module is None:
         reason = _loaded.get("error", "not built (run `kmask build-ops`)")
         return OpStatus("tf", f"custom op unavailable: {reason}", None, False, cuda_reason)
     if tf.config.list_physical_devices("GPU") and not cuda_built:
-        return OpStatus("tf", "GPUs are visible but the custom op has no CUDA kernels",
-                        library, False, cuda_reason)
-    return OpStatus("custom", "custom op built for this TensorFlow", library, cuda_built,
-                    cuda_reason)
+        return OpStatus(
+            "tf",
+            "GPUs are visible but the custom op has no CUDA kernels",
+            library,
+            False,
+            cuda_reason,
+        )
+    return OpStatus(
+        "custom", "custom op built for this TensorFlow", library, cuda_built, cuda_reason
+    )

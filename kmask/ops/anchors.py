@@ -18,9 +18,7 @@ import tensorflow as tf
 from kmask.ops.levels import level_of, sorted_levels
 
 
-def cell_anchors(
-    size: float, aspect_ratios: Sequence[float], rounded: bool = False
-) -> np.ndarray:
+def cell_anchors(size: float, aspect_ratios: Sequence[float], rounded: bool = False) -> np.ndarray:
     """Anchors centred on (0, 0) for one level -> [A, 4] float32.
 
     Each anchor has area ``size**2`` and ``height / width = ratio``; ``rounded`` rounds the

@@ -99,6 +99,8 @@ def mask_loss(logits: tf.Tensor, targets: tf.Tensor, classes: tf.Tensor) -> tf.T
         tf.maximum(classes, 0),
         batch_dims=2,
     )  # [B, Q, m, m]
-    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(targets, tf.float32), logits=chosen)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.cast(targets, tf.float32), logits=chosen
+    )
     has_mask = tf.broadcast_to((classes >= 0)[:, :, None, None], tf.shape(bce))
     return masked_mean(bce, has_mask)

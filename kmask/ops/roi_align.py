@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
@@ -40,8 +40,7 @@ def resolve_implementation(implementation: str = "auto") -> str:
       RuntimeError: ``"custom"`` asked for but the op cannot be built or loaded.
     """
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
-                         f"{implementation!r}")
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "auto":
         forced = os.environ.get("KMASK_ROI_ALIGN")
         if forced:
@@ -52,12 +51,15 @@ def resolve_implementation(implementation: str = "auto") -> str:
             status = _custom_ops.status()
             if status.auto_choice == "tf" and "auto" not in _warned:
                 _warned.add("auto")
-                logger.warning("kmask: RoIAlign uses the pure TensorFlow implementation (%s)",
-                               status.reason)
+                logger.warning(
+                    "kmask: RoIAlign uses the pure TensorFlow implementation (%s)", status.reason
+                )
             return status.auto_choice
     if implementation == "custom" and _custom_ops.load() is None:
-        raise RuntimeError(f"RoIAlign custom op unavailable: {_custom_ops.status().reason}; "
-                           "use implementation='tf' or run `kmask build-ops` to see the error")
+        raise RuntimeError(
+            f"RoIAlign custom op unavailable: {_custom_ops.status().reason}; "
+            "use implementation='tf' or run `kmask build-ops` to see the error"
+        )
     return implementation
 
 
@@ -65,8 +67,9 @@ def output_size_pair(output_size: int | Sequence[int]) -> tuple[int, int]:
     """(out_h, out_w) from an int or a pair; ValueError naming output_size otherwise."""
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"output_size must be a positive int or (height, width), got "
-                         f"{output_size!r}")
+        raise ValueError(
+            f"output_size must be a positive int or (height, width), got {output_size!r}"
+        )
     return size  # type: ignore[return-value]
 
 
@@ -74,10 +77,16 @@ def output_size_pair(output_size: int | Sequence[int]) -> tuple[int, int]:
 def _roi_align_grad(op: tf.Operation, grad: tf.Tensor) -> list[tf.Tensor | None]:
     features, boxes, box_indices = op.inputs
     grad_features = _custom_ops.load().kmask_roi_align_grad(
-        grad, boxes, box_indices, tf.shape(features, out_type=tf.int32),
-        pooled_height=op.get_attr("pooled_height"), pooled_width=op.get_attr("pooled_width"),
+        grad,
+        boxes,
+        box_indices,
+        tf.shape(features, out_type=tf.int32),
+        pooled_height=op.get_attr("pooled_height"),
+        pooled_width=op.get_attr("pooled_width"),
         spatial_scale=op.get_attr("spatial_scale"),
-        sampling_ratio=op.get_attr("sampling_ratio"), aligned=op.get_attr("aligned"))
+        sampling_ratio=op.get_attr("sampling_ratio"),
+        aligned=op.get_attr("aligned"),
+    )
     return [grad_features, None, None]
 
 
@@ -112,16 +121,24 @@ def roi_align(
     box_indices = tf.cast(box_indices, tf.int32)
     if resolve_implementation(implementation) == "custom":
         return _custom_ops.load().kmask_roi_align(
-            features, boxes, box_indices, pooled_height=out_h, pooled_width=out_w,
-            spatial_scale=float(spatial_scale), sampling_ratio=int(sampling_ratio),
-            aligned=bool(aligned))
+            features,
+            boxes,
+            box_indices,
+            pooled_height=out_h,
+            pooled_width=out_w,
+            spatial_scale=float(spatial_scale),
+            sampling_ratio=int(sampling_ratio),
+            aligned=bool(aligned),
+        )
     tf.debugging.assert_rank(features, 4, message="features must be [B, H, W, C]")
     tf.debugging.assert_equal(tf.shape(boxes)[-1], 4, message="boxes must be [K, 4]")
     tf.debugging.assert_greater_equal(box_indices, 0, message="box_indices out of range")
-    tf.debugging.assert_less(box_indices, tf.shape(features)[0],
-                             message="box_indices out of range [0, batch)")
-    return roi_align_tf(features, boxes, box_indices, (out_h, out_w), spatial_scale,
-                        sampling_ratio, aligned)
+    tf.debugging.assert_less(
+        box_indices, tf.shape(features)[0], message="box_indices out of range [0, batch)"
+    )
+    return roi_align_tf(
+        features, boxes, box_indices, (out_h, out_w), spatial_scale, sampling_ratio, aligned
+    )
 
 
 def assign_levels(
@@ -187,8 +204,9 @@ def multilevel_roi_align(
     boxes = tf.cast(boxes, tf.float32)
     box_levels = assign_levels(boxes, keys[0], keys[-1])
     if resolve_implementation(implementation) == "tf":
-        return multilevel_roi_align_tf(levels, boxes, box_levels, (out_h, out_w),
-                                       sampling_ratio, aligned)
+        return multilevel_roi_align_tf(
+            levels, boxes, box_levels, (out_h, out_w), sampling_ratio, aligned
+        )
     # Custom op: one call per level (not per box) on that level's boxes, stitched back.
     batch, num = tf.shape(boxes)[0], tf.shape(boxes)[1]
     flat_boxes = tf.reshape(boxes, [-1, 4])
@@ -198,9 +216,16 @@ def multilevel_roi_align(
     level_boxes = tf.dynamic_partition(flat_boxes, partitions, len(keys))
     level_images = tf.dynamic_partition(images, partitions, len(keys))
     pooled = [
-        roi_align(levels[key], level_boxes[i], level_images[i], (out_h, out_w),
-                  spatial_scale=2.0 ** -key, sampling_ratio=sampling_ratio, aligned=aligned,
-                  implementation="custom")
+        roi_align(
+            levels[key],
+            level_boxes[i],
+            level_images[i],
+            (out_h, out_w),
+            spatial_scale=2.0**-key,
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
+            implementation="custom",
+        )
         for i, key in enumerate(keys)
     ]
     stitched = tf.dynamic_stitch(positions, pooled)

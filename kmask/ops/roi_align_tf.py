@@ -11,15 +11,15 @@ scale of the map it reads. So single-level and multilevel RoIAlign are one kerne
 loop over boxes or levels. The kernel loops (``tf.while_loop``) over the sample index of the
 largest grid among the boxes, gathering the four bilinear neighbours of one sample of every
 bin of every box per iteration (box k's sample number s is (s // grid_w[k], s % grid_w[k]),
-so the loop runs max_k(grid_h[k] * grid_w[k]) times); its gradient (a custom gradient, same loop) scatter-adds into
-the feature rows. Everything is static-shape friendly and compiles under
+so the loop runs max_k(grid_h[k] * grid_w[k]) times); its gradient (a custom gradient, same
+loop) scatter-adds into the feature rows. Everything is static-shape friendly and compiles under
 ``tf.function(jit_compile=True)``. Half-precision features accumulate in float32.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import tensorflow as tf
 
@@ -104,17 +104,38 @@ def pool_flat(
     inv_count = tf.where(finite, 1.0 / count, tf.zeros_like(count))
 
     pool = _pool_function((out_h, out_w), acc_dtype)
-    return pool(flat_features, start_h, start_w, bin_h, bin_w, grid_h, grid_w, inv_count, base,
-                height, width)
+    return pool(
+        flat_features,
+        start_h,
+        start_w,
+        bin_h,
+        bin_w,
+        grid_h,
+        grid_w,
+        inv_count,
+        base,
+        height,
+        width,
+    )
 
 
-def _corners(sample: tf.Tensor, start_h: tf.Tensor, start_w: tf.Tensor, bin_h: tf.Tensor,
-             bin_w: tf.Tensor, grid_h: tf.Tensor, grid_w: tf.Tensor, base: tf.Tensor,
-             height: tf.Tensor, width: tf.Tensor, output_size: tuple[int, int],
-             dtype: tf.DType) -> list[tuple[tf.Tensor, tf.Tensor]]:
-    """(row index [K,oh,ow], weight [K,oh,ow] in `dtype`) of the 4 neighbours of sample number `sample`
-    of every bin of every box: (iy, ix) = divmod(sample, grid_w[k]) per box, so the loop runs
-    max(grid_h * grid_w) times rather than max(grid_h) * max(grid_w)."""
+def _corners(
+    sample: tf.Tensor,
+    start_h: tf.Tensor,
+    start_w: tf.Tensor,
+    bin_h: tf.Tensor,
+    bin_w: tf.Tensor,
+    grid_h: tf.Tensor,
+    grid_w: tf.Tensor,
+    base: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    output_size: tuple[int, int],
+    dtype: tf.DType,
+) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """(row index [K,oh,ow], weight [K,oh,ow] in `dtype`) of the 4 neighbours of sample
+    number `sample` of every bin of every box: (iy, ix) = divmod(sample, grid_w[k]) per box,
+    so the loop runs max(grid_h * grid_w) times rather than max(grid_h) * max(grid_w)."""
     out_h, out_w = output_size
     columns_per_row = tf.maximum(grid_w, 1)
     iy, ix = sample // columns_per_row, sample % columns_per_row
@@ -122,10 +143,16 @@ def _corners(sample: tf.Tensor, start_h: tf.Tensor, start_w: tf.Tensor, bin_h: t
     grid_w_f = tf.cast(columns_per_row, tf.float32)[:, None]
     bins_h = tf.range(out_h, dtype=tf.float32)[None, :]
     bins_w = tf.range(out_w, dtype=tf.float32)[None, :]
-    y = (start_h[:, None] + bins_h * bin_h[:, None]
-         + (tf.cast(iy, tf.float32)[:, None] + 0.5) * bin_h[:, None] / grid_h_f)
-    x = (start_w[:, None] + bins_w * bin_w[:, None]
-         + (tf.cast(ix, tf.float32)[:, None] + 0.5) * bin_w[:, None] / grid_w_f)
+    y = (
+        start_h[:, None]
+        + bins_h * bin_h[:, None]
+        + (tf.cast(iy, tf.float32)[:, None] + 0.5) * bin_h[:, None] / grid_h_f
+    )
+    x = (
+        start_w[:, None]
+        + bins_w * bin_w[:, None]
+        + (tf.cast(ix, tf.float32)[:, None] + 0.5) * bin_w[:, None] / grid_w_f
+    )
     in_grid = (iy < grid_h)[:, None]
     y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y, tf.cast(height, tf.float32)[:, None], in_grid)
     x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x, tf.cast(width, tf.float32)[:, None], in_grid)
@@ -133,9 +160,14 @@ def _corners(sample: tf.Tensor, start_h: tf.Tensor, start_w: tf.Tensor, bin_h: t
     columns = [x_lo, x_hi]
     weights_y = [tf.cast(wy_lo, dtype), tf.cast(wy_hi, dtype)]
     weights_x = [tf.cast(wx_lo, dtype), tf.cast(wx_hi, dtype)]
-    return [(rows[i][:, :, None] + columns[j][:, None, :],
-             weights_y[i][:, :, None] * weights_x[j][:, None, :])
-            for i in range(2) for j in range(2)]
+    return [
+        (
+            rows[i][:, :, None] + columns[j][:, None, :],
+            weights_y[i][:, :, None] * weights_x[j][:, None, :],
+        )
+        for i in range(2)
+        for j in range(2)
+    ]
 
 
 def _num_samples(grid_h: tf.Tensor, grid_w: tf.Tensor) -> tf.Tensor:
@@ -148,9 +180,19 @@ def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
     scatter-add into ``flat``; the geometry tensors, derived from boxes, get none."""
 
     @tf.custom_gradient
-    def pool(flat: tf.Tensor, start_h: tf.Tensor, start_w: tf.Tensor, bin_h: tf.Tensor,
-             bin_w: tf.Tensor, grid_h: tf.Tensor, grid_w: tf.Tensor, inv_count: tf.Tensor,
-             base: tf.Tensor, height: tf.Tensor, width: tf.Tensor):
+    def pool(
+        flat: tf.Tensor,
+        start_h: tf.Tensor,
+        start_w: tf.Tensor,
+        bin_h: tf.Tensor,
+        bin_w: tf.Tensor,
+        grid_h: tf.Tensor,
+        grid_w: tf.Tensor,
+        inv_count: tf.Tensor,
+        base: tf.Tensor,
+        height: tf.Tensor,
+        width: tf.Tensor,
+    ):
         geometry = (start_h, start_w, bin_h, bin_w, grid_h, grid_w, base, height, width)
         num_samples = _num_samples(grid_h, grid_w)
         scale = inv_count[:, None, None, None]
@@ -161,22 +203,28 @@ def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
                 acc += weight[..., None] * tf.cast(tf.gather(flat, index), acc_dtype)
             return sample + 1, acc
 
-        _, acc = tf.while_loop(lambda s, _: s < num_samples, forward_step,
-                               (tf.constant(0), tf.zeros(out_shape, acc_dtype)))
+        _, acc = tf.while_loop(
+            lambda s, _: s < num_samples,
+            forward_step,
+            (tf.constant(0), tf.zeros(out_shape, acc_dtype)),
+        )
 
         def grad(upstream: tf.Tensor) -> tuple:
             upstream = tf.cast(upstream, acc_dtype) * scale
 
-            def backward_step(sample: tf.Tensor, grad_flat: tf.Tensor
-                              ) -> tuple[tf.Tensor, tf.Tensor]:
+            def backward_step(
+                sample: tf.Tensor, grad_flat: tf.Tensor
+            ) -> tuple[tf.Tensor, tf.Tensor]:
                 for index, weight in _corners(sample, *geometry, output_size, acc_dtype):
                     updates = weight[..., None] * upstream
                     grad_flat = tf.tensor_scatter_nd_add(grad_flat, index[..., None], updates)
                 return sample + 1, grad_flat
 
             _, grad_flat = tf.while_loop(
-                lambda s, _: s < num_samples, backward_step,
-                (tf.constant(0), tf.zeros(tf.shape(flat), acc_dtype)))
+                lambda s, _: s < num_samples,
+                backward_step,
+                (tf.constant(0), tf.zeros(tf.shape(flat), acc_dtype)),
+            )
             return (tf.cast(grad_flat, flat.dtype),) + (None,) * 10
 
         return tf.cast(acc * scale, flat.dtype), grad
@@ -199,9 +247,17 @@ def roi_align_tf(
     num_boxes = tf.shape(boxes)[0]
     flat = tf.reshape(features, tf.stack([-1, shape[3]]))
     base = tf.cast(box_indices, tf.int32) * height * width
-    return pool_flat(flat, boxes, base, tf.fill([num_boxes], height),
-                     tf.fill([num_boxes], width), tf.fill([num_boxes], float(spatial_scale)),
-                     output_size, sampling_ratio, aligned)
+    return pool_flat(
+        flat,
+        boxes,
+        base,
+        tf.fill([num_boxes], height),
+        tf.fill([num_boxes], width),
+        tf.fill([num_boxes], float(spatial_scale)),
+        output_size,
+        sampling_ratio,
+        aligned,
+    )
 
 
 def multilevel_roi_align_tf(
@@ -225,8 +281,10 @@ def multilevel_roi_align_tf(
     """
     keys = sorted(features)
     shapes = [tf.shape(features[key]) for key in keys]
-    flat = tf.concat([tf.reshape(features[key], tf.stack([-1, shape[3]]))
-                      for key, shape in zip(keys, shapes)], axis=0)
+    flat = tf.concat(
+        [tf.reshape(features[key], tf.stack([-1, shape[3]])) for key, shape in zip(keys, shapes)],
+        axis=0,
+    )
     heights = tf.stack([shape[1] for shape in shapes])
     widths = tf.stack([shape[2] for shape in shapes])
     sizes = tf.stack([shape[0] * shape[1] * shape[2] for shape in shapes])
@@ -238,6 +296,15 @@ def multilevel_roi_align_tf(
     image = tf.repeat(tf.range(batch), num)
     height, width = tf.gather(heights, index), tf.gather(widths, index)
     base = tf.gather(offsets, index) + image * height * width
-    pooled = pool_flat(flat, tf.reshape(boxes, [-1, 4]), base, height, width,
-                       tf.gather(scales, index), output_size, sampling_ratio, aligned)
+    pooled = pool_flat(
+        flat,
+        tf.reshape(boxes, [-1, 4]),
+        base,
+        height,
+        width,
+        tf.gather(scales, index),
+        output_size,
+        sampling_ratio,
+        aligned,
+    )
     return tf.reshape(pooled, tf.concat([[batch, num], tf.shape(pooled)[1:]], 0))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import keras
 
@@ -61,7 +62,10 @@ class EvaluationCallback(keras.callbacks.Callback):
             self._predictor = Predictor(self.model, self.data_config, self.mask_threshold)
         self.last_metrics = self.evaluator.run(self._predictor, self.batches, self.total_batches)
         step = optimizer_step(self.model)
-        print(f"\nevaluation at step {step} ({self.evaluator.json_path}):\n"
-              f"{format_metrics(self.last_metrics)}", flush=True)
+        print(
+            f"\nevaluation at step {step} ({self.evaluator.json_path}):\n"
+            f"{format_metrics(self.last_metrics)}",
+            flush=True,
+        )
         if logs is not None:
             logs.update({f"val_{key}": value for key, value in self.last_metrics.items()})

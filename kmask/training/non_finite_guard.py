@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 
@@ -47,4 +48,3 @@ class NonFiniteGuard(keras.callbacks.Callback):
         step = optimizer_step(self.model)
         detail = ", ".join(f"{key}={bad[key]}" for key in terms)
         raise NonFiniteLossError(step, terms, detail)
-

@@ -4,8 +4,9 @@ TensorBoard."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -124,8 +125,11 @@ class TensorBoardCallback(keras.callbacks.Callback):
         ):
             height, width = (int(round(float(v))) for v in outputs["image_size"][index])
             image = np.clip(images[index, :height, :width], 0, 255).astype(np.uint8)
-            pictures.append(draw_image_detections(image, detections, self.class_names,
-                                                  self.score_threshold, self.num_proposals))
+            pictures.append(
+                draw_image_detections(
+                    image, detections, self.class_names, self.score_threshold, self.num_proposals
+                )
+            )
         return pictures
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

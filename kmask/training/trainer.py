@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -26,8 +27,7 @@ from kmask.training.strategy import is_chief
 from kmask.training.tensorboard_callback import TensorBoardCallback
 
 
-def epoch_plan(start_step: int, max_steps: int, steps_per_epoch: int
-               ) -> list[tuple[int, int, int]]:
+def epoch_plan(start_step: int, max_steps: int, steps_per_epoch: int) -> list[tuple[int, int, int]]:
     """The ``fit`` calls that take training from ``start_step`` to ``max_steps``.
 
     Keras epochs have a fixed length, so a run resumed in the middle of an epoch first
@@ -115,15 +115,17 @@ class Trainer:
     def _open_training_source(self) -> Any:
         train = self.config.train
         if train.tfrecord_pattern:
-            return open_dataset(tfrecord_pattern=train.tfrecord_pattern,
-                                strict=self.config.data.strict)
+            return open_dataset(
+                tfrecord_pattern=train.tfrecord_pattern, strict=self.config.data.strict
+            )
         if not (train.json_path and train.images_dir):
             raise ConfigError(
                 "no training data: set train.json_path and train.images_dir (kmask train "
                 "--train-json FILE --train-images DIR) or train.tfrecord_pattern"
             )
-        return open_dataset(json_path=train.json_path, images_dir=train.images_dir,
-                            strict=self.config.data.strict)
+        return open_dataset(
+            json_path=train.json_path, images_dir=train.images_dir, strict=self.config.data.strict
+        )
 
     def _check_categories(self, categories: CategoryMap, resume: bool) -> None:
         if categories.num_classes != self.config.model.num_classes:
@@ -177,27 +179,31 @@ class Trainer:
         if base_seed is None:
             base_seed = self.config.train.seed
         data_config = dataclasses.replace(self.config.data, seed=base_seed + start_step)
-        dataset = self.source.build(data_config, training=True,
-                                    batch_size=self._global_batch_size())
+        dataset = self.source.build(
+            data_config, training=True, batch_size=self._global_batch_size()
+        )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
         )
         return dataset.repeat().with_options(options)
 
-    def _callbacks(self, model: MaskRCNN, categories: CategoryMap,
-                   checkpoints: CheckpointCallback) -> list[keras.callbacks.Callback]:
+    def _callbacks(
+        self, model: MaskRCNN, categories: CategoryMap, checkpoints: CheckpointCallback
+    ) -> list[keras.callbacks.Callback]:
         config = self.config
         callbacks: list[keras.callbacks.Callback] = [NonFiniteGuard()]
         predictor = Predictor(model, config.data, config.eval.mask_threshold)
         visualization = None
         if config.eval.json_path and config.eval.images_dir:
-            validation = open_dataset(json_path=config.eval.json_path,
-                                      images_dir=config.eval.images_dir,
-                                      strict=config.data.strict)
-            batches, _, total = evaluation_batches(validation, config.data,
-                                                   config.eval.batch_size,
-                                                   config.eval.max_images)
+            validation = open_dataset(
+                json_path=config.eval.json_path,
+                images_dir=config.eval.images_dir,
+                strict=config.data.strict,
+            )
+            batches, _, total = evaluation_batches(
+                validation, config.data, config.eval.batch_size, config.eval.max_images
+            )
             if config.train.eval_every_epochs:
                 callbacks.append(
                     EvaluationCallback(
@@ -211,8 +217,9 @@ class Trainer:
                     )
                 )
             if config.train.num_visualizations:
-                images = validation.build(config.data, training=False,
-                                          batch_size=config.train.num_visualizations)
+                images = validation.build(
+                    config.data, training=False, batch_size=config.train.num_visualizations
+                )
                 visualization = next(iter(images))[0]
         callbacks.append(
             TensorBoardCallback(
@@ -266,8 +273,7 @@ class Trainer:
                 )
             print(f"resuming from {latest} at step {step}", flush=True)
         elif resume:
-            print(f"no checkpoint in {self.run.checkpoints_dir}; starting from step 0",
-                  flush=True)
+            print(f"no checkpoint in {self.run.checkpoints_dir}; starting from step 0", flush=True)
         if step >= config.train.max_steps:
             print(f"already trained to step {step} (train.max_steps={config.train.max_steps})")
             return self.history

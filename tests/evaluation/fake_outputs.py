@@ -24,17 +24,23 @@ CLASS_OF_ID = {3: 0, 8: 1}
 IMAGES = [(7, 200, 240), (9, 40, 40)]
 
 
-def _annotation(ann_id: int, image_id: int, category_id: int, bbox: list[float],
-                iscrowd: int = 0) -> dict[str, Any]:
+def _annotation(
+    ann_id: int, image_id: int, category_id: int, bbox: list[float], iscrowd: int = 0
+) -> dict[str, Any]:
     x, y, w, h = bbox
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-            "area": float(w * h), "iscrowd": iscrowd,
-            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "area": float(w * h),
+        "iscrowd": iscrowd,
+        "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+    }
 
 
 GROUND_TRUTH = {
-    "images": [{"id": i, "height": h, "width": w, "file_name": f"{i}.png"}
-               for i, h, w in IMAGES],
+    "images": [{"id": i, "height": h, "width": w, "file_name": f"{i}.png"} for i, h, w in IMAGES],
     "categories": CATEGORIES,
     "annotations": [
         _annotation(1, 7, 3, [5, 5, 10, 10]),  # small cat
@@ -129,8 +135,12 @@ def model_outputs(mode: str, empty: bool = False) -> dict[str, np.ndarray]:
             classes[b, k] = CLASS_OF_ID[category]
             masks[b, k] = 1.0 if kind == "full" else 0.0
         counts[b] = 0 if empty else len(DETECTIONS[image_id])
-    outputs.update(detection_boxes=boxes, detection_scores=scores, detection_classes=classes,
-                   num_detections=counts)
+    outputs.update(
+        detection_boxes=boxes,
+        detection_scores=scores,
+        detection_classes=classes,
+        num_detections=counts,
+    )
     if mode == "mask_rcnn":
         outputs["detection_masks"] = masks
     return outputs
@@ -138,14 +148,19 @@ def model_outputs(mode: str, empty: bool = False) -> dict[str, np.ndarray]:
 
 def detection_results() -> list[dict[str, Any]]:
     """The detections as COCO results (source pixels, original ids), written by hand."""
-    return [{"image_id": image_id, "category_id": category, "bbox": box, "score": score}
-            for image_id, entries in DETECTIONS.items()
-            for category, box, score, _ in entries]
+    return [
+        {"image_id": image_id, "category_id": category, "bbox": box, "score": score}
+        for image_id, entries in DETECTIONS.items()
+        for category, box, score, _ in entries
+    ]
 
 
 def proposal_results() -> list[dict[str, Any]]:
-    return [{"image_id": image_id, "bbox": box, "score": score}
-            for image_id, entries in PROPOSALS.items() for box, score in entries]
+    return [
+        {"image_id": image_id, "bbox": box, "score": score}
+        for image_id, entries in PROPOSALS.items()
+        for box, score in entries
+    ]
 
 
 class FixedOutputModel(keras.Model):

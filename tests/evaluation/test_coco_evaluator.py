@@ -36,8 +36,13 @@ def shapes_val(tmp_path_factory) -> tuple[Path, Path]:
 
 def _gt_results(coco: COCO) -> list[dict]:
     return [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-         "score": 1.0, "segmentation": a["segmentation"]}
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+            "segmentation": a["segmentation"],
+        }
         for a in coco.dataset["annotations"]
     ]
 
@@ -56,8 +61,16 @@ def test_hand_computed_average_precision(tmp_path):
     gt = {
         "images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.png"}],
         "categories": [{"id": 5, "name": "thing"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 40, 40],
-                         "area": 1600.0, "iscrowd": 0}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 5,
+                "bbox": [10, 10, 40, 40],
+                "area": 1600.0,
+                "iscrowd": 0,
+            }
+        ],
     }
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
@@ -66,18 +79,25 @@ def test_hand_computed_average_precision(tmp_path):
     miss = {"image_id": 1, "category_id": 5, "bbox": [60, 60, 30, 30]}
     # A false positive ranked above the only true positive: precision 1/2 at recall 1,
     # and 101-point interpolated AP = 0.5 at every IoU threshold.
-    metrics = COCOEvaluator.coco_metrics(coco, [{**miss, "score": 0.9}, {**hit, "score": 0.8}],
-                                         "bbox")
+    metrics = COCOEvaluator.coco_metrics(
+        coco, [{**miss, "score": 0.9}, {**hit, "score": 0.8}], "bbox"
+    )
     assert metrics["bbox_AP"] == pytest.approx(0.5)
     assert metrics["bbox_AP50"] == pytest.approx(0.5)
     # Ranked below it, the false positive costs nothing.
-    metrics = COCOEvaluator.coco_metrics(coco, [{**miss, "score": 0.1}, {**hit, "score": 0.8}],
-                                         "bbox")
+    metrics = COCOEvaluator.coco_metrics(
+        coco, [{**miss, "score": 0.1}, {**hit, "score": 0.8}], "bbox"
+    )
     assert metrics["bbox_AP"] == pytest.approx(1.0)
     # No detection at all: 0 where ground truth exists (one medium box), -1 elsewhere.
     assert COCOEvaluator.coco_metrics(coco, [], "bbox") == {
-        "bbox_AP": 0.0, "bbox_AP50": 0.0, "bbox_AP75": 0.0, "bbox_APs": -1.0,
-        "bbox_APm": 0.0, "bbox_APl": -1.0}
+        "bbox_AP": 0.0,
+        "bbox_AP50": 0.0,
+        "bbox_AP75": 0.0,
+        "bbox_APs": -1.0,
+        "bbox_APm": 0.0,
+        "bbox_APl": -1.0,
+    }
 
 
 def test_detections_map_back_to_source_pixels_and_original_ids(shapes_val):
@@ -105,8 +125,9 @@ def test_detections_map_back_to_source_pixels_and_original_ids(shapes_val):
             evaluator.add_image(detections)
             annotations = coco.loadAnns(coco.getAnnIds(imgIds=[detections["image_id"]]))
             assert detections["masks"].shape[1:] == (64, 64)
-            for result, annotation in zip(to_coco_results(detections, source.categories),
-                                          annotations):
+            for result, annotation in zip(
+                to_coco_results(detections, source.categories), annotations
+            ):
                 assert result["category_id"] == annotation["category_id"]
                 np.testing.assert_allclose(result["bbox"], annotation["bbox"], atol=2e-3)
                 ours = mask_utils.decode(result["segmentation"]).astype(bool)
@@ -127,16 +148,30 @@ def test_results_file_and_errors(shapes_val, tmp_path):
         evaluator.evaluate()
     mask = np.zeros((1, 64, 64), bool)
     mask[0, 10:20, 5:30] = True
-    evaluator.add_image({"image_id": 1, "boxes": np.array([[10, 5, 20, 30]], np.float32),
-                         "scores": np.array([0.7]), "classes": np.array([2]), "masks": mask})
+    evaluator.add_image(
+        {
+            "image_id": 1,
+            "boxes": np.array([[10, 5, 20, 30]], np.float32),
+            "scores": np.array([0.7]),
+            "classes": np.array([2]),
+            "masks": mask,
+        }
+    )
     out = tmp_path / "results.json"
     evaluator.write_results(out)
     (result,) = json.loads(out.read_text())
     assert result["category_id"] == 11 and result["bbox"] == [5.0, 10.0, 25.0, 10.0]
     assert (mask_utils.decode(result["segmentation"]) == mask[0]).all()
     with pytest.raises(DataError, match="image id 999"):
-        evaluator.add_image({"image_id": 999, "boxes": np.zeros((0, 4)), "scores": [],
-                             "classes": [], "masks": np.zeros((0, 64, 64), bool)})
+        evaluator.add_image(
+            {
+                "image_id": 999,
+                "boxes": np.zeros((0, 4)),
+                "scores": [],
+                "classes": [],
+                "masks": np.zeros((0, 64, 64), bool),
+            }
+        )
     with pytest.raises(DataError, match="not found"):
         COCOEvaluator(tmp_path / "missing.json")
     from kmask.data.category_map import CategoryMap

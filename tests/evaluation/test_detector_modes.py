@@ -55,8 +55,9 @@ def reference_recall(gt_path, proposals, limits) -> dict[str, float]:
     """Class-agnostic COCOeval recall (``useCats=0``, ``maxDets=limits``) averaged over the
     ten IoU thresholds; with these proposals it equals the greedy one-to-one AR."""
     results = [{**p, "category_id": fake.CATEGORIES[0]["id"]} for p in proposals]
-    recall = _cocoeval(gt_path, results, "bbox", use_cats=False,
-                       max_dets=limits).eval["recall"]  # [T, K=1, areas, limits]
+    recall = _cocoeval(gt_path, results, "bbox", use_cats=False, max_dets=limits).eval[
+        "recall"
+    ]  # [T, K=1, areas, limits]
     metrics = {}
     for m, limit in enumerate(limits):
         for a, area in enumerate(("", "s", "m", "l")):  # all, small, medium, large
@@ -108,8 +109,14 @@ def test_metrics_equal_pycocotools(gt_path, mode):
                     assert (mask & rectangle).sum() / (mask | rectangle).sum() > 0.9
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode("ascii")
-                results.append({"image_id": detections["image_id"], "category_id": category,
-                                "segmentation": rle, "score": score})
+                results.append(
+                    {
+                        "image_id": detections["image_id"],
+                        "category_id": category,
+                        "segmentation": rle,
+                        "score": score,
+                    }
+                )
         expected.update(reference_ap(gt_path, results, "segm"))
     assert set(metrics) == set(expected)
     for key, value in expected.items():
@@ -129,9 +136,14 @@ def test_summary_and_record_name_only_what_applies(gt_path, mode):
     summary = evaluator.summary(metrics)
     record = evaluator.metrics_record(metrics)
     assert record["mode"] == mode and record["num_images"] == 2
-    assert record["evaluated"] == {"mask_rcnn": ["bbox", "segm", "proposals"],
-                                   "faster_rcnn": ["bbox", "proposals"],
-                                   "rpn": ["proposals"]}[mode]
+    assert (
+        record["evaluated"]
+        == {
+            "mask_rcnn": ["bbox", "segm", "proposals"],
+            "faster_rcnn": ["bbox", "proposals"],
+            "rpn": ["proposals"],
+        }[mode]
+    )
     json.dumps(record)  # JSON-serializable
     assert ("mask AP" in summary) == (mode == "mask_rcnn")
     rows = [line.split()[0] for line in summary.splitlines()]
@@ -162,8 +174,10 @@ def test_results_file(gt_path, mode, tmp_path):
     expected = fake.detection_results()
     assert len(results) == len(expected)
     for ours, theirs in zip(results, expected):
-        assert (ours["image_id"], ours["category_id"]) == (theirs["image_id"],
-                                                           theirs["category_id"])
+        assert (ours["image_id"], ours["category_id"]) == (
+            theirs["image_id"],
+            theirs["category_id"],
+        )
         np.testing.assert_allclose(ours["bbox"], theirs["bbox"], atol=1e-3)
         assert ("segmentation" in ours) == (mode == "mask_rcnn")
 
@@ -196,8 +210,14 @@ def test_no_detection_keeps_pycocotools_minus_one(gt_path):
     ranges without ground truth, as pycocotools reports them."""
     coco = _quiet(COCO, str(gt_path))
     metrics = COCOEvaluator.coco_metrics(coco, [], "bbox", image_ids=[9])
-    assert metrics == {"bbox_AP": 0.0, "bbox_AP50": 0.0, "bbox_AP75": 0.0, "bbox_APs": 0.0,
-                       "bbox_APm": -1.0, "bbox_APl": -1.0}
+    assert metrics == {
+        "bbox_AP": 0.0,
+        "bbox_AP50": 0.0,
+        "bbox_AP75": 0.0,
+        "bbox_APs": 0.0,
+        "bbox_APm": -1.0,
+        "bbox_APl": -1.0,
+    }
 
 
 def test_resized_pixels_on_request(gt_path):

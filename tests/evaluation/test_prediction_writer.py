@@ -22,16 +22,16 @@ CATS = CategoryMap(CATEGORIES)  # class 0 = id 3 "cat", class 1 = id 8 "dog"
 def _outputs(mode: str, empty: bool = False) -> dict[str, np.ndarray]:
     """One image's outputs in the 64 px frame, padded with junk."""
     outputs = {
-        "proposals": np.array([[[4, 4, 20, 20], [30, 30, 60, 60], [0, 0, 10, 10],
-                                [1, 1, 2, 2]]], np.float32),
+        "proposals": np.array(
+            [[[4, 4, 20, 20], [30, 30, 60, 60], [0, 0, 10, 10], [1, 1, 2, 2]]], np.float32
+        ),
         "proposal_scores": np.array([[0.9, 0.6, 0.3, 0.99]], np.float32),
         "num_proposals": np.array([0 if empty else 3], np.int32),
     }
     if mode == "rpn":
         return outputs
     outputs.update(
-        detection_boxes=np.array([[[4, 4, 20, 20], [30, 30, 60, 60], [0, 0, 64, 64]]],
-                                 np.float32),
+        detection_boxes=np.array([[[4, 4, 20, 20], [30, 30, 60, 60], [0, 0, 64, 64]]], np.float32),
         detection_scores=np.array([[0.9, 0.3, 0.99]], np.float32),
         detection_classes=np.array([[0, 1, 1]], np.int32),
         num_detections=np.array([0 if empty else 2], np.int32),
@@ -79,8 +79,7 @@ def test_detections_above_the_threshold(mode, image_path, tmp_path):
     assert picture.shape == (512, 512, 3)
     assert (picture != _plain(image_path)).any()
     assert writer.images_written == 1 and not writer.skipped
-    assert "wrote 1 PNGs and detections.json (1 detections with score >= 0.5)" in (
-        writer.summary())
+    assert "wrote 1 PNGs and detections.json (1 detections with score >= 0.5)" in (writer.summary())
     # The whole picture is one box's neighbourhood: the dog below the threshold is not
     # drawn (its box would start at 15 px * 16 = 240 px).
     assert (picture[300:, 300:] == _plain(image_path)[300:, 300:]).all()
@@ -117,15 +116,15 @@ def test_unreadable_images_are_skipped_and_reported(image_path, tmp_path):
     twin = other / "grey.png"
     twin.write_bytes(image_path.read_bytes())
     told = []
-    writer = _writer("faster_rcnn", tmp_path / "out",
-                     on_skip=lambda path, reason: told.append((path, reason)))
+    writer = _writer(
+        "faster_rcnn", tmp_path / "out", on_skip=lambda path, reason: told.append((path, reason))
+    )
     paths = PredictionWriter.image_paths([str(image_path.parent), str(twin)])
     assert paths == [broken, image_path, twin]  # folder sorted, then the file
     writer.write(paths, progress=False)
     assert [path for path, _ in told] == [broken] and "not a readable image" in told[0][1]
     assert writer.skipped == told and writer.images_written == 2
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["grey.png",
-                                                                        "grey_3.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["grey.png", "grey_3.png"]
     results = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert sorted({r["image_id"] for r in results}) == [2, 3]
     assert PredictionWriter.image_paths([str(image_path.parent)], limit=1) == [broken]

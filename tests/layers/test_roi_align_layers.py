@@ -18,8 +18,9 @@ def test_roi_align_layer_matches_reference_and_round_trips(rng: np.random.Genera
     indices = np.array([1, 0], np.int32)
     layer = ROIAlign((3, 4), spatial_scale=0.5, sampling_ratio=2, aligned=False)
     out = layer(features, boxes, indices)
-    np.testing.assert_allclose(out.numpy(), roi_align_reference(
-        features, boxes, indices, (3, 4), 0.5, 2, False), atol=1e-5)
+    np.testing.assert_allclose(
+        out.numpy(), roi_align_reference(features, boxes, indices, (3, 4), 0.5, 2, False), atol=1e-5
+    )
     assert layer.compute_output_shape((2, 9, 11, 3), (2, 4), (2,)) == (2, 3, 4, 3)
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert isinstance(clone, ROIAlign) and clone.get_config() == layer.get_config()
@@ -43,15 +44,22 @@ def test_environment_variable_overrides_auto(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_multilevel_layer_ignores_p6_and_keeps_float32_boxes(rng: np.random.Generator) -> None:
-    pyramid = {f"P{k}": tf.constant(rng.normal(size=(1, 128 >> k, 128 >> k, 4))
-                                    .astype(np.float32)) for k in range(2, 7)}
+    pyramid = {
+        f"P{k}": tf.constant(rng.normal(size=(1, 128 >> k, 128 >> k, 4)).astype(np.float32))
+        for k in range(2, 7)
+    }
     boxes = tf.constant([[[0.0, 0.0, 100.0, 120.0], [10.0, 10.0, 40.0, 30.0]]])
     layer = MultiLevelROIAlign(5, dtype="mixed_float16")
     out = layer(pyramid, boxes)
     expected = multilevel_roi_align({k: v for k, v in pyramid.items() if k != "P6"}, boxes, 5)
     np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-6)
-    assert layer.compute_output_shape({k: v.shape for k, v in pyramid.items()},
-                                      (1, 2, 4)) == (1, 2, 5, 5, 4)
+    assert layer.compute_output_shape({k: v.shape for k, v in pyramid.items()}, (1, 2, 4)) == (
+        1,
+        2,
+        5,
+        5,
+        4,
+    )
     config = layer.get_config()
     assert config["output_size"] == [5, 5] and config["max_level"] == 5
     with pytest.raises(ValueError, match="P5"):
@@ -63,10 +71,12 @@ def test_multilevel_layer_in_a_functional_model(rng: np.random.Generator, tmp_pa
     boxes = keras.Input((3, 4), name="boxes")
     pooled = MultiLevelROIAlign(4)(inputs, boxes)
     model = keras.Model({**inputs, "boxes": boxes}, pooled)
-    feed = {f"P{k}": rng.normal(size=(2, 64 >> k, 64 >> k, 2)).astype(np.float32)
-            for k in range(2, 6)}
-    feed["boxes"] = np.tile(np.array([[[1, 2, 30, 40], [0, 0, 63, 63], [5, 5, 9, 9]]],
-                                     np.float32), (2, 1, 1))
+    feed = {
+        f"P{k}": rng.normal(size=(2, 64 >> k, 64 >> k, 2)).astype(np.float32) for k in range(2, 6)
+    }
+    feed["boxes"] = np.tile(
+        np.array([[[1, 2, 30, 40], [0, 0, 63, 63], [5, 5, 9, 9]]], np.float32), (2, 1, 1)
+    )
     out = model(feed)
     assert out.shape == (2, 3, 4, 4, 2)
     model.save(tmp_path / "m.keras")

@@ -144,7 +144,9 @@ def test_config_reaches_the_components():
     assert not mask_head.pooler.aligned and mask_head.pooler.implementation == "tf"
     # The model's config carries every field as the layers' constructor arguments.
     rpn_config = model.get_config()["rpn"]["config"]
-    assert rpn_config["nms_threshold"] == 0.6 and rpn_config["smooth_l1_beta"] == pytest.approx(1 / 9)
+    assert rpn_config["nms_threshold"] == 0.6 and rpn_config["smooth_l1_beta"] == pytest.approx(
+        1 / 9
+    )
     defaults = ModelConfig()
     assert defaults.rpn.anchor_sizes == (32.0, 64.0, 128.0, 256.0, 512.0)
     assert defaults.rpn.batch_size_per_image == 256 and defaults.rpn.positive_fraction == 0.5

@@ -1,7 +1,6 @@
 """RoI sampling, box / mask heads, level assignment, and the ROIHeads layer."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from kmask.layers.roi_sampler import ROISampler
@@ -25,7 +24,10 @@ def test_level_assignment_boundaries():
 
 
 def _pyramid(batch=2, channels=256, size=64):
-    return {f"P{k}": tf.random.normal([batch, size // 2**k, size // 2**k, channels]) for k in range(2, 7)}
+    return {
+        f"P{k}": tf.random.normal([batch, size // 2**k, size // 2**k, channels])
+        for k in range(2, 7)
+    }
 
 
 def test_box_head_parameters_and_outputs():
@@ -42,7 +44,11 @@ def test_box_head_v2_variant_has_torchvision_v2_parameter_count():
     # torchvision FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=BatchNorm2d):
     # convs without bias, BN affine weights, one fc; predictor with background deltas.
     head = BoxHead(
-        90, num_conv=4, norm="bn", num_fc=1, predict_background=True,
+        90,
+        num_conv=4,
+        norm="bn",
+        num_fc=1,
+        predict_background=True,
         roi_align_implementation="tf",
     )
     _, deltas = head(_pyramid(1), tf.constant([[[0, 0, 20, 20]]], tf.float32))
@@ -75,7 +81,7 @@ def test_roi_sampler_adds_ground_truth_and_builds_targets():
     # Foreground: proposals 0, 1 (IoU 1, 0.9 with gt 0), proposal 2 (IoU 0.5 with gt 1) and
     # the two added gt boxes = 5 candidates, capped at 4; then background (proposal 3).
     targets = out["class_targets"][0]
-    np.testing.assert_array_equal(targets, [c for c in targets[:4]] + [0, -1, -1, -1])
+    np.testing.assert_array_equal(targets, list(targets[:4]) + [0, -1, -1, -1])
     assert set(targets[:4]) <= {4, 1} and (targets[:4] > 0).all()
     for roi, cls, index in zip(out["rois"][0], targets, out["matched_index"][0]):
         if cls > 0:
@@ -147,7 +153,8 @@ def test_roi_heads_training_losses_and_inference_outputs():
     boxes_only = _heads(mask=False)
     assert "detection_masks" not in boxes_only(features, proposals, valid, size)
     assert tuple(boxes_only(features, proposals, valid, size, targets=targets)) == (
-        "loss_cls", "loss_box",
+        "loss_cls",
+        "loss_box",
     )
 
 
@@ -169,6 +176,8 @@ def test_roi_heads_serialization_round_trip():
     config = heads.get_config()
     clone = ROIHeads.from_config(config)
     assert clone.get_config() == config
-    assert isinstance(clone.box_head, BoxHead) and clone.box_head.postprocess.detections_per_image == 5
+    assert (
+        isinstance(clone.box_head, BoxHead) and clone.box_head.postprocess.detections_per_image == 5
+    )
     assert isinstance(clone.instance_heads[0], MaskHead)
     assert not heads.supports_jit

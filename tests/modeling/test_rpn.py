@@ -199,8 +199,11 @@ def test_proposals_stay_float32_with_half_precision_inputs(policy):
 def test_rpn_stage_owns_anchors_head_proposals_and_losses():
     tf.random.set_seed(0)
     stage = RPN(
-        anchor_sizes=(16.0, 32.0), num_conv=2, batch_size_per_image=32,
-        post_nms_topk_train=20, post_nms_topk_test=10,
+        anchor_sizes=(16.0, 32.0),
+        num_conv=2,
+        batch_size_per_image=32,
+        post_nms_topk_train=20,
+        post_nms_topk_test=10,
     )
     features = {"P2": tf.random.normal([2, 16, 16, 8]), "P3": tf.random.normal([2, 8, 8, 8])}
     size = tf.constant([[64, 64], [64, 48]])

@@ -323,8 +323,18 @@ def _scalars(shape, num_boxes, output_size, spatial_scale, sampling_ratio, align
     )
 
 
-def cupy_forward(cupy, module, suffix, features, boxes, box_indices, output_size,
-                 spatial_scale, sampling_ratio, aligned) -> np.ndarray:
+def cupy_forward(
+    cupy,
+    module,
+    suffix,
+    features,
+    boxes,
+    box_indices,
+    output_size,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+) -> np.ndarray:
     """Runs kmask_roi_align_forward_<suffix>; returns float64 [K, oh, ow, C]."""
     storage = KERNEL_DTYPES[suffix][0]
     feats = cupy.asarray(to_kernel_storage(features, suffix))
@@ -337,13 +347,30 @@ def cupy_forward(cupy, module, suffix, features, boxes, box_indices, output_size
     else:
         out = cupy.full(shape, np.nan, dtype=storage)
     kernel = module.get_function(f"kmask_roi_align_forward_{suffix}")
-    _launch(cupy, kernel, out.size, (feats, d_boxes, d_idx, out) + _scalars(
-        features.shape, len(boxes), output_size, spatial_scale, sampling_ratio, aligned))
+    _launch(
+        cupy,
+        kernel,
+        out.size,
+        (feats, d_boxes, d_idx, out)
+        + _scalars(features.shape, len(boxes), output_size, spatial_scale, sampling_ratio, aligned),
+    )
     return from_kernel_storage(cupy.asnumpy(out), suffix)
 
 
-def cupy_backward(cupy, module, suffix, grads, boxes, box_indices, feature_shape, output_size,
-                  spatial_scale, sampling_ratio, aligned, cast: bool = False) -> np.ndarray:
+def cupy_backward(
+    cupy,
+    module,
+    suffix,
+    grads,
+    boxes,
+    box_indices,
+    feature_shape,
+    output_size,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    cast: bool = False,
+) -> np.ndarray:
     """Runs kmask_roi_align_backward_<suffix> into a zeroed accumulation buffer.
 
     Returns the float64 accumulation [B, H, W, C]; with ``cast`` (16-bit suffixes) the buffer
@@ -355,8 +382,13 @@ def cupy_backward(cupy, module, suffix, grads, boxes, box_indices, feature_shape
     d_idx = cupy.asarray(np.ascontiguousarray(box_indices, np.int32))
     accum = cupy.zeros(feature_shape, accum_dtype)
     kernel = module.get_function(f"kmask_roi_align_backward_{suffix}")
-    _launch(cupy, kernel, d_grads.size, (d_grads, d_boxes, d_idx, accum) + _scalars(
-        feature_shape, len(boxes), output_size, spatial_scale, sampling_ratio, aligned))
+    _launch(
+        cupy,
+        kernel,
+        d_grads.size,
+        (d_grads, d_boxes, d_idx, accum)
+        + _scalars(feature_shape, len(boxes), output_size, spatial_scale, sampling_ratio, aligned),
+    )
     if not cast:
         return cupy.asnumpy(accum).astype(np.float64)
     dst = cupy.zeros(feature_shape, np.float16 if suffix == "f16" else np.uint16)
@@ -395,8 +427,12 @@ def random_values(rng: np.random.Generator, shape, suffix: str) -> np.ndarray:
     return rng.integers(-64, 65, size=shape) / 64.0
 
 
-def kernel_checks(forward: Callable, backward: Callable, seed: int = 0,
-                  suffixes: tuple[str, ...] = ("f32", "f64", "f16", "bf16")):
+def kernel_checks(
+    forward: Callable,
+    backward: Callable,
+    seed: int = 0,
+    suffixes: tuple[str, ...] = ("f32", "f64", "f16", "bf16"),
+):
     """Yields (name, max_abs_err, ok) for every dtype, setting, forward and backward.
 
     ``forward(suffix, features, boxes, box_indices, output_size, spatial_scale,
@@ -410,8 +446,7 @@ def kernel_checks(forward: Callable, backward: Callable, seed: int = 0,
         settings = DYADIC_SETTINGS if suffix == "f64" else SETTINGS
         rtol, atol = output_tolerance(suffix)
         for aligned, ratio, scale, output_size in settings:
-            case = make_case(rng, spatial_scale=scale, dyadic=suffix == "f64",
-                             bad_indices=True)
+            case = make_case(rng, spatial_scale=scale, dyadic=suffix == "f64", bad_indices=True)
             f, boxes, idx = case["features"], case["boxes"], case["box_indices"]
             f = random_values(rng, f.shape, suffix)
             name = f"{suffix} aligned={aligned} ratio={ratio} scale={scale} out={output_size}"
@@ -421,18 +456,21 @@ def kernel_checks(forward: Callable, backward: Callable, seed: int = 0,
             yield f"forward  {name}", err, ok
 
             grads = random_values(rng, want.shape, suffix)
-            want_grad = numpy_roi_align_backward(grads, boxes, idx, f.shape, output_size,
-                                                 scale, ratio, aligned)
-            got_grad = backward(suffix, grads, boxes, idx, f.shape, output_size, scale, ratio,
-                                aligned)
+            want_grad = numpy_roi_align_backward(
+                grads, boxes, idx, f.shape, output_size, scale, ratio, aligned
+            )
+            got_grad = backward(
+                suffix, grads, boxes, idx, f.shape, output_size, scale, ratio, aligned
+            )
             # The accumulation is float32 except for f64: sums of many terms get 1e-5 relative.
             grad_rtol, grad_atol = (0.0, 1e-10) if suffix == "f64" else (1e-5, 1e-5)
             err, ok = max_violation(got_grad, want_grad, grad_rtol, grad_atol)
             yield f"backward {name}", err, ok
 
 
-def cupy_checks(cupy, module, seed: int = 0,
-                suffixes: tuple[str, ...] = ("f32", "f64", "f16", "bf16")):
+def cupy_checks(
+    cupy, module, seed: int = 0, suffixes: tuple[str, ...] = ("f32", "f64", "f16", "bf16")
+):
     """kernel_checks on the GPU through CuPy, plus the 16-bit cast kernels."""
 
     def forward(suffix, *args):
@@ -448,8 +486,9 @@ def cupy_checks(cupy, module, seed: int = 0,
     grads = rng.integers(-64, 65, size=(len(boxes), 3, 3, f.shape[-1])) / 64.0
     want = numpy_roi_align_backward(grads, boxes, idx, f.shape, (3, 3), 0.25, 0, True)
     for suffix in [s for s in suffixes if s in ("f16", "bf16")]:
-        got = cupy_backward(cupy, module, suffix, grads, boxes, idx, f.shape, (3, 3), 0.25, 0,
-                            True, cast=True)
+        got = cupy_backward(
+            cupy, module, suffix, grads, boxes, idx, f.shape, (3, 3), 0.25, 0, True, cast=True
+        )
         rtol = output_tolerance(suffix)[0]
         err, ok = max_violation(got, want, rtol, 1e-5)
         yield f"backward+cast {suffix}", err, ok
@@ -469,8 +508,17 @@ def torchvision_or_reason():
     return torch, None
 
 
-def torchvision_roi_align(torch, features, boxes, box_indices, output_size, spatial_scale,
-                          sampling_ratio, aligned, grads=None):
+def torchvision_roi_align(
+    torch,
+    features,
+    boxes,
+    box_indices,
+    output_size,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+    grads=None,
+):
     """torchvision.ops.roi_align in float64 on kmask conventions.
 
     features NHWC [B,H,W,C] -> NCHW; boxes (y1,x1,y2,x2) -> rows (batch, x1, y1, x2, y2).
@@ -478,13 +526,19 @@ def torchvision_roi_align(torch, features, boxes, box_indices, output_size, spat
     """
     from torchvision.ops import roi_align
 
-    x = torch.tensor(np.transpose(features, (0, 3, 1, 2)), dtype=torch.float64,
-                     requires_grad=grads is not None)
+    x = torch.tensor(
+        np.transpose(features, (0, 3, 1, 2)), dtype=torch.float64, requires_grad=grads is not None
+    )
     b = np.asarray(boxes, np.float64)
     rois = np.stack([box_indices.astype(np.float64), b[:, 1], b[:, 0], b[:, 3], b[:, 2]], 1)
-    out = roi_align(x, torch.tensor(rois), output_size=output_size,
-                    spatial_scale=spatial_scale, sampling_ratio=sampling_ratio,
-                    aligned=aligned)
+    out = roi_align(
+        x,
+        torch.tensor(rois),
+        output_size=output_size,
+        spatial_scale=spatial_scale,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+    )
     grad = None
     if grads is not None:
         g = torch.tensor(np.transpose(grads, (0, 3, 1, 2)), dtype=torch.float64)
@@ -507,27 +561,39 @@ def torchvision_checks(torch, cupy, module, seed: int = 0):
         boxes = np.concatenate([boxes, zero.astype(np.float32)])
         idx = np.concatenate([idx, np.asarray([1], np.int32)])
         grads = rng.integers(-64, 65, size=(len(boxes), *output_size, f.shape[-1])) / 64.0
-        tv_out, tv_grad = torchvision_roi_align(torch, f, boxes, idx, output_size, scale,
-                                                ratio, aligned, grads)
+        tv_out, tv_grad = torchvision_roi_align(
+            torch, f, boxes, idx, output_size, scale, ratio, aligned, grads
+        )
         name = f"aligned={aligned} ratio={ratio} scale={scale} out={output_size}"
         ref = expected_forward(f, boxes, idx, output_size, scale, ratio, aligned)
-        yield (f"torchvision vs numpy reference forward {name}",
-               *max_violation(ref, tv_out, 1e-5, 1e-5))
-        ref_grad = numpy_roi_align_backward(grads, boxes, idx, f.shape, output_size, scale,
-                                            ratio, aligned)
-        yield (f"torchvision vs numpy backward {name}",
-               *max_violation(ref_grad, tv_grad, 1e-5, 1e-5))
+        yield (
+            f"torchvision vs numpy reference forward {name}",
+            *max_violation(ref, tv_out, 1e-5, 1e-5),
+        )
+        ref_grad = numpy_roi_align_backward(
+            grads, boxes, idx, f.shape, output_size, scale, ratio, aligned
+        )
+        yield (
+            f"torchvision vs numpy backward {name}",
+            *max_violation(ref_grad, tv_grad, 1e-5, 1e-5),
+        )
         if cupy is None:
             continue
         for suffix in ("f32", "f64"):
-            out = cupy_forward(cupy, module, suffix, f, boxes, idx, output_size, scale, ratio,
-                               aligned)
-            yield (f"torchvision vs kernel {suffix} forward {name}",
-                   *max_violation(out, tv_out, 1e-5, 1e-5))
-            grad = cupy_backward(cupy, module, suffix, grads, boxes, idx, f.shape, output_size,
-                                 scale, ratio, aligned)
-            yield (f"torchvision vs kernel {suffix} backward {name}",
-                   *max_violation(grad, tv_grad, 1e-5, 1e-5))
+            out = cupy_forward(
+                cupy, module, suffix, f, boxes, idx, output_size, scale, ratio, aligned
+            )
+            yield (
+                f"torchvision vs kernel {suffix} forward {name}",
+                *max_violation(out, tv_out, 1e-5, 1e-5),
+            )
+            grad = cupy_backward(
+                cupy, module, suffix, grads, boxes, idx, f.shape, output_size, scale, ratio, aligned
+            )
+            yield (
+                f"torchvision vs kernel {suffix} backward {name}",
+                *max_violation(grad, tv_grad, 1e-5, 1e-5),
+            )
 
 
 def main() -> int:

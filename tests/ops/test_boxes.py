@@ -67,7 +67,7 @@ def test_decode_clamps_log_scale():
     decoded = box_ops.decode(deltas, anchor).numpy()[0]
     # exp(log(1000/16)) * 16 = 1000 pixels around the anchor centre (8, 8).
     np.testing.assert_allclose(decoded, [8 - 500, 8 - 500, 8 + 500, 8 + 500], rtol=1e-5)
-    assert box_ops.DEFAULT_SCALE_CLAMP == pytest.approx(math.log(1000 / 16))
+    assert pytest.approx(math.log(1000 / 16)) == box_ops.DEFAULT_SCALE_CLAMP
 
 
 def test_clip_boxes_per_image():

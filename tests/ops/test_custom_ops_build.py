@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env={**os.environ, **env}, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        timeout=600,
+    )
 
 
 def test_build_is_cached_per_tensorflow_version() -> None:
@@ -34,9 +40,17 @@ def test_two_processes_build_once_in_a_fresh_cache(tmp_path: Path) -> None:
                               implementation="custom")[0, 0, 0, 0]))
     """
     env = {"KMASK_CACHE_DIR": str(tmp_path), "KMASK_BUILD_CUDA": "0"}
-    processes = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
-                                  env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for process in processes:
         stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
@@ -46,12 +60,14 @@ def test_two_processes_build_once_in_a_fresh_cache(tmp_path: Path) -> None:
 
 
 def test_without_a_compiler_falls_back_to_tf_and_says_so(tmp_path: Path) -> None:
-    result = run_python("""
+    result = run_python(
+        """
         from kmask.ops import _custom_ops, roi_align
         print(_custom_ops.status().auto_choice)
         print(float(roi_align([[[[2.0]]]], [[0.0, 0.0, 1.0, 1.0]], [0], 1)[0, 0, 0, 0]))
-    """, {"KMASK_CACHE_DIR": str(tmp_path), "CXX": "/nonexistent/c++",
-          "KMASK_BUILD_CUDA": "0"})
+    """,
+        {"KMASK_CACHE_DIR": str(tmp_path), "CXX": "/nonexistent/c++", "KMASK_BUILD_CUDA": "0"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["tf", "2.0"]
     assert result.stderr.count("custom op unavailable") == 1, result.stderr

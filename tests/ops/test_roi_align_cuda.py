@@ -58,8 +58,7 @@ EXTERN_KERNELS = [
 
 @functools.cache
 def _nvcc_version() -> tuple[int, int]:
-    out = subprocess.run([NVCC, "--version"], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run([NVCC, "--version"], capture_output=True, text=True, check=False).stdout
     match = re.search(r"release (\d+)\.(\d+)", out)
     assert match, f"cannot read the nvcc version from: {out}"
     return int(match.group(1)), int(match.group(2))
@@ -68,8 +67,9 @@ def _nvcc_version() -> tuple[int, int]:
 @functools.cache
 def _nvcc_arch() -> str:
     """sm_90 when this nvcc supports it, else the newest architecture it lists."""
-    out = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True,
-                         check=False).stdout
+    out = subprocess.run(
+        [NVCC, "--list-gpu-arch"], capture_output=True, text=True, check=False
+    ).stdout
     archs = sorted({int(m) for m in re.findall(r"compute_(\d+)", out)})
     if not archs or 90 in archs:
         return "sm_90"
@@ -77,8 +77,9 @@ def _nvcc_arch() -> str:
 
 
 def _run(cmd: list[str], cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                            check=False)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False
+    )
     if result.returncode != 0:
         print("command:", " ".join(map(str, cmd)))
         print(result.stdout[-5000:])
@@ -161,8 +162,19 @@ def test_cuda_header_compiles_with_nvcc(tmp_path, with_cuda_fp16):
     src = tmp_path / "instantiate.cu"
     src.write_text(_INSTANTIATIONS)
     defines = ["-DKMASK_WITH_CUDA_FP16"] if with_cuda_fp16 else []
-    cmd = [NVCC, "-c", f"-arch={_nvcc_arch()}", "-std=c++17", f"-I{CUDA_DIR}", *defines,
-           "-Werror", "all-warnings", str(src), "-o", str(tmp_path / "instantiate.o")]
+    cmd = [
+        NVCC,
+        "-c",
+        f"-arch={_nvcc_arch()}",
+        "-std=c++17",
+        f"-I{CUDA_DIR}",
+        *defines,
+        "-Werror",
+        "all-warnings",
+        str(src),
+        "-o",
+        str(tmp_path / "instantiate.o"),
+    ]
     result = _run(cmd)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "instantiate.o").stat().st_size > 0
@@ -174,8 +186,17 @@ def test_cuda_header_exports_the_extern_c_kernel_names(tmp_path):
     src = tmp_path / "names.cu"
     src.write_text('#include "roi_align_cuda.cuh"\n')
     arch = _nvcc_arch().replace("sm_", "compute_")
-    result = _run([NVCC, "-ptx", f"-arch={arch}", f"-I{CUDA_DIR}", str(src),
-                   "-o", str(tmp_path / "names.ptx")])
+    result = _run(
+        [
+            NVCC,
+            "-ptx",
+            f"-arch={arch}",
+            f"-I{CUDA_DIR}",
+            str(src),
+            "-o",
+            str(tmp_path / "names.ptx"),
+        ]
+    )
     assert result.returncode == 0, result.stderr
     entries = set(re.findall(r"\.entry\s+(\w+)\(", (tmp_path / "names.ptx").read_text()))
     missing = [name for name in EXTERN_KERNELS if name not in entries]
@@ -299,8 +320,18 @@ def harness(tmp_path_factory):
     src = build / "harness.cu"
     src.write_text(_HARNESS)
     exe = build / "harness"
-    result = _run([NVCC, f"-arch={_nvcc_arch()}", "-std=c++17", "-O1", f"-I{CUDA_DIR}",
-                   str(src), "-o", str(exe)])
+    result = _run(
+        [
+            NVCC,
+            f"-arch={_nvcc_arch()}",
+            "-std=c++17",
+            "-O1",
+            f"-I{CUDA_DIR}",
+            str(src),
+            "-o",
+            str(exe),
+        ]
+    )
     assert result.returncode == 0, result.stderr
     return exe
 
@@ -365,8 +396,9 @@ def test_kernel_elements_nan_and_bad_index_give_zeros_on_host(harness, tmp_path)
     """NaN / inf boxes and box indices outside [0, B) pool zeros and get no gradient."""
     rng = np.random.default_rng(11)
     f = rng.integers(-64, 65, size=(2, 6, 7, 2)) / 64.0 + 2.0  # no zero pixel
-    boxes = np.asarray([[1, 1, 4, 5], [np.nan, 1, 4, 5], [1, 1, 4, np.inf], [1, 1, 4, 5],
-                        [1, 1, 4, 5]], np.float32)
+    boxes = np.asarray(
+        [[1, 1, 4, 5], [np.nan, 1, 4, 5], [1, 1, 4, np.inf], [1, 1, 4, 5], [1, 1, 4, 5]], np.float32
+    )
     idx = np.asarray([0, 0, 1, -1, 2], np.int32)
     h = _Harness(harness, tmp_path)
     for suffix in ("f32", "f64"):
@@ -385,16 +417,44 @@ def test_16bit_conversions_match_numpy_and_ml_dtypes(harness, tmp_path):
     float32 values around ties, subnormals, overflow, inf and NaN)."""
     rng = np.random.default_rng(5)
     specials = np.asarray(
-        [0.0, -0.0, 1.0, -1.0, 65504.0, 65519.99, 65520.0, 65536.0, 1e30, -1e30, np.inf,
-         -np.inf, np.nan, 2.0**-24, 2.0**-25, 1.5 * 2.0**-25, 2.0**-26, 2.0**-14,
-         2.0**-14 - 2.0**-25, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 1.0 + 2.0**-8,
-         1.0 + 3 * 2.0**-8, 3.0e-39, -3.0e-39],
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            65504.0,
+            65519.99,
+            65520.0,
+            65536.0,
+            1e30,
+            -1e30,
+            np.inf,
+            -np.inf,
+            np.nan,
+            2.0**-24,
+            2.0**-25,
+            1.5 * 2.0**-25,
+            2.0**-26,
+            2.0**-14,
+            2.0**-14 - 2.0**-25,
+            1.0 + 2.0**-11,
+            1.0 + 3 * 2.0**-11,
+            1.0 + 2.0**-8,
+            1.0 + 3 * 2.0**-8,
+            3.0e-39,
+            -3.0e-39,
+        ],
         np.float32,
     )
     random_bits = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
-    values = np.concatenate([specials, random_bits.view(np.float32),
-                             rng.standard_normal(50_000).astype(np.float32) * 1e-5,
-                             rng.standard_normal(50_000).astype(np.float32) * 1e4])
+    values = np.concatenate(
+        [
+            specials,
+            random_bits.view(np.float32),
+            rng.standard_normal(50_000).astype(np.float32) * 1e-5,
+            rng.standard_normal(50_000).astype(np.float32) * 1e4,
+        ]
+    )
     bits = np.arange(2**16, dtype=np.uint16)
     (tmp_path / "f32.bin").write_bytes(values.tobytes())
     (tmp_path / "u16.bin").write_bytes(bits.tobytes())
@@ -409,9 +469,7 @@ def test_16bit_conversions_match_numpy_and_ml_dtypes(harness, tmp_path):
     want = bits.view(np.float16).astype(np.float32)
     np.testing.assert_array_equal(got, want)
     # bfloat16 -> float32: the top 16 bits.
-    np.testing.assert_array_equal(
-        load("bf16_to_f32.bin", np.uint32), bits.astype(np.uint32) << 16
-    )
+    np.testing.assert_array_equal(load("bf16_to_f32.bin", np.uint32), bits.astype(np.uint32) << 16)
     # float32 -> binary16, round to nearest even (numpy's cast).
     with np.errstate(over="ignore"):
         want16 = values.astype(np.float16)
@@ -518,8 +576,20 @@ def test_cuda_check_plumbing_runs_on_host_kernels(tmp_path):
     src = tmp_path / "host_entries.cu"
     src.write_text(_HOST_ENTRIES)
     library = tmp_path / "libkmask_host_entries.so"
-    result = _run([NVCC, "-shared", "-Xcompiler", "-fPIC", f"-arch={_nvcc_arch()}",
-                   "-std=c++17", f"-I{CUDA_DIR}", str(src), "-o", str(library)])
+    result = _run(
+        [
+            NVCC,
+            "-shared",
+            "-Xcompiler",
+            "-fPIC",
+            f"-arch={_nvcc_arch()}",
+            "-std=c++17",
+            f"-I{CUDA_DIR}",
+            str(src),
+            "-o",
+            str(library),
+        ]
+    )
     assert result.returncode == 0, result.stderr
     module = _HostModule(ctypes.CDLL(str(library)))
     results = list(cuda_check.cupy_checks(_HostCupy(), module, seed=4))
@@ -560,14 +630,15 @@ def test_cuda_header_compiles_with_nvrtc(std):
     """Compiles the header as CuPy's RawModule would (NVRTC, no host code, no CUDA headers)."""
     path = _find_nvrtc()
     if path is None:
-        pytest.skip("libnvrtc not found (set KMASK_NVRTC_LIB, CUDA_HOME, or install the "
-                    "nvidia-cuda-nvrtc wheel): no libnvrtc.so under $CUDA_HOME/lib64 or on the loader path")
+        pytest.skip(
+            "libnvrtc not found (set KMASK_NVRTC_LIB, CUDA_HOME, or install the "
+            "nvidia-cuda-nvrtc wheel): no libnvrtc.so under $CUDA_HOME/lib64 or on the loader path"
+        )
     nvrtc = ctypes.CDLL(path)
     nvrtc.nvrtcGetErrorString.restype = ctypes.c_char_p
     prog = ctypes.c_void_p()
     code = f'#include "{cuda_check.CUDA_HEADER.name}"\n'.encode()
-    assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), code, b"kmask_check.cu", 0, None,
-                                    None) == 0
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), code, b"kmask_check.cu", 0, None, None) == 0
     try:
         # -ftz=true: CuPy adds it to every compile.
         opts = [f"-I{CUDA_DIR}", "--gpu-architecture=compute_80", "-ftz=true"]
@@ -626,10 +697,25 @@ def test_tf_gpu_functors_compile_against_installed_tensorflow(tmp_path):
     (shim / "third_party/gpus/cuda").mkdir(parents=True)
     (shim / "third_party/gpus/cuda/include").symlink_to(pathlib.Path(cuda_home, "include"))
     obj = tmp_path / "roi_align_op_gpu.cu.o"
-    cmd = [NVCC, "-c", "-DGOOGLE_CUDA=1", "-x", "cu", "--expt-relaxed-constexpr",
-           f"-arch={_nvcc_arch()}", "-Xcompiler", "-fPIC",
-           "-Xcompiler", "-Wno-deprecated-declarations", *compile_flags, f"-I{shim}",
-           f"-I{CUDA_DIR}", str(CUDA_DIR / "roi_align_op_gpu.cu.cc"), "-o", str(obj)]
+    cmd = [
+        NVCC,
+        "-c",
+        "-DGOOGLE_CUDA=1",
+        "-x",
+        "cu",
+        "--expt-relaxed-constexpr",
+        f"-arch={_nvcc_arch()}",
+        "-Xcompiler",
+        "-fPIC",
+        "-Xcompiler",
+        "-Wno-deprecated-declarations",
+        *compile_flags,
+        f"-I{shim}",
+        f"-I{CUDA_DIR}",
+        str(CUDA_DIR / "roi_align_op_gpu.cu.cc"),
+        "-o",
+        str(obj),
+    ]
     result = _run(cmd, timeout=600)
     assert result.returncode == 0, result.stderr
     nm = shutil.which("nm")

@@ -24,7 +24,7 @@ from tests.ops.roi_align_reference import roi_align_reference
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (extra [onnx])")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (extra [onnx])")
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper  # noqa: E402 (after the importorskip)
 
 ATOL = 1e-5
 OUTPUT_SIZE = (5, 4)
@@ -58,8 +58,9 @@ def make_inputs(spatial_scale: float, seed: int = 0):
     return features, boxes, box_indices
 
 
-def onnx_roi_align(features, boxes, box_indices, output_size, spatial_scale, sampling_ratio,
-                   aligned) -> np.ndarray:
+def onnx_roi_align(
+    features, boxes, box_indices, output_size, spatial_scale, sampling_ratio, aligned
+) -> np.ndarray:
     """ONNX Runtime RoiAlign on kmask conventions; returns float32 [K, out_h, out_w, C]."""
     batch, height, width, channels = features.shape
     num_boxes = len(boxes)
@@ -78,36 +79,47 @@ def onnx_roi_align(features, boxes, box_indices, output_size, spatial_scale, sam
         [node],
         "kmask_roi_align_parity",
         [
-            helper.make_tensor_value_info("X", TensorProto.FLOAT, [batch, channels, height,
-                                                                   width]),
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [batch, channels, height, width]),
             helper.make_tensor_value_info("rois", TensorProto.FLOAT, [num_boxes, 4]),
             helper.make_tensor_value_info("batch_indices", TensorProto.INT64, [num_boxes]),
         ],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT,
-                                       [num_boxes, channels, *output_size])],
+        [
+            helper.make_tensor_value_info(
+                "Y", TensorProto.FLOAT, [num_boxes, channels, *output_size]
+            )
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
     model.ir_version = 8  # the IR version of opset 16; any ONNX Runtime >= 1.11 reads it
     onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rois = np.ascontiguousarray(boxes[:, [1, 0, 3, 2]], np.float32)  # -> (x1, y1, x2, y2)
-    (y,) = session.run(None, {
-        "X": np.ascontiguousarray(features.transpose(0, 3, 1, 2)),
-        "rois": rois,
-        "batch_indices": box_indices.astype(np.int64),
-    })
+    (y,) = session.run(
+        None,
+        {
+            "X": np.ascontiguousarray(features.transpose(0, 3, 1, 2)),
+            "rois": rois,
+            "batch_indices": box_indices.astype(np.int64),
+        },
+    )
     return y.transpose(0, 2, 3, 1)
 
 
 @pytest.mark.parametrize("aligned,sampling_ratio,spatial_scale", SETTINGS, ids=SETTING_IDS)
 def test_onnxruntime_matches_numpy_reference(aligned, sampling_ratio, spatial_scale):
     features, boxes, box_indices = make_inputs(spatial_scale)
-    got = onnx_roi_align(features, boxes, box_indices, OUTPUT_SIZE, spatial_scale,
-                         sampling_ratio, aligned)
-    want = roi_align_reference(features, boxes, box_indices, OUTPUT_SIZE,
-                               spatial_scale=spatial_scale, sampling_ratio=sampling_ratio,
-                               aligned=aligned)
+    got = onnx_roi_align(
+        features, boxes, box_indices, OUTPUT_SIZE, spatial_scale, sampling_ratio, aligned
+    )
+    want = roi_align_reference(
+        features,
+        boxes,
+        box_indices,
+        OUTPUT_SIZE,
+        spatial_scale=spatial_scale,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+    )
     assert got.shape == (len(boxes), *OUTPUT_SIZE, features.shape[-1])
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
@@ -139,15 +151,24 @@ def _kmask_roi_align(implementation: str):
 
 @pytest.mark.parametrize("implementation", ["tf", "custom"])
 @pytest.mark.parametrize("aligned,sampling_ratio,spatial_scale", SETTINGS, ids=SETTING_IDS)
-def test_kmask_roi_align_matches_onnxruntime(implementation, aligned, sampling_ratio,
-                                             spatial_scale):
+def test_kmask_roi_align_matches_onnxruntime(
+    implementation, aligned, sampling_ratio, spatial_scale
+):
     roi_align = _kmask_roi_align(implementation)
     features, boxes, box_indices = make_inputs(spatial_scale, seed=1)
-    want = onnx_roi_align(features, boxes, box_indices, OUTPUT_SIZE, spatial_scale,
-                          sampling_ratio, aligned)
-    got = roi_align(features, boxes, box_indices, OUTPUT_SIZE, spatial_scale=spatial_scale,
-                    sampling_ratio=sampling_ratio, aligned=aligned,
-                    implementation=implementation)
+    want = onnx_roi_align(
+        features, boxes, box_indices, OUTPUT_SIZE, spatial_scale, sampling_ratio, aligned
+    )
+    got = roi_align(
+        features,
+        boxes,
+        box_indices,
+        OUTPUT_SIZE,
+        spatial_scale=spatial_scale,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+        implementation=implementation,
+    )
     got = np.asarray(got)
     assert got.dtype == np.float32
     assert got.shape == want.shape

@@ -42,23 +42,28 @@ def main() -> None:
     class Snapshot(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             if not initial:
-                initial.update({v.path: np.array(v.numpy())
-                                for v in self.model.trainable_variables})
+                initial.update(
+                    {v.path: np.array(v.numpy()) for v in self.model.trainable_variables}
+                )
 
     trainer = Trainer(config, args.out, strategy=strategy, verbose=0, callbacks=[Snapshot()])
     trainer.train()
     model = trainer.model
     identical = all(
-        all(np.array_equal(np.asarray(part), np.asarray(v.value.values[0]))
-            for part in v.value.values)
+        all(
+            np.array_equal(np.asarray(part), np.asarray(v.value.values[0]))
+            for part in v.value.values
+        )
         for v in model.trainable_variables
         if hasattr(v.value, "values")
     )
     # The first global batch of the trainer's pipeline as this process's replicas get it.
     distributed = strategy.experimental_distribute_dataset(trainer.dataset())
     features, _ = next(iter(distributed))
-    replica_ids = [np.asarray(ids).tolist()
-                   for ids in strategy.experimental_local_results(features["image_id"])]
+    replica_ids = [
+        np.asarray(ids).tolist()
+        for ids in strategy.experimental_local_results(features["image_id"])
+    ]
     np.savez(
         args.dump,
         step=int(model.optimizer.iterations.numpy()),

@@ -37,21 +37,32 @@ def test_rotation_pointer_and_exact_restore(tmp_path, rng):
     model = _model()
     x, y = _data(rng, 7)
     directory = tmp_path / "checkpoints"
-    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0,
-              callbacks=[CheckpointCallback(directory, every_steps=2, keep=2)])
+    model.fit(
+        x,
+        y,
+        batch_size=2,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[CheckpointCallback(directory, every_steps=2, keep=2)],
+    )
     files = sorted(p.name for p in directory.iterdir())
     # Steps 2, 4, 6 and the final 7; the two newest are kept, nothing temporary is left.
     assert files == ["checkpoint", "ckpt-00000006.weights.h5", "ckpt-00000007.weights.h5"]
     pointer = json.loads((directory / "checkpoint").read_text())
-    assert pointer == {"latest": "ckpt-00000007.weights.h5", "step": 7,
-                       "checkpoints": ["ckpt-00000006.weights.h5", "ckpt-00000007.weights.h5"]}
+    assert pointer == {
+        "latest": "ckpt-00000007.weights.h5",
+        "step": 7,
+        "checkpoints": ["ckpt-00000006.weights.h5", "ckpt-00000007.weights.h5"],
+    }
     assert CheckpointCallback.latest(directory) == directory / "ckpt-00000007.weights.h5"
 
     restored = _model(seed=1)
     restored.load_weights(CheckpointCallback.latest(directory))
     assert int(restored.optimizer.iterations.numpy()) == 7
-    for a, b in zip(model.weights + model.optimizer.variables,
-                    restored.weights + restored.optimizer.variables):
+    for a, b in zip(
+        model.weights + model.optimizer.variables, restored.weights + restored.optimizer.variables
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Training on from the restored state equals training on without interruption.
     more_x, more_y = _data(rng, 2)
@@ -113,8 +124,14 @@ def test_guard_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(tmp_pat
     x, y = _data(rng, 8, nan_batch=4)  # the 5th batch (step 5) has a NaN input
     directory = tmp_path / "checkpoints"
     with pytest.raises(NonFiniteLossError) as caught:
-        model.fit(x, y, batch_size=2, shuffle=False, verbose=0,
-                  callbacks=[NonFiniteGuard(), CheckpointCallback(directory, every_steps=1)])
+        model.fit(
+            x,
+            y,
+            batch_size=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[NonFiniteGuard(), CheckpointCallback(directory, every_steps=1)],
+        )
     assert caught.value.step == 5
     assert caught.value.terms == ("loss",)
     assert "step 5" in str(caught.value)
@@ -164,16 +181,18 @@ def test_sigkill_during_checkpointing_never_corrupts(tmp_path):
     directory = tmp_path / "checkpoints"
     previous_step = 0
     for delay in (1.3, 0.7, 2.1):
-        process = subprocess.Popen([sys.executable, str(script), str(directory)],
-                                   stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(directory)], stdout=subprocess.PIPE, text=True
+        )
         assert process.stdout.readline().strip() == "ready"
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
         latest = CheckpointCallback.latest(directory)
         assert latest is not None
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2048),
-                                  keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input((64,)), keras.layers.Dense(2048), keras.layers.Dense(1)]
+        )
         model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9), loss="mse")
         model.optimizer.build(model.trainable_variables)
         model.load_weights(latest)

@@ -10,8 +10,9 @@ from kmask.training import scaled_learning_rate
 _CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name,depth", [("mask_rcnn_r50_fpn_1x_coco.yaml", 50),
-                                        ("mask_rcnn_r101_fpn_1x_coco.yaml", 101)])
+@pytest.mark.parametrize(
+    "name,depth", [("mask_rcnn_r50_fpn_1x_coco.yaml", 50), ("mask_rcnn_r101_fpn_1x_coco.yaml", 101)]
+)
 def test_coco_configs_have_the_papers_schedule(name, depth):
     config = load_config(_CONFIGS / name)
     assert config.model.num_classes == 80 and config.model.backbone.depth == depth

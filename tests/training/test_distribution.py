@@ -21,12 +21,17 @@ from tests.training.helpers import make_shapes
 
 _ROOT = Path(__file__).resolve().parents[2]
 _DETERMINISTIC = [
-    "train.max_steps=2", "train.steps_per_epoch=2", "train.warmup_steps=0",
-    "train.lr_steps=[100]", "train.checkpoint_every_steps=100",
+    "train.max_steps=2",
+    "train.steps_per_epoch=2",
+    "train.warmup_steps=0",
+    "train.lr_steps=[100]",
+    "train.checkpoint_every_steps=100",
     "data.horizontal_flip=false",
     # Every labelled anchor (1023 at 64 px) and every proposal + ground truth is sampled.
-    "model.rpn.batch_size_per_image=1024", "model.rpn.positive_fraction=1.0",
-    "model.roi_heads.batch_size_per_image=128", "model.roi_heads.positive_fraction=1.0",
+    "model.rpn.batch_size_per_image=1024",
+    "model.rpn.positive_fraction=1.0",
+    "model.roi_heads.batch_size_per_image=128",
+    "model.roi_heads.positive_fraction=1.0",
 ]
 
 
@@ -43,14 +48,35 @@ def twin_shapes(tmp_path_factory) -> Path:
     return root
 
 
-def _worker(strategy: str, out: Path, shapes: Path, dump: Path, env: dict | None = None,
-            extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def _worker(
+    strategy: str,
+    out: Path,
+    shapes: Path,
+    dump: Path,
+    env: dict | None = None,
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.training.distributed_worker", "--strategy", strategy,
-         "--out", str(out), "--shapes", str(shapes), "--dump", str(dump),
-         *_DETERMINISTIC, *extra],
-        cwd=_ROOT, env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.training.distributed_worker",
+            "--strategy",
+            strategy,
+            "--out",
+            str(out),
+            "--shapes",
+            str(shapes),
+            "--dump",
+            str(dump),
+            *_DETERMINISTIC,
+            *extra,
+        ],
+        cwd=_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -82,8 +108,7 @@ def _assert_same_training(reference: dict, other: dict) -> None:
     for name in names:
         np.testing.assert_array_equal(other[f"initial/{name}"], reference[f"initial/{name}"])
     # Compare the weight updates: equal up to float summation order.
-    largest = max(np.abs(reference[f"final/{n}"] - reference[f"initial/{n}"]).max()
-                  for n in names)
+    largest = max(np.abs(reference[f"final/{n}"] - reference[f"initial/{n}"]).max() for n in names)
     assert largest > 0
     for name in names:
         ours = other[f"final/{name}"] - other[f"initial/{name}"]
@@ -126,9 +151,15 @@ def test_multi_worker_two_local_processes(twin_shapes, single_device, tmp_path):
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(_worker("auto", tmp_path / "run", twin_shapes,
-                                 tmp_path / f"dump{index}.npz",
-                                 env={"TF_CONFIG": json.dumps(tf_config)}))
+        processes.append(
+            _worker(
+                "auto",
+                tmp_path / "run",
+                twin_shapes,
+                tmp_path / f"dump{index}.npz",
+                env={"TF_CONFIG": json.dumps(tf_config)},
+            )
+        )
     try:
         for process in processes:
             _finish(process)

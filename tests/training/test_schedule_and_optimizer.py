@@ -15,8 +15,9 @@ from kmask.training import (
 
 
 def test_schedule_values_by_hand():
-    schedule = WarmupStepSchedule(0.02, boundaries=(60, 80), decay_factor=0.1,
-                                  warmup_steps=10, warmup_factor=0.001)
+    schedule = WarmupStepSchedule(
+        0.02, boundaries=(60, 80), decay_factor=0.1, warmup_steps=10, warmup_factor=0.001
+    )
     expected = {
         0: 0.02 * 0.001,
         5: 0.02 * (0.001 + 0.999 * 0.5),
@@ -84,13 +85,15 @@ def test_coupled_weight_decay_sgd_matches_reference(rng, clip):
     for variable, value in zip(variables, start):
         variable.assign(value)
     steps = [[rng.normal(size=v.shape).astype(np.float32) for v in variables] for _ in range(3)]
-    optimizer = CoupledWeightDecaySGD(learning_rate=0.1, momentum=0.9, weight_decay=0.01,
-                                      clip_norm=clip)
+    optimizer = CoupledWeightDecaySGD(
+        learning_rate=0.1, momentum=0.9, weight_decay=0.01, clip_norm=clip
+    )
     optimizer.build(variables)
     for grads in steps:
         optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
-    expected = _numpy_sgd(start, steps, 0.1, 0.9, 0.01, decay_mask=[True, False, False, False],
-                          clip=clip)
+    expected = _numpy_sgd(
+        start, steps, 0.1, 0.9, 0.01, decay_mask=[True, False, False, False], clip=clip
+    )
     for variable, reference in zip(variables, expected):
         np.testing.assert_allclose(variable.numpy(), reference, rtol=1e-5, atol=1e-6)
     assert int(optimizer.iterations.numpy()) == 3
@@ -103,6 +106,7 @@ def test_optimizer_serialization_round_trip():
     assert restored.l2_weight_decay == pytest.approx(1e-4)
     assert restored.clip_norm == pytest.approx(2.0)
     assert restored.learning_rate_schedule.get_config() == (
-        optimizer.learning_rate_schedule.get_config())
+        optimizer.learning_rate_schedule.get_config()
+    )
     with pytest.raises(ValueError, match="clip_norm"):
         CoupledWeightDecaySGD(global_clipnorm=1.0)

@@ -69,8 +69,12 @@ def test_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     assert int(trainer.model.optimizer.iterations.numpy()) == 6
     for run in (straight, resumed):
         names = sorted(p.name for p in (run / "checkpoints").iterdir())
-        assert names == ["checkpoint", "ckpt-00000002.weights.h5", "ckpt-00000004.weights.h5",
-                         "ckpt-00000006.weights.h5"]
+        assert names == [
+            "checkpoint",
+            "ckpt-00000002.weights.h5",
+            "ckpt-00000004.weights.h5",
+            "ckpt-00000006.weights.h5",
+        ]
     rates = _scalars(straight / "logs", "learning_rate")
     assert sorted(rates) == [1, 2, 3, 4, 5, 6]
     assert _scalars(resumed / "logs", "learning_rate") == rates
@@ -82,31 +86,53 @@ def test_resume_matches_an_uninterrupted_run(shapes, tmp_path):
 
 
 def test_run_directory_contents(shapes, tmp_path):
-    config = tiny_config(shapes, "train.max_steps=2", "train.steps_per_epoch=2",
-                         "train.eval_every_epochs=1", "eval.max_images=2")
+    config = tiny_config(
+        shapes,
+        "train.max_steps=2",
+        "train.steps_per_epoch=2",
+        "train.eval_every_epochs=1",
+        "eval.max_images=2",
+    )
     history = Trainer(config, tmp_path, verbose=0).train()
     assert {"loss", "loss_mask", "val_segm_AP", "val_bbox_AP"} <= set(history)
     assert (tmp_path / "config.yaml").is_file()
     assert [c["name"] for c in json.loads((tmp_path / "categories.json").read_text())] == [
-        "circle", "square", "triangle"]
+        "circle",
+        "square",
+        "triangle",
+    ]
     events = EventAccumulator(str(tmp_path / "logs" / "train"), size_guidance={"tensors": 0})
     events.Reload()
     tags = set(events.Tags()["tensors"])
-    assert {"losses/loss_mask", "losses/loss_rpn_cls", "learning_rate", "epoch/val_segm_AP",
-            "predictions/0"} <= tags
+    assert {
+        "losses/loss_mask",
+        "losses/loss_rpn_cls",
+        "learning_rate",
+        "epoch/val_segm_AP",
+        "predictions/0",
+    } <= tags
     picture = tf.io.decode_png(tf.make_ndarray(events.Tensors("predictions/0")[0].tensor_proto)[2])
     assert picture.shape[-1] == 3 and picture.shape[0] >= 512
 
 
-@pytest.mark.parametrize("mode, overrides", [
-    ("faster_rcnn", ("model.mask_head=null",)),
-    ("rpn", ("model.mask_head=null", "model.box_head=null")),
-])
+@pytest.mark.parametrize(
+    "mode, overrides",
+    [
+        ("faster_rcnn", ("model.mask_head=null",)),
+        ("rpn", ("model.mask_head=null", "model.box_head=null")),
+    ],
+)
 def test_evaluation_during_training_follows_the_mode(shapes, tmp_path, mode, overrides):
     """Without a mask head only box AP (and proposal AR) is evaluated; without RoI heads
     only proposal AR. The logs and pictures follow."""
-    config = tiny_config(shapes, "train.max_steps=1", "train.steps_per_epoch=1",
-                         "train.eval_every_epochs=1", "eval.max_images=2", *overrides)
+    config = tiny_config(
+        shapes,
+        "train.max_steps=1",
+        "train.steps_per_epoch=1",
+        "train.eval_every_epochs=1",
+        "eval.max_images=2",
+        *overrides,
+    )
     history = Trainer(config, tmp_path, verbose=0).train()
     assert not any("segm" in key or key == "loss_mask" for key in history)
     assert "val_AR@1000" in history
@@ -124,10 +150,17 @@ def test_loss_decreases(shapes, tmp_path):
         def on_train_batch_end(self, batch, logs=None):
             losses[int(self.model.optimizer.iterations.numpy())] = float(logs["loss"])
 
-    config = tiny_config(shapes, "train.max_steps=30", "train.steps_per_epoch=30",
-                         "train.lr_steps=[100]", "train.warmup_steps=5",
-                         "train.checkpoint_every_steps=100", "train.num_visualizations=0",
-                         "train.base_learning_rate=0.005", "train.grad_clip_norm=5.0")
+    config = tiny_config(
+        shapes,
+        "train.max_steps=30",
+        "train.steps_per_epoch=30",
+        "train.lr_steps=[100]",
+        "train.warmup_steps=5",
+        "train.checkpoint_every_steps=100",
+        "train.num_visualizations=0",
+        "train.base_learning_rate=0.005",
+        "train.grad_clip_norm=5.0",
+    )
     Trainer(config, tmp_path, verbose=0, callbacks=[Record()]).train()
     # Running means over the epoch -> means over steps 1..5 and 26..30.
     first = losses[5]
@@ -147,40 +180,52 @@ def test_mixed_precision_checkpoint_serves_float32(shapes, tmp_path):
     inference model of ``kmask evaluate``/``predict`` loads."""
     from kmask.evaluation import Predictor
 
-    config = tiny_config(shapes, "train.mixed_precision=mixed_float16", "train.max_steps=1",
-                         "train.num_visualizations=0")
+    config = tiny_config(
+        shapes,
+        "train.mixed_precision=mixed_float16",
+        "train.max_steps=1",
+        "train.num_visualizations=0",
+    )
     trainer = Trainer(config, tmp_path, verbose=0)
     trainer.train()
     assert trainer.model.backbone.compute_dtype == "float16"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     # (A step whose loss-scaled gradients overflow is skipped and not counted.)
     predictor = Predictor.from_checkpoint(
-        config, CheckpointCallback.latest(tmp_path / "checkpoints"))
+        config, CheckpointCallback.latest(tmp_path / "checkpoints")
+    )
     assert predictor.model.backbone.compute_dtype == "float32"
-    for ours, theirs in zip(predictor.model.trainable_variables,
-                            trainer.model.trainable_variables):
+    for ours, theirs in zip(predictor.model.trainable_variables, trainer.model.trainable_variables):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
     # Step 1 runs at lr 1e-3, step 2 at 5e5: the model blows up right after the first
     # checkpoint.
-    config = tiny_config(shapes, "train.base_learning_rate=1000000.0",
-                         "train.warmup_factor=0.000000001", "train.warmup_steps=2",
-                         "train.checkpoint_every_steps=1", "train.keep_checkpoints=30",
-                         "train.max_steps=30", "train.steps_per_epoch=30",
-                         "train.num_visualizations=0")
+    config = tiny_config(
+        shapes,
+        "train.base_learning_rate=1000000.0",
+        "train.warmup_factor=0.000000001",
+        "train.warmup_steps=2",
+        "train.checkpoint_every_steps=1",
+        "train.keep_checkpoints=30",
+        "train.max_steps=30",
+        "train.steps_per_epoch=30",
+        "train.num_visualizations=0",
+    )
     with pytest.raises(NonFiniteLossError) as caught:
         Trainer(config, tmp_path, verbose=0).train()
     assert f"at step {caught.value.step}" in str(caught.value)
-    assert caught.value.terms and all(t.startswith("loss") or t == "weights"
-                                      for t in caught.value.terms)
+    assert caught.value.terms and all(
+        t.startswith("loss") or t == "weights" for t in caught.value.terms
+    )
     latest = CheckpointCallback.latest(tmp_path / "checkpoints")
     assert 1 <= checkpoint_step(latest) <= caught.value.step
     arrays = []
     with h5py.File(latest) as handle:
-        handle.visititems(lambda name, item: arrays.append(item[()])
-                          if isinstance(item, h5py.Dataset) else None)
+        handle.visititems(
+            lambda name, item: arrays.append(item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     assert arrays and all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f")
 
 
@@ -191,9 +236,15 @@ def test_tensorboard_pictures_in_every_mode(mode, empty, tmp_path):
     or the best proposals; nothing drawn when nothing was found."""
     predictor = Predictor(fake.FixedOutputModel(fake.model_outputs(mode, empty)), DataConfig())
     batch = fake.features_batch()
-    callback = TensorBoardCallback(tmp_path, 1, visualization_batch=batch, predictor=predictor,
-                                   class_names=("cat", "dog"), score_threshold=0.0,
-                                   num_proposals=3)
+    callback = TensorBoardCallback(
+        tmp_path,
+        1,
+        visualization_batch=batch,
+        predictor=predictor,
+        class_names=("cat", "dog"),
+        score_threshold=0.0,
+        num_proposals=3,
+    )
     pictures = callback.draw_predictions()
     # 400 x 480 and 80 x 80 resized images, enlarged 2x and 7x to reach 512 px.
     assert [p.shape for p in pictures] == [(800, 960, 3), (560, 560, 3)]
