@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -581,9 +582,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow without its start-up log lines (CUDA probing, CPU features).
+
+    ``TF_CPP_MIN_LOG_LEVEL=3`` silences TensorFlow's own C++ logging; the lines that XLA
+    writes through absl before logging is initialized ignore it, so stderr is pointed at
+    /dev/null for the import only. An import error still raises (and prints) as usual.
+    ``KMASK_VERBOSE=1`` keeps everything.
+    """
+    if os.environ.get("KMASK_VERBOSE"):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kmask`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    _import_tensorflow_quietly()
     return args.handler(args)
 
 

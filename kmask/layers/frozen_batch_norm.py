@@ -69,9 +69,3 @@ class FrozenBatchNorm(keras.layers.Layer):
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """The input shape ``[..., C]``."""
         return tuple(input_shape)
-
-    def get_config(self) -> dict[str, Any]:
-        """Constructor arguments plus the base layer's."""
-        config = super().get_config()
-        config.update({"epsilon": self.epsilon})
-        return config

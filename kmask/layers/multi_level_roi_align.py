@@ -78,15 +78,3 @@ class MultiLevelROIAlign(keras.layers.Layer):
     ) -> tuple:
         channels = self._levels(features_shape)[f"P{self.min_level}"][-1]
         return (boxes_shape[0], boxes_shape[1], *self.output_size, channels)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            output_size=list(self.output_size),
-            sampling_ratio=self.sampling_ratio,
-            aligned=self.aligned,
-            implementation=self.implementation,
-            min_level=self.min_level,
-            max_level=self.max_level,
-        )
-        return config

@@ -64,14 +64,3 @@ class ROIAlign(keras.layers.Layer):
         self, features_shape: tuple, boxes_shape: tuple, box_indices_shape: tuple
     ) -> tuple:
         return (boxes_shape[0], *self.output_size, features_shape[-1])
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            output_size=list(self.output_size),
-            spatial_scale=self.spatial_scale,
-            sampling_ratio=self.sampling_ratio,
-            aligned=self.aligned,
-            implementation=self.implementation,
-        )
-        return config

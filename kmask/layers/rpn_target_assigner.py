@@ -86,16 +86,3 @@ class RPNTargetAssigner(keras.layers.Layer):
         """Output shapes from the anchors' and ground truth's shapes."""
         batch, count = gt_boxes_shape[0], self.batch_size_per_image
         return (batch, count), (batch, count), (batch, count, 4)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "fg_iou_threshold": self.fg_iou_threshold,
-                "bg_iou_threshold": self.bg_iou_threshold,
-                "batch_size_per_image": self.batch_size_per_image,
-                "positive_fraction": self.positive_fraction,
-                "box_weights": list(self.box_weights),
-            }
-        )
-        return config

@@ -135,24 +135,19 @@ class FPN(keras.layers.Layer):
         """
         pyramid = {}
         merged = None
-        for level, lateral, lateral_norm, output, output_norm in reversed(
-            list(
-                zip(
-                    self.backbone_levels,
-                    self.lateral_convs,
-                    self.lateral_norms,
-                    self.output_convs,
-                    self.output_norms,
-                )
+        for i in reversed(range(len(self.backbone_levels))):
+            level = self.backbone_levels[i]
+            x = self._conv_norm(
+                self.lateral_convs[i], self.lateral_norms[i], features[f"C{level}"], training
             )
-        ):
-            x = self._conv_norm(lateral, lateral_norm, features[f"C{level}"], training)
             if merged is not None:
                 height, width = ops.shape(x)[1], ops.shape(x)[2]
                 upsampled = ops.repeat(ops.repeat(merged, 2, axis=1), 2, axis=2)
                 x = x + upsampled[:, :height, :width, :]
             merged = x
-            pyramid[f"P{level}"] = self._conv_norm(output, output_norm, x, training)
+            pyramid[f"P{level}"] = self._conv_norm(
+                self.output_convs[i], self.output_norms[i], x, training
+            )
         for level in range(_TOP_BACKBONE_LEVEL + 1, self.max_level + 1):
             pyramid[f"P{level}"] = pyramid[f"P{level - 1}"][:, ::2, ::2, :]
         return {

@@ -91,15 +91,3 @@ class Postprocess(keras.layers.Layer):
             "detection_classes": (batch, count),
             "num_detections": (batch,),
         }
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "box_weights": list(self.box_weights),
-                "score_threshold": self.score_threshold,
-                "nms_threshold": self.nms_threshold,
-                "detections_per_image": self.detections_per_image,
-            }
-        )
-        return config

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from kmask.config import DataConfig
-from kmask.evaluation.coco_evaluator import COCOEvaluator, format_metrics
+from kmask.evaluation.coco_evaluator import COCOEvaluator
 from kmask.evaluation.predictor import Predictor
 from kmask.training.optimizer import optimizer_step
 
@@ -64,7 +64,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         step = optimizer_step(self.model)
         print(
             f"\nevaluation at step {step} ({self.evaluator.json_path}):\n"
-            f"{format_metrics(self.last_metrics)}",
+            f"{self.evaluator.summary(self.last_metrics)}",
             flush=True,
         )
         if logs is not None:
