@@ -8,19 +8,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from kmask.layers.conv_stack import ConvStack
-from kmask.layers.multi_level_roi_align import MultiLevelROIAlign
+from kmask.modeling.pooled_head import PooledHead
 from kmask.modeling.postprocess import Postprocess
 from kmask.ops import boxes as box_ops
 from kmask.ops.losses import fast_rcnn_losses
 
 
 @keras.saving.register_keras_serializable(package="kmask")
-class BoxHead(keras.layers.Layer):
+class BoxHead(PooledHead):
     """Box branch: RoIAlign -> ``num_conv`` 3x3 convs -> ``num_fc`` fc ReLU -> predictors.
 
     ``pooler`` (``MultiLevelROIAlign``) pools each RoI from its FPN level; ``convs``
-    (``ConvStack``, none in the papers' head, four with BN in torchvision's v2 head) and
+    (``ConvStack``, none in the papers' head, four with BN in torchvision's v2 head; both from
+    ``PooledHead``) and
     ``fcs`` (``fc1``, ``fc2``) form the class-agnostic trunk; the class-dependent
     predictors are ``cls_score`` (K + 1 logits, column 0 background) and ``bbox_pred``
     ((dy, dx, dh, dw) per foreground class, or per class and background with
@@ -67,9 +67,17 @@ class BoxHead(keras.layers.Layer):
         roi_align_implementation: str = "auto",
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("autocast", False)  # boxes stay float32; sublayers cast themselves
-        super().__init__(**kwargs)
-        self.supports_jit = False  # NMS (and the RoIAlign custom op) cannot be XLA-compiled
+        super().__init__(
+            pooler_resolution,
+            pooler_sampling_ratio,
+            pooler_aligned,
+            num_conv,
+            conv_dim,
+            norm,
+            pooler_levels,
+            roi_align_implementation,
+            **kwargs,
+        )
         self.num_classes = num_classes
         self.predict_background = bool(predict_background)
         self.box_weights = tuple(float(w) for w in box_weights)
@@ -77,15 +85,6 @@ class BoxHead(keras.layers.Layer):
         self.cls_loss_weight = float(cls_loss_weight)
         self.box_loss_weight = float(box_loss_weight)
         dtype = self.dtype_policy
-        self.pooler = MultiLevelROIAlign(
-            pooler_resolution,
-            pooler_sampling_ratio,
-            pooler_aligned,
-            roi_align_implementation,
-            *pooler_levels,
-            name="pooler",
-        )
-        self.convs = ConvStack(conv_dim, num_conv, norm, name="convs", dtype=dtype.name)
         self.fcs = [
             keras.layers.Dense(
                 fc_dim,
@@ -121,10 +120,8 @@ class BoxHead(keras.layers.Layer):
         features_shape: dict[str, tuple[int | None, ...]],
         rois_shape: tuple[int | None, ...] | None = None,
     ) -> None:
-        channels = features_shape[f"P{self.pooler.min_level}"][-1]
         height, width = self.pooler.output_size
-        self.convs.build((None, height, width, channels))
-        features = height * width * self.convs.compute_output_shape((None, 1, 1, channels))[-1]
+        features = height * width * self.build_trunk(features_shape)
         for fc in self.fcs:
             fc.build((None, features))
             features = fc.units
@@ -134,10 +131,7 @@ class BoxHead(keras.layers.Layer):
     def call(
         self, features: dict[str, tf.Tensor], rois: tf.Tensor, training: bool | None = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        pooled = self.pooler(features, rois)  # [B, R, S, S, C]
-        batch, num = tf.shape(pooled)[0], tf.shape(pooled)[1]
-        x = tf.reshape(pooled, [batch * num, *pooled.shape[2:]])
-        x = self.convs(x, training=training)
+        x, batch, num = self.trunk(features, rois, training)
         x = tf.reshape(x, [batch * num, x.shape[1] * x.shape[2] * x.shape[3]])
         for fc in self.fcs:
             x = fc(x)

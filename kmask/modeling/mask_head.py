@@ -8,14 +8,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from kmask.layers.conv_stack import ConvStack, msra_fill
-from kmask.layers.multi_level_roi_align import MultiLevelROIAlign
+from kmask.layers.conv_stack import msra_fill
+from kmask.modeling.pooled_head import PooledHead
 from kmask.ops.losses import mask_loss
 from kmask.ops.masks import mask_targets
 
 
 @keras.saving.register_keras_serializable(package="kmask")
-class MaskHead(keras.layers.Layer):
+class MaskHead(PooledHead):
     """Fully convolutional mask branch (Mask R-CNN figure 3, right).
 
     ``pooler`` (``MultiLevelROIAlign``, 14x14) -> ``convs`` (``ConvStack``: ``num_conv`` 3x3
@@ -57,24 +57,22 @@ class MaskHead(keras.layers.Layer):
         roi_align_implementation: str = "auto",
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("autocast", False)  # boxes stay float32; sublayers cast themselves
-        super().__init__(**kwargs)
-        self.supports_jit = False  # the RoIAlign custom op cannot be XLA-compiled
+        super().__init__(
+            pooler_resolution,
+            pooler_sampling_ratio,
+            pooler_aligned,
+            num_conv,
+            conv_dim,
+            norm,
+            pooler_levels,
+            roi_align_implementation,
+            **kwargs,
+        )
         self.num_classes = num_classes
         self.predict_background = bool(predict_background)
         self.loss_weight = float(loss_weight)
         self.output_size = 2 * pooler_resolution
-        self.roi_align_implementation = roi_align_implementation
         dtype = self.dtype_policy
-        self.pooler = MultiLevelROIAlign(
-            pooler_resolution,
-            pooler_sampling_ratio,
-            pooler_aligned,
-            roi_align_implementation,
-            *pooler_levels,
-            name="pooler",
-        )
-        self.convs = ConvStack(conv_dim, num_conv, norm, name="convs", dtype=dtype.name)
         self.deconv = keras.layers.Conv2DTranspose(
             conv_dim,
             2,
@@ -97,19 +95,15 @@ class MaskHead(keras.layers.Layer):
         features_shape: dict[str, tuple[int | None, ...]],
         boxes_shape: tuple[int | None, ...] | None = None,
     ) -> None:
-        channels = features_shape[f"P{self.pooler.min_level}"][-1]
-        self.convs.build((None, None, None, channels))
-        channels = self.convs.compute_output_shape((None, 1, 1, channels))[-1]
+        channels = self.build_trunk(features_shape)
         self.deconv.build((None, None, None, channels))
         self.predictor.build((None, None, None, self.deconv.filters))
 
     def call(
         self, features: dict[str, tf.Tensor], boxes: tf.Tensor, training: bool | None = None
     ) -> tf.Tensor:
-        pooled = self.pooler(features, boxes)  # [B, R, S, S, C]
-        batch, num = tf.shape(pooled)[0], tf.shape(pooled)[1]
-        x = tf.reshape(pooled, [batch * num, *pooled.shape[2:]])
-        x = self.predictor(self.deconv(self.convs(x, training=training)))
+        x, batch, num = self.trunk(features, boxes, training)
+        x = self.predictor(self.deconv(x))
         logits = tf.cast(x, tf.float32)
         if self.predict_background:
             logits = logits[..., 1:]
