@@ -173,7 +173,7 @@ class MaskRCNN(keras.Model):
         return {**outputs, **passthrough}
 
     def get_config(self) -> dict[str, Any]:
-        config = {"name": self.name, "trainable": self.trainable}
+        config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name}
         for key in _STAGES:
             stage = getattr(self, key)
             config[key] = None if stage is None else keras.saving.serialize_keras_object(stage)

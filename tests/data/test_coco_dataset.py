@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
@@ -14,7 +13,7 @@ from pycocotools.coco import COCO
 from kmask.config import DataConfig
 from kmask.data import CocoDataset, DataError
 from kmask.data.image_io import decode_rgb
-from tests.data.conftest import png_bytes, random_image, write_coco
+from tests.toy_data import jpeg_bytes, png_bytes, random_image, write_coco
 
 
 def _by_id(dataset, image_id):
@@ -152,19 +151,13 @@ def test_bad_annotations_are_fixed_or_skipped_with_warnings(tmp_path, caplog):
         CocoDataset(path, tmp_path / "images", strict=True)
 
 
-def _jpeg(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
 def test_bad_images_skipped_and_nothing_crashes_mid_epoch(tmp_path, caplog):
     rng = np.random.default_rng(2)
     good = random_image(rng, 24, 32)
     images = [
         (_image(1, "good.png"), png_bytes(good)),
         (_image(2, "missing.png"), None),
-        (_image(3, "truncated.jpg"), _jpeg(random_image(rng, 24, 32))[:300]),
+        (_image(3, "truncated.jpg"), jpeg_bytes(random_image(rng, 24, 32), quality=95)[:300]),
         (_image(4, "corrupt.png"), b"\x89PNG\r\n\x1a\n" + rng.bytes(200)),
         (_image(5, "wrong_size.png"), png_bytes(random_image(rng, 20, 32))),
     ]
@@ -196,16 +189,11 @@ def test_unusual_png_modes_become_rgb(mode):
     rgb = random_image(rng, 6, 8)
     if mode == "I;16":
         gray16 = rng.integers(0, 65536, size=(6, 8)).astype(np.uint16)
-        buffer = io.BytesIO()
-        Image.fromarray(gray16).save(buffer, format="PNG")
-        decoded, keep = decode_rgb(buffer.getvalue())
+        decoded, keep = decode_rgb(png_bytes(gray16))
         expected = np.repeat((gray16 >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
     else:
-        image = Image.fromarray(rgb).convert(mode)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        decoded, keep = decode_rgb(buffer.getvalue())
-        expected = np.asarray(image.convert("RGB"))
+        decoded, keep = decode_rgb(png_bytes(rgb, mode))
+        expected = np.asarray(Image.fromarray(rgb).convert(mode).convert("RGB"))
     assert decoded.dtype == np.uint8 and decoded.shape == (6, 8, 3)
     np.testing.assert_array_equal(decoded, expected)
     assert keep == ("png" if mode == "L" else None)  # only 8-bit RGB/L is stored as is

@@ -7,14 +7,14 @@ import pytest
 import tensorflow as tf
 
 from kmask.config import DataConfig
-from kmask.data import ShapesDataset, build_dataset, open_dataset
+from kmask.data import build_dataset, open_dataset
+from tests.toy_data import write_shapes
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes")
-    paths = ShapesDataset(48, seed=5).write(out, num_train=8, num_val=3, progress=False)
-    return paths["train"], out
+    out = write_shapes(tmp_path_factory.mktemp("shapes"), 8, 3, image_size=48, seed=5, max_shapes=5)
+    return out / "train.json", out
 
 
 def _collect(dataset):

@@ -3,16 +3,14 @@ atomic conversion."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from kmask.config import DataConfig
 from kmask.data import CocoDataset, DataError, ShardDataset, ShardWriter, open_dataset
-from tests.data.conftest import CATEGORIES, assert_crop_matches, bilinear_reference, png_bytes
+from tests.data.mask_crop_reference import assert_crop_matches, bilinear_reference
+from tests.toy_data import CATEGORIES, jpeg_bytes, png_bytes
 
 
 def _examples_by_id(dataset):
@@ -63,12 +61,6 @@ def test_json_and_shards_give_the_same_examples_and_batches(mixed_coco, tmp_path
     assert sorted(int(f["image_id"][0]) for f, _ in train) == [11, 12]  # 13 has no instances
 
 
-def _jpeg(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=98)
-    return buffer.getvalue()
-
-
 def _floats(values):
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
@@ -98,7 +90,7 @@ def test_object_detection_api_shard_reads_correctly(tmp_path):
                 "image/width": _ints([width]),
                 "image/filename": _bytes([b"x.jpg"]),
                 "image/source_id": _bytes([b"4242"]),
-                "image/encoded": _bytes([_jpeg(image)]),
+                "image/encoded": _bytes([jpeg_bytes(image, quality=98)]),
                 "image/format": _bytes([b"jpeg"]),
                 "image/object/bbox/xmin": _floats([5 / 60, 40 / 60, 30 / 60, 0.5]),
                 "image/object/bbox/xmax": _floats([25 / 60, 1.0, 50 / 60, 0.9]),

@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from kmask.config import DataConfig
 from kmask.data import CategoryMap, transforms
-from tests.data.conftest import CATEGORIES, assert_crop_matches, bilinear_reference
+from tests.data.mask_crop_reference import assert_crop_matches, bilinear_reference
+from tests.toy_data import CATEGORIES
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from kmask.config import load_config
-from kmask.data import DataError, ShapesDataset, open_dataset
+from kmask.data import DataError, open_dataset
 from kmask.evaluation import COCOEvaluator, Predictor
 from kmask.evaluation.coco_evaluator import to_coco_results
+from tests.toy_data import write_shapes
 
 # The shapes categories 1, 2, 3 renamed to non-contiguous ids (class k <-> sorted ids).
 _NEW_IDS = {1: 11, 2: 3, 3: 7}
@@ -22,8 +23,7 @@ _NEW_IDS = {1: 11, 2: 3, 3: 7}
 
 @pytest.fixture(scope="module")
 def shapes_val(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("shapes")
-    ShapesDataset(64, seed=3).write(root, 0, 4)
+    root = write_shapes(tmp_path_factory.mktemp("shapes"), 0, 4, seed=3, max_shapes=5)
     path = root / "val.json"
     data = json.loads(path.read_text())
     for category in data["categories"]:

@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from kmask.config import DataConfig
 from kmask.data.category_map import CategoryMap
 from kmask.evaluation import PredictionWriter, Predictor
-from tests.evaluation.fake_outputs import CATEGORIES, FixedOutputModel
+from tests.fake_outputs import CATEGORIES, FixedOutputModel
 
 SIDE = 32  # source images; the pipeline below resizes them to 64 px
 DATA = DataConfig(min_size=(2 * SIDE,), max_size=2 * SIDE)

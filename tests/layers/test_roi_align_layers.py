@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from kmask.layers import MultiLevelROIAlign, ROIAlign
 from kmask.ops import multilevel_roi_align
+from tests.keras_harness import assert_mixed_precision, assert_round_trip
 from tests.ops.roi_align_reference import roi_align_reference
 
 
@@ -22,9 +23,7 @@ def test_roi_align_layer_matches_reference_and_round_trips(rng: np.random.Genera
         out.numpy(), roi_align_reference(features, boxes, indices, (3, 4), 0.5, 2, False), atol=1e-5
     )
     assert layer.compute_output_shape((2, 9, 11, 3), (2, 4), (2,)) == (2, 3, 4, 3)
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(clone, ROIAlign) and clone.get_config() == layer.get_config()
-    np.testing.assert_array_equal(clone(features, boxes, indices).numpy(), out.numpy())
+    assert_round_trip(layer, features, boxes, indices)
 
 
 @pytest.mark.parametrize("implementation, jit", [("custom", False), ("tf", True)])
@@ -49,10 +48,12 @@ def test_multilevel_layer_ignores_p6_and_keeps_float32_boxes(rng: np.random.Gene
         for k in range(2, 7)
     }
     boxes = tf.constant([[[0.0, 0.0, 100.0, 120.0], [10.0, 10.0, 40.0, 30.0]]])
-    layer = MultiLevelROIAlign(5, dtype="mixed_float16")
-    out = layer(pyramid, boxes)
     expected = multilevel_roi_align({k: v for k, v in pyramid.items() if k != "P6"}, boxes, 5)
-    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-6)
+    # Under the mixed policies, float32 features give float32 output, exactly the op's.
+    runs = assert_mixed_precision(lambda: MultiLevelROIAlign(5), pyramid, boxes)
+    for run in runs.values():
+        np.testing.assert_allclose(run.outputs.numpy(), expected.numpy(), atol=1e-6)
+    layer = runs["mixed_float16"].layer
     assert layer.compute_output_shape({k: v.shape for k, v in pyramid.items()}, (1, 2, 4)) == (
         1,
         2,
@@ -61,7 +62,9 @@ def test_multilevel_layer_ignores_p6_and_keeps_float32_boxes(rng: np.random.Gene
         4,
     )
     config = layer.get_config()
-    assert config["output_size"] == [5, 5] and config["max_level"] == 5
+    assert config["output_size"] == 5 and config["max_level"] == 5
+    assert layer.output_size == (5, 5)
+    assert_round_trip(layer, pyramid, boxes)
     with pytest.raises(ValueError, match="P5"):
         layer({"P2": pyramid["P2"]}, boxes)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from kmask.modeling.fpn import FPN
+from tests.keras_harness import assert_mixed_precision, assert_round_trip
 
 RESNET_CHANNELS = {"C2": 256, "C3": 512, "C4": 1024, "C5": 2048}
 
@@ -88,6 +89,22 @@ def test_parameter_count_for_resnet50_channels():
     assert len(fpn.trainable_weights) == 16
 
 
+def test_normalized_variant_has_bias_free_convs_and_a_norm_after_each():
+    """torchvision's v2 FPN: conv without bias + BatchNorm for every lateral and output."""
+    fpn = FPN(norm="bn")
+    fpn.build({k: (None, None, None, c) for k, c in RESNET_CHANNELS.items()})
+    kernels = (256 + 512 + 1024 + 2048) * 256 + 4 * 256 * 256 * 9
+    assert fpn.count_params() == kernels + 8 * 4 * 256  # gamma, beta, mean, variance
+    assert all(conv.bias is None for conv in fpn.lateral_convs + fpn.output_convs)
+    features = _backbone_features(64, 64, RESNET_CHANNELS)
+    plain = {key: value.numpy() for key, value in fpn(features).items()}
+    # In inference BN with its initial statistics is y = x / sqrt(1 + eps): check P5 by hand.
+    lateral = features["C5"] @ fpn.lateral_convs[-1].kernel.numpy()[0, 0] / np.sqrt(1 + 1e-5)
+    expected = fpn.output_norms[-1](fpn.output_convs[-1](lateral)).numpy()
+    np.testing.assert_allclose(plain["P5"], expected, rtol=1e-4, atol=1e-5)
+    assert_round_trip(fpn, features)
+
+
 def test_initialization_kaiming_uniform_a1_zero_bias():
     fpn = FPN()
     fpn.build({k: (None, None, None, c) for k, c in RESNET_CHANNELS.items()})
@@ -103,40 +120,35 @@ def test_initialization_kaiming_uniform_a1_zero_bias():
 def test_serialization_round_trip():
     fpn = FPN(num_channels=16, min_level=3, max_level=7, name="neck")
     features = _backbone_features(64, 96, RESNET_CHANNELS)
-    expected = fpn(features)
+    assert list(fpn(features)) == ["P3", "P4", "P5", "P6", "P7"]
     config = fpn.get_config()
     assert {k: config[k] for k in ("num_channels", "min_level", "max_level")} == {
         "num_channels": 16,
         "min_level": 3,
         "max_level": 7,
     }
-    clone = FPN.from_config(config)
-    clone.build({k: v.shape for k, v in features.items()})
-    clone.set_weights(fpn.get_weights())
-    actual = clone(features)
-    assert list(actual) == ["P3", "P4", "P5", "P6", "P7"]
-    for level in expected:
-        np.testing.assert_array_equal(
-            keras.ops.convert_to_numpy(actual[level]), keras.ops.convert_to_numpy(expected[level])
-        )
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(fpn))
-    assert isinstance(restored, FPN) and restored.get_config() == config
+    assert_round_trip(fpn, features)
 
 
 def test_mixed_precision():
     features = _backbone_features(64, 64, RESNET_CHANNELS)
     reference = FPN(num_channels=32)
     expected = reference(features)
-    mixed = FPN(num_channels=32, dtype="mixed_float16")
-    mixed.build({k: v.shape for k, v in features.items()})
-    mixed.set_weights(reference.get_weights())
-    assert all(w.dtype == "float32" for w in mixed.weights)
-    actual = mixed(features)
-    for level in expected:
-        assert actual[level].dtype == "float16"
-        ref = keras.ops.convert_to_numpy(expected[level])
-        out = keras.ops.convert_to_numpy(actual[level]).astype("float32")
-        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-2 * np.abs(ref).max())
+
+    def make_layer():
+        mixed = FPN(num_channels=32)
+        mixed.build({k: v.shape for k, v in features.items()})
+        mixed.set_weights(reference.get_weights())
+        return mixed
+
+    # float32 weights; every level in the compute dtype (no float32 output).
+    runs = assert_mixed_precision(make_layer, features, float32_outputs=())
+    for run in runs.values():
+        for level in expected:
+            ref = keras.ops.convert_to_numpy(expected[level])
+            out = keras.ops.convert_to_numpy(run.outputs[level]).astype("float32")
+            atol = run.tolerance(1e-2) * np.abs(ref).max()
+            np.testing.assert_allclose(out, ref, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize(

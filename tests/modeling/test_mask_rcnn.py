@@ -13,14 +13,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmask.config import DataConfig
-from kmask.data.pipeline import batch_examples
 from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling import FPN, RPN, BoxHead, MaskHead, MaskRCNN, ROIHeads
 from kmask.ops import boxes as box_ops
 from kmask.ops.masks import paste_masks
+from tests.keras_harness import (
+    MIXED_POLICIES,
+    assert_mixed_precision,
+    assert_round_trip,
+    global_dtype_policy,
+)
+from tests.toy_data import THREE_SHAPES_SIZE, decoded_example, pipeline_batches, three_shapes
 
-SIZE = 128
+SIZE = THREE_SHAPES_SIZE
 NUM_CLASSES = 3
 LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask")
 DETECTION_KEYS = {
@@ -110,66 +115,15 @@ def tiny_model(box_head: bool = True, mask_head: bool = True) -> MaskRCNN:
     )
 
 
-def _shapes() -> tuple[list[np.ndarray], list[int], np.ndarray]:
-    """Three instances (ellipse, rectangle, triangle) on a 128x128 image."""
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
-    image = np.full((SIZE, SIZE, 3), 40, np.uint8)
-    masks = [
-        ((yy - 40) / 22) ** 2 + ((xx - 36) / 26) ** 2 <= 1,
-        (yy > 70) & (yy < 118) & (xx > 20) & (xx < 60),
-        (yy > 60) & (yy < 120) & (xx > 70) & (xx - 70 < (yy - 60) * 0.8),
-    ]
-    for mask, colour in zip(masks, ([220, 50, 50], [50, 220, 50], [50, 50, 220])):
-        image[mask] = colour
-    return masks, [0, 1, 2], image
-
-
-def _example(
-    image: np.ndarray, masks: list[np.ndarray], classes: list[int], image_id: int = 0
-) -> dict[str, np.ndarray]:
-    """A decoded example as the data readers yield it (crowd instances already removed)."""
-    boxes = []
-    for mask in masks:
-        ys, xs = np.nonzero(mask)
-        boxes.append([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
-    return {
-        "image": image,
-        "image_id": np.int64(image_id),
-        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-        "classes": np.asarray(classes, np.int32),
-        "masks": np.asarray(masks, np.uint8).reshape(-1, *image.shape[:2]),
-    }
-
-
-def _batches(examples: list[dict[str, np.ndarray]], batch_size: int = 1) -> tf.data.Dataset:
-    """``(features, targets)`` batches made by the data pipeline itself."""
-    config = DataConfig(min_size=(SIZE,), max_size=SIZE, horizontal_flip=False, seed=0)
-    columns = {key: [e[key] for e in examples] for key in examples[0]}
-    if len({len(b) for b in columns["boxes"]}) == 1:
-        dataset = tf.data.Dataset.from_tensor_slices({k: np.stack(v) for k, v in columns.items()})
-    else:
-        dataset = tf.data.Dataset.from_generator(
-            lambda: iter(examples),
-            output_signature={
-                "image": tf.TensorSpec([None, None, 3], tf.uint8),
-                "image_id": tf.TensorSpec([], tf.int64),
-                "boxes": tf.TensorSpec([None, 4], tf.float32),
-                "classes": tf.TensorSpec([None], tf.int32),
-                "masks": tf.TensorSpec([None, None, None], tf.uint8),
-            },
-        )
-    return batch_examples(dataset, config, training=False, batch_size=batch_size)
-
-
 def _first(dataset: tf.data.Dataset) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
     return next(iter(dataset))
 
 
 def test_fit_evaluate_predict_on_pipeline_batches():
     keras.utils.set_random_seed(0)
-    masks, classes, image = _shapes()
-    second = _example(image[:, ::-1].copy(), [m[:, ::-1] for m in masks[:2]], classes[:2], 1)
-    dataset = _batches([_example(image, masks, classes), second], batch_size=2)
+    masks, classes, image = three_shapes()
+    second = decoded_example(image[:, ::-1].copy(), [m[:, ::-1] for m in masks[:2]], classes[:2], 1)
+    dataset = pipeline_batches([decoded_example(image, masks, classes), second], batch_size=2)
     model = tiny_model()
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     history = model.fit(dataset.repeat(2), epochs=1, verbose=0)
@@ -199,8 +153,8 @@ def test_fit_evaluate_predict_on_pipeline_batches():
 )
 def test_detector_modes_train_and_predict(box_head, mask_head, losses, outputs):
     keras.utils.set_random_seed(0)
-    masks, classes, image = _shapes()
-    dataset = _batches([_example(image, masks, classes)])
+    masks, classes, image = three_shapes()
+    dataset = pipeline_batches([decoded_example(image, masks, classes)])
     model = tiny_model(box_head, mask_head)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     history = model.fit(dataset.repeat(2), epochs=1, verbose=0)
@@ -212,13 +166,14 @@ def test_detector_modes_train_and_predict(box_head, mask_head, losses, outputs):
     assert set(predictions) == outputs | proposal_keys | {"image_id", "image_size", "original_size"}
     scores = predictions["proposal_scores"][0, : predictions["num_proposals"][0]]
     assert (np.diff(scores) <= 0).all()  # best first
-    restored = MaskRCNN.from_config(model.get_config())
+    features, _ = _first(dataset)
+    restored = assert_round_trip(model, features)
     assert restored.loss_names == losses
 
 
 def test_losses_and_dynamic_shapes():
-    masks, classes, image = _shapes()
-    features, targets = _first(_batches([_example(image, masks, classes)]))
+    masks, classes, image = three_shapes()
+    features, targets = _first(pipeline_batches([decoded_example(image, masks, classes)]))
     model = tiny_model()
     losses = model({**features, **targets}, training=True)
     assert tuple(losses) == LOSS_KEYS
@@ -248,10 +203,10 @@ def _loss_and_gradients(model: MaskRCNN, features, targets):
 
 def test_empty_and_crowd_only_images_give_zero_box_and_mask_losses():
     keras.utils.set_random_seed(1)
-    masks, classes, image = _shapes()
+    masks, classes, image = three_shapes()
     # A crowd-only image reaches the model without instances (the readers drop crowds).
-    empty = _example(image, [], [], image_id=5)
-    features, targets = _first(_batches([empty]))
+    empty = decoded_example(image, [], [], image_id=5)
+    features, targets = _first(pipeline_batches([empty]))
     assert (targets["gt_classes"].numpy() == -1).all()
     model = tiny_model()
     losses, gradients = _loss_and_gradients(model, features, targets)
@@ -261,7 +216,9 @@ def test_empty_and_crowd_only_images_give_zero_box_and_mask_losses():
         assert losses[key].numpy() == 0.0, key
     assert all(g is None or np.isfinite(g.numpy()).all() for g in gradients)
     # Mixed with a normal image in one batch.
-    features, targets = _first(_batches([empty, _example(image, masks, classes)], batch_size=2))
+    features, targets = _first(
+        pipeline_batches([empty, decoded_example(image, masks, classes)], batch_size=2)
+    )
     losses, gradients = _loss_and_gradients(model, features, targets)
     assert all(np.isfinite(v.numpy()) for v in losses.values())
     assert losses["loss_mask"].numpy() > 0
@@ -278,7 +235,7 @@ def test_hundred_instances():
         mask[y : y + h, x : x + w] = True
         masks.append(mask)
         classes.append(i % NUM_CLASSES)
-    features, targets = _first(_batches([_example(image, masks, classes)]))
+    features, targets = _first(pipeline_batches([decoded_example(image, masks, classes)]))
     assert (targets["gt_classes"].numpy() >= 0).sum() == 100
     model = tiny_model()
     losses, gradients = _loss_and_gradients(model, features, targets)
@@ -288,8 +245,8 @@ def test_hundred_instances():
 
 
 def test_save_and_load_give_identical_outputs(tmp_path):
-    masks, classes, image = _shapes()
-    features, _ = _first(_batches([_example(image, masks, classes)]))
+    masks, classes, image = three_shapes()
+    features, _ = _first(pipeline_batches([decoded_example(image, masks, classes)]))
     model = tiny_model()
     before = model(features)
     path = tmp_path / "m.keras"
@@ -305,22 +262,19 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     assert "roi_heads" in "\n".join(lines)
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("policy", MIXED_POLICIES)
 def test_mixed_precision(policy):
     keras.utils.set_random_seed(2)
-    masks, classes, image = _shapes()
-    dataset = _batches([_example(image, masks, classes)])
+    masks, classes, image = three_shapes()
+    dataset = pipeline_batches([decoded_example(image, masks, classes)])
     features, targets = _first(dataset)
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = tiny_model()
-        half = keras.mixed_precision.Policy(policy).compute_dtype
-        losses = model({**features, **targets}, training=True)
-        assert model.rpn.head.objectness.compute_dtype == half
-        assert model.roi_heads.instance_heads[0].convs.convs[0].compute_dtype == half
-        assert model.rpn.head.objectness.variable_dtype == "float32"
-        assert all(value.dtype == tf.float32 for value in losses.values())
+    # Every layer with weights (RPN head, mask head convs, ...) computes in the half dtype
+    # on float32 variables; every loss is float32.
+    run = assert_mixed_precision(
+        tiny_model, {**features, **targets}, training=True, policies=(policy,)
+    )[policy]
+    model = run.layer
+    with global_dtype_policy(policy):
         model.compile(optimizer=keras.optimizers.SGD(0.01))
         history = model.fit(dataset.repeat(2), verbose=0)
         assert np.isfinite(history.history["loss"][-1])
@@ -328,8 +282,6 @@ def test_mixed_precision(policy):
         assert detections["detection_boxes"].dtype == np.float32
         assert detections["detection_masks"].dtype == np.float32
         assert detections["proposals"].dtype == np.float32
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def _match_iou(predictions: dict[str, np.ndarray], masks, classes, boxes) -> tuple[list, list]:
@@ -359,9 +311,9 @@ def _match_iou(predictions: dict[str, np.ndarray], masks, classes, boxes) -> tup
 def test_overfits_one_image():
     """Three instances, 400 Adam steps: losses fall 10x, boxes and masks match (IoU > 0.8)."""
     keras.utils.set_random_seed(0)
-    masks, classes, image = _shapes()
-    example = _example(image, masks, classes)
-    dataset = _batches([example])
+    masks, classes, image = three_shapes()
+    example = decoded_example(image, masks, classes)
+    dataset = pipeline_batches([example])
     model = tiny_model()
     # Step decay settles the boxes (kernels are multi-threaded, so runs are not bit-exact:
     # the margins, loss ratio 24-41x and IoU >= 0.89 over six seeds, absorb that).

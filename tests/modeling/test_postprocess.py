@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from kmask.modeling.postprocess import Postprocess
+from tests.keras_harness import assert_round_trip
 
 
 def _logits(probabilities):
@@ -49,19 +50,20 @@ def test_padding_and_empty_images():
     layer = Postprocess(detections_per_image=3)
     logits = np.zeros((2, 2, 3), np.float32)
     logits[:, :, 0] = 10.0  # background everywhere: nothing passes 0.05
-    out = layer(
+    inputs = (
         logits,
         np.zeros((2, 2, 2, 4), np.float32),
         np.tile(np.array([[[0, 0, 10, 10]]], np.float32), (2, 2, 1)),
         np.ones((2, 2), bool),
         np.full((2, 2), 32),
     )
+    out = layer(*inputs)
     np.testing.assert_array_equal(out["num_detections"].numpy(), [0, 0])
     np.testing.assert_array_equal(out["detection_boxes"].numpy(), 0)
     assert out["detection_boxes"].shape == (2, 3, 4)
     shapes = layer.compute_output_shape((2, 2, 3))
     assert shapes["detection_boxes"] == (2, 3, 4) and shapes["num_detections"] == (2,)
-    assert Postprocess.from_config(layer.get_config()).get_config() == layer.get_config()
+    assert_round_trip(layer, *inputs)
     assert not layer.supports_jit
 
 

@@ -12,6 +12,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from kmask.layers import FrozenBatchNorm
 from kmask.modeling.backbones import ResNet
+from tests.keras_harness import assert_mixed_precision, assert_round_trip
 
 STAGE_OUTPUTS = {
     50: ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
@@ -474,26 +475,11 @@ def test_resnet152_shape_inference():
 # --- serialization, precision --------------------------------------------------------------
 
 
-def _assert_same_outputs(a, b, image):
-    expected, actual = a(image), b(image)
-    for level in expected:
-        np.testing.assert_array_equal(
-            keras.ops.convert_to_numpy(actual[level]), keras.ops.convert_to_numpy(expected[level])
-        )
-
-
 def test_serialization_round_trip_with_weights_file(resnet50_files):
     backbone = ResNet(depth=50, freeze_at=3, weights=str(resnet50_files["keras3"]), name="bb")
-    config = backbone.get_config()
-    assert config["weights"] == str(resnet50_files["keras3"])
-    clone = ResNet.from_config(config)
-    assert clone.get_config() == config
-    clone.build((None, None, None, 3))
-    clone.set_weights(backbone.get_weights())
-    _assert_same_outputs(backbone, clone, NORMALIZED[:, :32, :32])
-    assert [v.trainable for v in clone.weights] == [v.trainable for v in backbone.weights]
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(backbone))
-    assert isinstance(restored, ResNet) and restored.get_config() == config
+    assert backbone.get_config()["weights"] == str(resnet50_files["keras3"])
+    # Same outputs and the same frozen (non-trainable) weights in the clone.
+    assert_round_trip(backbone, NORMALIZED[:, :32, :32])
 
 
 def test_serialization_round_trip_of_a_variant():
@@ -512,32 +498,34 @@ def test_serialization_round_trip_of_a_variant():
     config = backbone.get_config()
     assert {k: config[k] for k in arguments} == arguments
     assert config["name"] == "variant"
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(backbone))
-    assert isinstance(clone, ResNet) and clone.get_config() == config
-    image = NORMALIZED[:, :32, :32]
-    backbone(image)
-    clone.build(image.shape)
-    clone.set_weights(backbone.get_weights())
-    _assert_same_outputs(backbone, clone, image)
+    assert_round_trip(backbone, NORMALIZED[:, :32, :32])
 
 
 def test_from_config_does_not_need_the_weights_file(tmp_path):
     config = ResNet().get_config()
     config["weights"] = str(tmp_path / "deleted.weights.h5")
-    assert ResNet.from_config(config).get_config() == config
+    backbone = ResNet.from_config(config)
+    assert backbone.get_config() == config
+    assert_round_trip(backbone)  # nor does a clone through JSON
 
 
 def test_mixed_precision_runs_in_float16(resnet50_files):
     image = NORMALIZED[:, :32, :32]
     reference = ResNet(weights=str(resnet50_files["keras3"]))
-    mixed = ResNet(dtype="mixed_float16")
-    mixed.build(image.shape)
-    mixed.set_weights(reference.get_weights())
-    assert all(v.dtype == "float32" for v in mixed.weights)
-    assert ResNet.from_config(mixed.get_config()).compute_dtype == "float16"
-    expected, actual = reference(image), mixed(image)
-    for level in expected:
-        assert actual[level].dtype == "float16"
-        ref = keras.ops.convert_to_numpy(expected[level])
-        out = keras.ops.convert_to_numpy(actual[level]).astype("float32")
-        np.testing.assert_allclose(out, ref, rtol=0, atol=2e-2 * np.abs(ref).max())
+    expected = reference(image)
+
+    def make_layer():
+        mixed = ResNet()
+        mixed.build(image.shape)
+        mixed.set_weights(reference.get_weights())
+        return mixed
+
+    # float32 weights; C2..C5 in the compute dtype; the policy survives from_config.
+    runs = assert_mixed_precision(make_layer, image, float32_outputs=())
+    for run in runs.values():
+        assert run.reloaded.compute_dtype == run.compute_dtype
+        for level in expected:
+            ref = keras.ops.convert_to_numpy(expected[level])
+            out = keras.ops.convert_to_numpy(run.outputs[level]).astype("float32")
+            atol = run.tolerance(2e-2) * np.abs(ref).max()
+            np.testing.assert_allclose(out, ref, rtol=0, atol=atol)

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from kmask.layers.anchor_generator import AnchorGenerator
 from kmask.ops import anchors as anchor_ops
+from tests.keras_harness import assert_round_trip
 
 SIZES = (32.0, 64.0, 128.0, 256.0, 512.0)
 RATIOS = (0.5, 1.0, 2.0)
@@ -65,8 +66,7 @@ def test_anchor_generator_layer_static_dynamic_and_config():
         np.testing.assert_array_equal(dynamic[key].numpy(), expected[key].numpy())
     shapes = layer.compute_output_shape({k: tuple(v.shape) for k, v in features.items()})
     assert shapes["P2"] == (32 * 16 * 3, 4)
-    clone = AnchorGenerator.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
+    assert_round_trip(layer, features)
     assert layer.num_anchors_per_location == 3
 
 

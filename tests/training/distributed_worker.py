@@ -34,7 +34,7 @@ def main() -> None:
     import numpy as np
 
     from kmask.training import Trainer
-    from tests.training.helpers import tiny_config
+    from tests.toy_data import tiny_config
 
     config = tiny_config(Path(args.shapes), *args.overrides)
     initial = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.training.helpers import make_shapes
+from tests.toy_data import write_shapes
 
 _ROOT = Path(__file__).resolve().parents[2]
 _DETERMINISTIC = [
@@ -38,7 +38,7 @@ _DETERMINISTIC = [
 @pytest.fixture(scope="module")
 def twin_shapes(tmp_path_factory) -> Path:
     """Shapes data whose training set is one image listed twice (ids 1 and 2)."""
-    root = make_shapes(tmp_path_factory.mktemp("twins"), num_train=1, num_val=1)
+    root = write_shapes(tmp_path_factory.mktemp("twins"), num_train=1, num_val=1)
     data = json.loads((root / "train.json").read_text())
     image = dict(data["images"][0], id=2)
     twins = [dict(a, id=a["id"] + 1000, image_id=2) for a in data["annotations"]]

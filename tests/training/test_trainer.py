@@ -18,13 +18,13 @@ from kmask.training import CheckpointCallback, NonFiniteLossError, Trainer, Warm
 from kmask.training.checkpoint_callback import checkpoint_step
 from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainer import epoch_plan
-from tests.evaluation import fake_outputs as fake
-from tests.training.helpers import make_shapes, tiny_config
+from tests import fake_outputs as fake
+from tests.toy_data import tiny_config, write_shapes
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    return make_shapes(tmp_path_factory.mktemp("shapes"), num_train=4, num_val=2)
+    return write_shapes(tmp_path_factory.mktemp("shapes"), num_train=4, num_val=2)
 
 
 def _scalars(log_dir: Path, tag: str) -> dict[int, float]:

@@ -1,0 +1,30 @@
+"""Runs the ``kmask`` command in a subprocess, as a user would, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "configs"
+
+
+def run_kmask(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``kmask ARGS`` in ``cwd`` with this Python; output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> str:
+    """Asserts exit status 0 (showing the ends of stdout and stderr otherwise); returns
+    stdout."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
