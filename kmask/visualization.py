@@ -31,6 +31,7 @@ def draw_detections(
     class_names: Sequence[str],
     score_threshold: float = 0.5,
     mask_alpha: float = 0.45,
+    labelled: bool = True,
 ) -> np.ndarray:
     """Draws the detections scoring ``>= score_threshold`` over ``image``.
 
@@ -47,6 +48,7 @@ def draw_detections(
       class_names: name of each class.
       score_threshold: detections below it are not drawn.
       mask_alpha: opacity of the mask colour.
+      labelled: write the ``"name score"`` tags (False: boxes and masks only).
 
     Returns:
       uint8 ``[H * f, W * f, 3]`` with ``f = ceil(MIN_DISPLAY_SIDE / max(H, W))`` (1 for
@@ -77,6 +79,8 @@ def draw_detections(
         y1, x1, y2, x2 = (float(v) * factor for v in boxes[i])
         color = colors[i]
         draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=color, width=line)
+        if not labelled:
+            continue
         label = f"{class_names[int(classes[i])]} {float(scores[i]):.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         tag_w, tag_h = right - left + 4, bottom - top + 4
@@ -127,9 +131,13 @@ def draw_image_detections(
     proposals = np.asarray(detections.get("proposals", np.zeros((0, 4)))).reshape(-1, 4)
     proposals = proposals[:max_proposals]
     scores = detections.get("proposal_scores")
-    if scores is None:
-        return _draw_unlabelled(image, proposals)
-    scores = np.asarray(scores, np.float32)[: len(proposals)]
+    labelled = scores is not None
+    # Without objectness the order (best first) ranks the proposals.
+    scores = (
+        np.asarray(scores, np.float32)[: len(proposals)]
+        if labelled
+        else -np.arange(len(proposals), dtype=np.float32)
+    )
     return draw_detections(
         image,
         proposals,
@@ -138,19 +146,5 @@ def draw_image_detections(
         None,
         ("proposal",),
         score_threshold=-np.inf,
+        labelled=labelled,
     )
-
-
-def _draw_unlabelled(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    height, width = image.shape[:2]
-    factor = max(1, math.ceil(MIN_DISPLAY_SIDE / max(height, width)))
-    picture = Image.fromarray(np.repeat(np.repeat(image, factor, axis=0), factor, axis=1))
-    draw = ImageDraw.Draw(picture)
-    for rank in reversed(range(len(boxes))):
-        y1, x1, y2, x2 = (float(v) * factor for v in boxes[rank])
-        draw.rectangle(
-            [x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)],
-            outline=instance_color(rank),
-            width=max(1, factor // 2),
-        )
-    return np.asarray(picture)

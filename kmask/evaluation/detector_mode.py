@@ -41,14 +41,7 @@ class DetectorMode(enum.Enum):
         Raises:
           ValueError: neither ``detection_boxes`` nor ``proposals`` among the keys.
         """
-        if "detection_boxes" in outputs:
-            return cls.MASK_RCNN if "detection_masks" in outputs else cls.FASTER_RCNN
-        if "proposals" in outputs:
-            return cls.RPN
-        raise ValueError(
-            f"the model's outputs {sorted(outputs)} hold neither detections "
-            f"('detection_boxes') nor proposals ('proposals')"
-        )
+        return cls._from_keys(outputs, "detection_boxes", "detection_masks", "the model's outputs")
 
     @classmethod
     def from_detections(cls, detections: Mapping[str, Any]) -> DetectorMode:
@@ -57,13 +50,19 @@ class DetectorMode(enum.Enum):
         Raises:
           ValueError: neither ``boxes`` nor ``proposals`` among the keys.
         """
-        if "boxes" in detections:
-            return cls.MASK_RCNN if "masks" in detections else cls.FASTER_RCNN
-        if "proposals" in detections:
+        return cls._from_keys(detections, "boxes", "masks", "image detections with keys")
+
+    @classmethod
+    def _from_keys(
+        cls, values: Mapping[str, Any], boxes: str, masks: str, what: str
+    ) -> DetectorMode:
+        if boxes in values:
+            return cls.MASK_RCNN if masks in values else cls.FASTER_RCNN
+        if "proposals" in values:
             return cls.RPN
         raise ValueError(
-            f"image detections with keys {sorted(detections)} hold neither detections "
-            f"('boxes') nor proposals ('proposals')"
+            f"{what} {sorted(values)} hold neither detections ({boxes!r}) nor proposals "
+            f"('proposals')"
         )
 
     @property

@@ -154,15 +154,10 @@ class Predictor:
             result["classes"] = outputs["detection_classes"][index, :count].astype(np.int32)
             if mode.has_masks:
                 masks = outputs["detection_masks"][index : index + 1, :count]
-                if count:
-                    pasted = np.asarray(
-                        paste_masks(
-                            masks, boxes[None], (height, width), threshold=self.mask_threshold
-                        )[0]
-                    )
-                else:
-                    pasted = np.zeros((0, height, width), bool)
-                result["masks"] = pasted
+                pasted = paste_masks(
+                    masks, boxes[None], (height, width), threshold=self.mask_threshold
+                )
+                result["masks"] = np.asarray(pasted[0])
         if "proposals" in outputs:
             count = _valid_count(outputs, "num_proposals", "proposals", index)
             result["proposals"] = to_target(outputs["proposals"][index, :count])

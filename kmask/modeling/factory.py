@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from kmask.config import ModelConfig
 from kmask.layers.image_normalization import ImageNormalization
@@ -17,11 +16,6 @@ from kmask.modeling.rpn import RPN
 
 # Levels the RoI heads pool from (FPN section 4.2: P2..P5; P6 serves the RPN only).
 _POOLER_LEVELS = (2, 5)
-
-
-def _fields(section: Any) -> dict[str, Any]:
-    """A config section as keyword arguments (one level: sections hold no sections)."""
-    return {field.name: getattr(section, field.name) for field in dataclasses.fields(section)}
 
 
 def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
@@ -52,7 +46,7 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
             f"the RoI heads pool from P{_POOLER_LEVELS[0]}..P{_POOLER_LEVELS[1]}; "
             f"model.fpn levels are P{config.fpn.min_level}..P{config.fpn.max_level}"
         )
-    backbone_args = _fields(config.backbone)
+    backbone_args = dataclasses.asdict(config.backbone)
     backbone = build_backbone(backbone_args.pop("type"), **backbone_args, name="backbone")
     head_args = {
         "num_classes": config.num_classes,
@@ -64,19 +58,19 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
         instance_heads = []
         if config.mask_head is not None:
             instance_heads.append(
-                MaskHead(**_fields(config.mask_head), **head_args, name="mask_head")
+                MaskHead(**dataclasses.asdict(config.mask_head), **head_args, name="mask_head")
             )
         roi_heads = ROIHeads(
-            BoxHead(**_fields(config.box_head), **head_args, name="box_head"),
+            BoxHead(**dataclasses.asdict(config.box_head), **head_args, name="box_head"),
             instance_heads,
-            **_fields(config.roi_heads),
+            **dataclasses.asdict(config.roi_heads),
             name="roi_heads",
         )
     return MaskRCNN(
-        normalizer=ImageNormalization(**_fields(config.input), name="normalizer"),
+        normalizer=ImageNormalization(**dataclasses.asdict(config.input), name="normalizer"),
         backbone=backbone,
-        fpn=FPN(**_fields(config.fpn), name="fpn"),
-        rpn=RPN(**_fields(config.rpn), name="rpn"),
+        fpn=FPN(**dataclasses.asdict(config.fpn), name="fpn"),
+        rpn=RPN(**dataclasses.asdict(config.rpn), name="rpn"),
         roi_heads=roi_heads,
         name="mask_rcnn",
     )

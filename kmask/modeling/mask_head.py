@@ -11,7 +11,7 @@ import tensorflow as tf
 from kmask.layers.conv_stack import msra_fill
 from kmask.modeling.pooled_head import PooledHead
 from kmask.ops.losses import mask_loss
-from kmask.ops.masks import mask_targets
+from kmask.ops.masks import mask_targets, select_class
 
 
 @keras.saving.register_keras_serializable(package="kmask")
@@ -134,7 +134,7 @@ class MaskHead(PooledHead):
         logits = self(features, rois, training=training)  # [B, Q, m, m, K]
         gt = mask_targets(
             targets["gt_masks"],
-            tf.cast(targets["gt_boxes"], tf.float32),
+            targets["gt_boxes"],
             rois,
             matched_index,
             output_size=self.output_size,
@@ -149,8 +149,7 @@ class MaskHead(PooledHead):
         class in its box frame (zeros for padding); ``kmask.ops.masks.paste_masks`` pastes
         them into the image."""
         logits = self(features, detections["detection_boxes"])
-        logits = tf.transpose(logits, [0, 1, 4, 2, 3])
-        chosen = tf.gather(logits, detections["detection_classes"], batch_dims=2)
+        chosen = select_class(logits, detections["detection_classes"])
         valid = tf.range(tf.shape(chosen)[1])[None, :] < detections["num_detections"][:, None]
         return {"detection_masks": tf.where(valid[:, :, None, None], tf.sigmoid(chosen), 0.0)}
 

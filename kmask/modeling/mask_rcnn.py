@@ -83,13 +83,15 @@ class MaskRCNN(keras.Model):
         images_shape = tuple(inputs_shape["images"])
         backbone_shape = self.backbone.compute_output_shape(images_shape)
         pyramid_shape = self.fpn.compute_output_shape(backbone_shape)
-        # Stages deserialized from a saved model arrive already built.
-        stages = [(self.backbone, images_shape), (self.fpn, backbone_shape)]
-        stages.append((self.rpn, pyramid_shape))
-        if self.roi_heads is not None:
-            stages.append((self.roi_heads, pyramid_shape))
+        stages = [
+            (self.backbone, images_shape),
+            (self.fpn, backbone_shape),
+            (self.rpn, pyramid_shape),
+            (self.roi_heads, pyramid_shape),
+        ]
+        # Stages passed in already built (e.g. a trained backbone) keep their weights.
         for layer, shape in stages:
-            if not layer.built:
+            if layer is not None and not layer.built:
                 layer.build(shape)
         self.built = True
 
@@ -100,12 +102,7 @@ class MaskRCNN(keras.Model):
         images = self.normalizer(inputs["images"], image_size)
         pyramid = self.fpn(self.backbone(images, training=training), training=training)
         targets = {key: inputs[key] for key in TARGET_KEYS if key in inputs} or None
-        gt = (
-            {}
-            if targets is None
-            else {"gt_boxes": targets["gt_boxes"], "gt_classes": targets["gt_classes"]}
-        )
-        proposals, losses = self.rpn(pyramid, image_size, training=training, **gt)
+        proposals, losses = self.rpn(pyramid, image_size, targets=targets, training=training)
         if targets is not None:
             if self.roi_heads is not None:
                 losses.update(

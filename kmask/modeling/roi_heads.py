@@ -11,12 +11,6 @@ import tensorflow as tf
 from kmask.layers.roi_sampler import ROISampler
 
 
-def _layer(value: keras.layers.Layer | dict[str, Any]) -> keras.layers.Layer:
-    if isinstance(value, dict):
-        return keras.saving.deserialize_keras_object(value)
-    return value
-
-
 @keras.saving.register_keras_serializable(package="kmask")
 class ROIHeads(keras.layers.Layer):
     """Box head plus optional instance heads on RoIs of an FPN (Mask R-CNN section 3).
@@ -34,7 +28,7 @@ class ROIHeads(keras.layers.Layer):
     tensor}`` (``MaskHead`` is one). Adding a head needs no change here.
 
     Args:
-      box_head: ``BoxHead`` (or its serialized config).
+      box_head: ``BoxHead``.
       instance_heads: heads run on foreground RoIs / detections, e.g. ``[MaskHead]``; empty
         for Faster R-CNN.
       batch_size_per_image, positive_fraction, fg_iou_threshold, add_gt_to_proposals: the
@@ -52,8 +46,8 @@ class ROIHeads(keras.layers.Layer):
 
     def __init__(
         self,
-        box_head: keras.layers.Layer | dict[str, Any],
-        instance_heads: Sequence[keras.layers.Layer | dict[str, Any]] = (),
+        box_head: keras.layers.Layer,
+        instance_heads: Sequence[keras.layers.Layer] = (),
         batch_size_per_image: int = 512,
         positive_fraction: float = 0.25,
         fg_iou_threshold: float = 0.5,
@@ -63,8 +57,8 @@ class ROIHeads(keras.layers.Layer):
         kwargs.setdefault("autocast", False)  # boxes stay float32; the heads cast themselves
         super().__init__(**kwargs)
         self.supports_jit = False  # NMS (and the RoIAlign custom op) cannot be XLA-compiled
-        self.box_head = _layer(box_head)
-        self.instance_heads = [_layer(head) for head in instance_heads]
+        self.box_head = box_head
+        self.instance_heads = list(instance_heads)
         self.sampler = ROISampler(
             batch_size_per_image,
             positive_fraction,
@@ -88,7 +82,7 @@ class ROIHeads(keras.layers.Layer):
         image_size_shape: tuple[int | None, ...] | None = None,
         targets_shape: dict[str, tuple[int | None, ...]] | None = None,
     ) -> None:
-        # Heads deserialized from a saved model arrive already built.
+        # Heads passed in already built keep their weights.
         for head in (self.box_head, *self.instance_heads):
             if not head.built:
                 head.build(features_shape, (None, None, 4))
@@ -165,3 +159,12 @@ class ROIHeads(keras.layers.Layer):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ROIHeads:
+        config = dict(config)
+        config["box_head"] = keras.saving.deserialize_keras_object(config["box_head"])
+        config["instance_heads"] = [
+            keras.saving.deserialize_keras_object(head) for head in config["instance_heads"]
+        ]
+        return cls(**config)

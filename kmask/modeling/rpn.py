@@ -31,9 +31,10 @@ class RPN(keras.layers.Layer):
 
     The arguments are the fields of ``kmask.config.RPNConfig`` (documented there).
 
-    Call: ``(features {"Pk": [B, Hk, Wk, C]}, image_size [B, 2] int32 (h, w), gt_boxes=None
-    [B, G, 4] float32 (y1, x1, y2, x2) pixels, gt_classes=None [B, G] int32 (-1 padding),
-    training=None)`` -> ``(proposals, losses)`` with ``proposals = {"proposals" [B, P, 4]
+    Call: ``(features {"Pk": [B, Hk, Wk, C]}, image_size [B, 2] int32 (h, w), targets=None,
+    training=None)`` with ``targets`` the batch's ground truth (reads ``gt_boxes [B, G, 4]``
+    float32 (y1, x1, y2, x2) pixels and ``gt_classes [B, G]`` int32, -1 padding) ->
+    ``(proposals, losses)`` with ``proposals = {"proposals" [B, P, 4]
     float32 pixels best first, "proposal_scores" [B, P] objectness probabilities,
     "proposal_valid" [B, P] bool}`` (P = ``post_nms_topk_train`` when ``training`` else
     ``post_nms_topk_test``; no gradient) and ``losses`` the two float32 scalars when ground
@@ -109,8 +110,7 @@ class RPN(keras.layers.Layer):
         self,
         features_shape: dict[str, tuple[int | None, ...]],
         image_size_shape: tuple[int | None, ...] | None = None,
-        gt_boxes_shape: tuple[int | None, ...] | None = None,
-        gt_classes_shape: tuple[int | None, ...] | None = None,
+        targets_shape: dict[str, tuple[int | None, ...]] | None = None,
     ) -> None:
         if not self.head.built:
             self.head.build(features_shape)
@@ -119,8 +119,7 @@ class RPN(keras.layers.Layer):
         self,
         features: dict[str, tf.Tensor],
         image_size: tf.Tensor,
-        gt_boxes: tf.Tensor | None = None,
-        gt_classes: tf.Tensor | None = None,
+        targets: dict[str, tf.Tensor] | None = None,
         training: bool | None = None,
     ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
         image_size = tf.cast(image_size, tf.int32)
@@ -130,13 +129,13 @@ class RPN(keras.layers.Layer):
             objectness, deltas, anchors, image_size, training=training
         )
         outputs = {"proposals": proposals, "proposal_scores": scores, "proposal_valid": valid}
-        if gt_boxes is None:
+        if targets is None:
             return outputs, {}
         keys = sorted_levels(objectness)
         indices, labels, box_targets = self.target_assigner(
             tf.concat([anchors[key] for key in keys], axis=0),
-            tf.cast(gt_boxes, tf.float32),
-            tf.cast(gt_classes, tf.int32),
+            tf.cast(targets["gt_boxes"], tf.float32),
+            tf.cast(targets["gt_classes"], tf.int32),
         )
         logits = tf.gather(tf.concat([objectness[k] for k in keys], axis=1), indices, batch_dims=1)
         sampled_deltas = tf.gather(

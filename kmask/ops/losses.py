@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from kmask.ops.masks import select_class
+
 
 def smooth_l1(diff: tf.Tensor, beta: float) -> tf.Tensor:
     """Elementwise smooth L1 (Fast R-CNN): ``0.5 x^2 / beta`` if ``|x| < beta`` else
@@ -94,11 +96,7 @@ def mask_loss(logits: tf.Tensor, targets: tf.Tensor, classes: tf.Tensor) -> tf.T
     Returns:
       The mean over the pixels of RoIs with a class (0 when there are none).
     """
-    chosen = tf.gather(
-        tf.transpose(tf.cast(logits, tf.float32), [0, 1, 4, 2, 3]),
-        tf.maximum(classes, 0),
-        batch_dims=2,
-    )  # [B, Q, m, m]
+    chosen = select_class(tf.cast(logits, tf.float32), classes)  # [B, Q, m, m]
     bce = tf.nn.sigmoid_cross_entropy_with_logits(
         labels=tf.cast(targets, tf.float32), logits=chosen
     )

@@ -94,6 +94,13 @@ def mask_targets(
     return tf.stop_gradient(tf.cast(crops >= 0.5, tf.float32))
 
 
+def select_class(logits: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+    """Each RoI's map of its own class: ``logits [B, R, m, m, K]``, ``classes [B, R]`` int32
+    0-based (negative values pick class 0) -> ``[B, R, m, m]``."""
+    maps = tf.transpose(logits, [0, 1, 4, 2, 3])  # [B, R, K, m, m]
+    return tf.gather(maps, tf.maximum(classes, 0), batch_dims=2)
+
+
 def _interpolation_weights(
     start: tf.Tensor, end: tf.Tensor, mask_size: int, length: tf.Tensor | int
 ) -> tf.Tensor:

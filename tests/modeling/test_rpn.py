@@ -212,12 +212,14 @@ def test_rpn_stage_owns_anchors_head_proposals_and_losses():
     assert stage.head.count_params() == 2 * (9 * 8 * 8 + 8) + (8 * 3 + 3) + (8 * 12 + 12)
     gt_boxes = tf.constant([[[4.0, 4.0, 30.0, 40.0]], [[0.0, 0.0, 0.0, 0.0]]])
     gt_classes = tf.constant([[0], [-1]])
-    proposals, losses = stage(features, size, gt_boxes, gt_classes, training=True)
+    targets = {"gt_boxes": gt_boxes, "gt_classes": gt_classes}
+    proposals, losses = stage(features, size, targets, training=True)
     assert proposals["proposals"].shape == (2, 20, 4)
     assert set(losses) == set(RPN.loss_names)
     assert np.isfinite(losses["loss_rpn_cls"].numpy()) and losses["loss_rpn_box"].numpy() > 0
     # No ground truth at all: the box loss is exactly zero.
-    _, empty = stage(features, size, tf.zeros([2, 1, 4]), tf.fill([2, 1], -1), training=True)
+    no_gt = {"gt_boxes": tf.zeros([2, 1, 4]), "gt_classes": tf.fill([2, 1], -1)}
+    _, empty = stage(features, size, no_gt, training=True)
     assert empty["loss_rpn_box"].numpy() == 0.0
     assert_round_trip(stage, features, size)
     assert stage.get_config()["smooth_l1_beta"] == pytest.approx(1 / 9)
