@@ -32,7 +32,7 @@ class MaskRCNN(keras.Model):
     0-based (-1 padding), "gt_masks" [B, G, M, M] uint8 box-frame masks}``.
 
     Args:
-      normalizer, backbone, fpn, rpn: built layers (or their serialized configs).
+      normalizer, backbone, fpn, rpn: the stages (layers; ``from_config`` deserializes them).
       roi_heads: ``ROIHeads`` or ``None`` (RPN only).
       **kwargs: base ``keras.Model`` arguments (``name``, ...).
 
