@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kmask.data import coco_fields
 from kmask.data.data_error import DataError
 
 
@@ -24,8 +25,8 @@ class CategoryMap:
       source: file named in error messages.
 
     Raises:
-      DataError: a category without ``id``/``name``, a duplicate id, or keypoint lists that
-        differ between categories.
+      DataError: a category without ``id``/``name``, an id that is not an integer in
+        [0, 10**18), a duplicate id, or keypoint lists that differ between categories.
     """
 
     def __init__(self, categories: Sequence[Mapping[str, Any]], source: str = "categories") -> None:
@@ -36,7 +37,12 @@ class CategoryMap:
             for key in ("id", "name"):
                 if key not in category:
                     raise DataError(f"{source}: categories[{i}] has no key {key!r}")
-            entries.append(dict(category))
+            if coco_fields.as_int(category["id"]) is None:
+                raise DataError(
+                    f"{source}: categories[{i}]: id {category['id']!r} is not an integer in "
+                    f"[0, {coco_fields.MAX_ID}]"
+                )
+            entries.append(dict(category, id=int(category["id"])))
         entries.sort(key=lambda c: int(c["id"]))
         ids = [int(c["id"]) for c in entries]
         if len(set(ids)) != len(ids):

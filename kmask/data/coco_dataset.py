@@ -11,17 +11,14 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from kmask.config import DataConfig
-from kmask.data import image_io, pipeline
+from kmask.data import coco_fields, image_io, pipeline
 from kmask.data.bad_input_report import BadInputReport
 from kmask.data.category_map import CategoryMap
 from kmask.data.data_error import DataError
 from kmask.data.image_record import ImageRecord
-
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class CocoDataset:
@@ -29,14 +26,23 @@ class CocoDataset:
 
     Reads boxes, polygon / RLE (compressed or not) masks and keypoints. Category ids map to
     contiguous class ids 0..K-1 in the order of the original ids (``categories``).
-    Problems are handled per annotation, each logged with the image id and file and
-    counted in ``report`` (``DataError`` instead when ``strict``):
+    Every field is checked for type, range and finiteness here, once, before any
+    pycocotools call (``kmask.data.coco_fields``). Problems are handled per image or
+    annotation, each logged with the file, the image id and the annotation id and counted
+    in ``report`` (``DataError`` instead when ``strict``):
 
+    - an image whose id is not an integer in [0, 10**18), whose height or width is not a
+      positive integer, whose ``file_name`` is not a string or leaves ``images_dir``
+      (unless ``allow_outside_images``) is skipped with its annotations;
     - a box partly outside the image is clipped; one with nothing left inside, or with
       zero/negative width or height, or not four finite numbers, is dropped;
     - polygons with fewer than 3 points are dropped (the instance too when none is left);
-      an RLE whose size is not the image's is dropped;
-    - an annotation with an unknown category or image id is dropped;
+      an instance with a polygon that is not numbers or lies far outside the image, an RLE
+      whose size is not the image's, whose run lengths are negative or do not sum to
+      height*width, or whose compressed string is corrupt, is dropped;
+    - an annotation with an invalid or unknown category id, an unknown image id, an
+      ``iscrowd`` other than 0/1, an ``area`` that is not a finite number >= 0, or
+      keypoints that are not finite numbers with visibility 0/1/2 is dropped;
     - an annotation without segmentation keeps its box as its mask;
     - unreadable, truncated, missing images, or images whose size differs from the JSON,
       are skipped when read (``load``, ``examples``, the TFRecord writer).
@@ -48,6 +54,8 @@ class CocoDataset:
       json_path: COCO annotation file.
       images_dir: folder the images' ``file_name`` are relative to.
       strict: raise on the first bad image or annotation instead of skipping it.
+      allow_outside_images: read ``file_name`` values that are absolute or leave
+        ``images_dir`` through ``..`` (by default such images are skipped).
     """
 
     def __init__(
@@ -56,9 +64,11 @@ class CocoDataset:
         images_dir: str | os.PathLike[str],
         *,
         strict: bool = False,
+        allow_outside_images: bool = False,
     ) -> None:
         self.json_path = Path(json_path)
         self.images_dir = Path(images_dir)
+        self.allow_outside_images = allow_outside_images
         if not self.json_path.is_file():
             raise DataError(f"annotation file not found: {self.json_path}")
         if not self.images_dir.is_dir():
@@ -101,20 +111,28 @@ class CocoDataset:
     def _parse(self, data: Mapping[str, Any]) -> tuple[ImageRecord, ...]:
         source = str(self.json_path)
         images: dict[int, Mapping[str, Any]] = {}
+        skipped_images: set[int] = set()
         for i, image in enumerate(_entries(data, "images", source)):
             for key in ("id", "file_name", "height", "width"):
                 if key not in image:
                     raise DataError(f"{source}: images[{i}] has no key {key!r}")
-            try:
-                image_id, height, width = (int(image[k]) for k in ("id", "height", "width"))
-            except (TypeError, ValueError):
-                raise DataError(
-                    f"{source}: images[{i}]: id, height and width must be integers"
-                ) from None
-            if image_id in images:
+            image_id = coco_fields.as_int(image["id"])
+            if image_id is None:
+                self.report.skip(
+                    "invalid image id",
+                    None,
+                    None,
+                    f"images[{i}]: id {image['id']!r} (expected an integer in "
+                    f"[0, {coco_fields.MAX_ID}])",
+                )
+                continue
+            if image_id in images or image_id in skipped_images:
                 raise DataError(f"{source}: duplicate image id {image_id}")
-            if height <= 0 or width <= 0:
-                raise DataError(f"{source}: image id {image_id}: non-positive height/width")
+            problem = self._image_problem(image)
+            if problem is not None:
+                skipped_images.add(image_id)
+                self.report.skip(problem[0], image_id, _printable(image["file_name"]), problem[1])
+                continue
             images[image_id] = image
 
         num_keypoints = self.categories.num_keypoints
@@ -123,7 +141,11 @@ class CocoDataset:
             for key in ("image_id", "category_id", "bbox"):
                 if key not in annotation:
                     raise DataError(f"{source}: annotations[{i}] has no key {key!r}")
-            image = images.get(_as_int(annotation["image_id"]))
+            image_id = coco_fields.as_int(annotation["image_id"])
+            if image_id in skipped_images:
+                self.report.fix("annotation of a skipped image left out")
+                continue
+            image = images.get(image_id)  # type: ignore[arg-type]
             if image is None:
                 self.report.skip(
                     "annotation for an unknown image id",
@@ -158,6 +180,27 @@ class CocoDataset:
             )
         return tuple(records)
 
+    def _image_problem(self, image: Mapping[str, Any]) -> tuple[str, str] | None:
+        """``(reason, detail)`` when an image entry with a valid id is unusable, else None."""
+        height = coco_fields.as_int(image["height"], 1, coco_fields.MAX_PIXELS)
+        width = coco_fields.as_int(image["width"], 1, coco_fields.MAX_PIXELS)
+        if height is None or width is None or height * width > coco_fields.MAX_PIXELS:
+            return (
+                "invalid image size",
+                f"height {image['height']!r}, width {image['width']!r} (expected positive "
+                f"integers, height*width <= {coco_fields.MAX_PIXELS})",
+            )
+        file_name = image["file_name"]
+        if not isinstance(file_name, str) or not file_name or "\0" in file_name:
+            return "invalid file_name", f"file_name {file_name!r}"
+        if not self.allow_outside_images and _leaves_folder(file_name):
+            return (
+                "file_name outside the images folder",
+                f"{file_name!r} is absolute or leaves {self.images_dir} through '..' "
+                "(allow it with --allow-outside-images / data.allow_outside_images)",
+            )
+        return None
+
     def _parse_annotation(
         self, annotation: Mapping[str, Any], image: Mapping[str, Any], num_keypoints: int
     ) -> tuple | None:
@@ -168,22 +211,31 @@ class CocoDataset:
         annotation_id = annotation.get("id")
 
         def skip(reason: str, detail: str = "") -> None:
-            prefix = f"annotation id {annotation_id}"
+            prefix = f"annotation id {annotation_id!r}"
             self.report.skip(
                 reason, image_id, file_name, f"{prefix}: {detail}" if detail else prefix
             )
 
-        category_id = _as_int(annotation["category_id"])
-        class_id = None if category_id is None else self.categories.contiguous_id(category_id)
+        if "id" in annotation and coco_fields.as_int(annotation_id) is None:
+            skip("invalid annotation id", f"expected an integer in [0, {coco_fields.MAX_ID}]")
+            return None
+        category_id = coco_fields.as_int(annotation["category_id"])
+        if category_id is None:
+            skip("invalid category id", f"category_id {annotation['category_id']!r}")
+            return None
+        class_id = self.categories.contiguous_id(category_id)
         if class_id is None:
             skip("unknown category id", f"category_id {annotation['category_id']}")
             return None
         bbox = annotation["bbox"]
-        try:
-            x, y, w, h = (float(v) for v in bbox)
-        except (TypeError, ValueError):
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+        ):
             skip("invalid box", f"bbox {bbox!r}")
             return None
+        x, y, w, h = (float(v) for v in bbox)
         if not all(math.isfinite(v) for v in (x, y, w, h)):
             skip("invalid box", f"bbox {bbox!r}")
             return None
@@ -197,10 +249,23 @@ class CocoDataset:
             return None
         if (x1, y1, x2, y2) != (x, y, x + w, y + h):
             self.report.fix("box clipped to the image")
+        iscrowd = annotation.get("iscrowd", 0)
+        if coco_fields.as_int(iscrowd, 0, 1) is None:
+            skip("invalid iscrowd", f"iscrowd {iscrowd!r} (expected 0 or 1)")
+            return None
+        area = annotation.get("area", w * h)
+        if not coco_fields.is_number(area) or area < 0:
+            skip("invalid area", f"area {area!r} (expected a finite number >= 0)")
+            return None
 
         segmentation = annotation.get("segmentation")
         if isinstance(segmentation, list) and segmentation:
-            polygons = [p for p in segmentation if _valid_polygon(p)]
+            problems = [coco_fields.polygon_problem(p, height, width) for p in segmentation]
+            serious = [p for p in problems if p not in (None, "fewer than 3 points")]
+            if serious:
+                skip("invalid polygon", serious[0])
+                return None
+            polygons = [p for p, problem in zip(segmentation, problems) if problem is None]
             if len(polygons) < len(segmentation):
                 if not polygons:
                     skip("polygon with fewer than 3 points")
@@ -208,31 +273,34 @@ class CocoDataset:
                 self.report.fix("polygon part with fewer than 3 points removed")
             segmentation = polygons
         elif isinstance(segmentation, Mapping):
-            if not isinstance(segmentation.get("counts"), (list, str, bytes)) or not isinstance(
-                segmentation.get("size"), list
-            ):
-                skip("invalid RLE", "needs 'counts' (list or string) and 'size'")
+            problem = coco_fields.rle_problem(segmentation, height, width)
+            if problem is not None:
+                skip("invalid RLE", problem)
                 return None
-            if [int(s) for s in segmentation["size"]] != [height, width]:
-                skip("RLE size differs from the image", f"size {segmentation['size']}")
-                return None
-        else:
+            segmentation = {"size": [height, width], "counts": segmentation["counts"]}
+        elif segmentation is None or segmentation == []:
             segmentation = None
+        else:
+            skip("invalid segmentation", f"a {type(segmentation).__name__}")
+            return None
 
         keypoints = np.zeros((num_keypoints, 3), np.float64)
         raw_keypoints = annotation.get("keypoints")
         if num_keypoints and raw_keypoints:
+            problem = coco_fields.keypoints_problem(raw_keypoints, num_keypoints)
+            if problem is not None:
+                skip("invalid keypoints", problem)
+                return None
             if len(raw_keypoints) != 3 * num_keypoints:
                 self.report.fix("keypoints of the wrong length ignored")
             else:
                 keypoints = np.asarray(raw_keypoints, np.float64).reshape(num_keypoints, 3)
-        area = float(annotation.get("area", w * h))
         return (
             (y1, x1, y2, x2),
             category_id,
             class_id,
-            bool(annotation.get("iscrowd", 0)),
-            area,
+            bool(iscrowd),
+            float(area),
             segmentation,
             keypoints,
         )
@@ -256,7 +324,7 @@ class CocoDataset:
             return None
         try:
             rgb, keep = image_io.decode_rgb(data)
-        except _IMAGE_ERRORS as error:
+        except image_io.DECODE_ERRORS as error:
             self.report.skip("corrupt or truncated image", record.image_id, str(path), str(error))
             return None
         if rgb.shape[:2] != (record.height, record.width):
@@ -444,23 +512,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _as_int(value: Any) -> int | None:
-    """``int(value)`` for an integral number, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if not math.isfinite(value) or value != int(value):
-        return None
-    return int(value)
+def _leaves_folder(file_name: str) -> bool:
+    """Whether a ``file_name`` is absolute or climbs out of its folder through ``..``
+    (judged on the name alone: symbolic links inside the folder are the user's choice)."""
+    if os.path.isabs(file_name) or Path(file_name).drive:
+        return True
+    return os.path.normpath(file_name).split(os.sep)[0] == os.pardir
 
 
-def _valid_polygon(polygon: Any) -> bool:
-    """A flat list of at least 3 finite (x, y) points."""
-    return (
-        isinstance(polygon, list)
-        and len(polygon) >= 6
-        and len(polygon) % 2 == 0
-        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in polygon)
-    )
+def _printable(value: Any) -> str:
+    """A file name for messages (``repr`` for anything that is not a string)."""
+    return value if isinstance(value, str) else repr(value)
 
 
 def _entries(data: Mapping[str, Any], key: str, source: str) -> list[Mapping[str, Any]]:

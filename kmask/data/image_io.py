@@ -15,6 +15,10 @@ from PIL import Image
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+# What decoding a bad file raises: truncated or corrupt data (OSError, ValueError, and
+# SyntaxError for some malformed headers) and images above Pillow's pixel limit.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 
 def decode_rgb(data: bytes) -> tuple[np.ndarray, str | None]:
     """Decodes an encoded image to RGB.
