@@ -1,0 +1,12 @@
+"""Deployment exports: TensorFlow Serving SavedModels and ONNX models.
+
+- ``SavedModelExporter`` / ``export_saved_model``: ``EXPORT_DIR/<version>/`` with a
+  ``serving_default`` signature over raw images (``image_bytes``, ``image_tensor`` or
+  ``tf_example``), preprocessing and postprocessing in the graph, stock TensorFlow ops only.
+- ``InferenceGraph``: that preprocessing -> model -> postprocessing graph on its own.
+"""
+
+from kmask.export.inference_graph import INPUT_TYPES, InferenceGraph
+from kmask.export.saved_model_exporter import SavedModelExporter, export_saved_model
+
+__all__ = ["INPUT_TYPES", "InferenceGraph", "SavedModelExporter", "export_saved_model"]
