@@ -552,6 +552,91 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_predict)
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kmask.config import ConfigError
+    from kmask.data import DataError
+    from kmask.evaluation import Predictor
+
+    if args.version is not None and args.version <= 0:
+        return _fail("export", "--version must be a positive integer", 2)
+    if args.format == "onnx" and (args.version is not None or args.full_masks):
+        return _fail("export", "--version and --full-masks apply to --format saved_model", 2)
+    try:
+        config, checkpoint, run = _inference_setup(args)
+        categories = None
+        if run is not None and run.categories_path.is_file():
+            categories = run.load_categories()
+        model = Predictor.from_checkpoint(config, checkpoint).model
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
+        return _fail("export", str(error), 2)
+    out = Path(args.out)
+    try:
+        if args.format == "onnx":
+            from kmask.export import export_onnx
+
+            if out.suffix != ".onnx":
+                out = out / "model.onnx"
+            path = export_onnx(model, out, config.data, categories, overwrite=args.overwrite)
+        else:
+            from kmask.export import export_saved_model
+
+            path = export_saved_model(
+                model,
+                out,
+                config.data,
+                categories,
+                input_type=args.input_type,
+                version=args.version,
+                full_masks=args.full_masks,
+                overwrite=args.overwrite,
+                mask_threshold=config.eval.mask_threshold,
+            )
+    except FileExistsError as error:
+        return _fail("export", f"{error}", 2)
+    except (ImportError, ValueError, OSError) as error:
+        return _fail("export", f"cannot export {checkpoint} to {out}: {error}", 1)
+    print(f"exported {checkpoint} to {path}")
+    return 0
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model for TensorFlow Serving (SavedModel, stock ops only) or "
+        "ONNX Runtime; decoding, resizing and the mapping back to image pixels and category "
+        "ids happen inside the exported graph",
+    )
+    _add_inference_arguments(parser)
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="saved_model: the model base path (writes OUT/<version>/); onnx: the .onnx file, "
+        "or a folder for OUT/model.onnx",
+    )
+    parser.add_argument("--format", default="saved_model", choices=("saved_model", "onnx"))
+    parser.add_argument(
+        "--input-type",
+        default="image_bytes",
+        choices=("image_bytes", "image_tensor", "tf_example"),  # kmask.export.INPUT_TYPES
+        help="saved_model input: encoded images (string [B]), uint8 [B,H,W,3], or serialized "
+        "tf.train.Example with image/encoded (image_bytes); onnx always takes image_tensor",
+    )
+    parser.add_argument(
+        "--version", type=int, default=None, help="version folder (default: one above the largest)"
+    )
+    parser.add_argument(
+        "--full-masks",
+        action="store_true",
+        help="also output masks pasted into the source image (detection_full_masks, uint8)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing version folder or file"
+    )
+    parser.set_defaults(handler=_run_export)
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -577,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_evaluate,
         _add_predict,
+        _add_export,
     ):
         add(subparsers)
     return parser

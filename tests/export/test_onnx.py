@@ -1,0 +1,114 @@
+"""ONNX export: ONNX Runtime, in a process without TensorFlow, gives the Keras model's
+detections; RoIAlign and NMS are the ONNX ops; dynamic batch and size; zero detections."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kmask.export.inference_graph import with_roi_align
+from kmask.ops.roi_align import resolve_implementation
+from tests.export.conftest import CATEGORIES, assert_same_detections, reference, shapes_image
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (extra [onnx])")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (extra [onnx])")
+pytest.importorskip("tf2onnx", reason="tf2onnx is not installed (extra [onnx])")
+
+RUN_ONNXRUNTIME = Path(__file__).with_name("run_onnxruntime.py")
+
+
+def zero_detection_model(model: keras.Model, config, blank: np.ndarray, others) -> keras.Model:
+    """A copy of ``model`` whose background logit is raised just enough that ``blank`` gets
+    no detection while each of ``others`` keeps some (bisection on the bias)."""
+    copy = with_roi_align(model, "auto")
+    cls_score = copy.roi_heads.box_head.cls_score
+    kernel, bias = cls_score.get_weights()
+
+    def counts(shift: float) -> list[int]:
+        shifted = bias.copy()
+        shifted[0] += shift
+        cls_score.set_weights([kernel, shifted])
+        return [len(reference(copy, config, [image])[0]["scores"]) for image in [blank, *others]]
+
+    low, high = 0.0, 64.0
+    for _ in range(12):
+        middle = (low + high) / 2
+        low, high = (low, middle) if counts(middle)[0] == 0 else (middle, high)
+    found = counts(high + 0.05)
+    assert found[0] == 0 and min(found[1:]) > 0, f"no bias separates the images: {found}"
+    return copy
+
+
+@pytest.fixture(scope="module")
+def cases(model, config, decoded_images) -> dict[str, np.ndarray]:
+    """uint8 batches: two images of one size, one landscape image, a blank image."""
+    if resolve_implementation("auto") != "custom":
+        pytest.skip("the ONNX export traces the RoIAlign custom op; run `kmask build-ops`")
+    second = shapes_image(*decoded_images[0].shape[:2], seed=11)
+    return {
+        "pair": np.stack([decoded_images[0], second]),
+        "landscape": decoded_images[1][None],
+        "blank": np.full((1, 60, 80, 3), 127, np.uint8),
+    }
+
+
+@pytest.fixture(scope="module")
+def onnx_export(model, config, cases, tmp_path_factory) -> tuple[Path, keras.Model]:
+    from kmask.export import export_onnx
+
+    exported = zero_detection_model(model, config, cases["blank"][0], list(cases["pair"]))
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return export_onnx(exported, path, config.data, CATEGORIES), exported
+
+
+def test_graph_uses_onnx_roialign_and_nms(onnx_export):
+    model = onnx.load(str(onnx_export[0]))
+    onnx.checker.check_model(model)
+    ops = [node.op_type for node in model.graph.node]
+    assert "NonMaxSuppression" in ops
+    roi_aligns = [node for node in model.graph.node if node.op_type == "RoiAlign"]
+    assert roi_aligns  # one per pyramid level and head
+    for node in roi_aligns:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["coordinate_transformation_mode"] == b"half_pixel"  # aligned
+        assert attributes["mode"] == b"avg"
+    (image_input,) = model.graph.input
+    dims = image_input.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [0, 0, 0, 3]  # dynamic batch, height, width
+
+
+def test_onnxruntime_without_tensorflow_matches_keras(onnx_export, config, cases, tmp_path):
+    path, exported = onnx_export
+    np.savez(tmp_path / "inputs.npz", **cases)
+    result = subprocess.run(
+        [sys.executable, "-I", str(RUN_ONNXRUNTIME), str(path), "inputs.npz", "out.npz"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    served = dict(np.load(tmp_path / "out.npz"))
+    for name, batch in cases.items():
+        got = {key.split("/", 1)[1]: v for key, v in served.items() if key.startswith(name + "/")}
+        want = reference(exported, config, list(batch))
+        for index, expected in enumerate(want):
+            assert_same_detections(got, index, expected)
+        np.testing.assert_array_equal(got["original_size"], [b.shape[:2] for b in batch])
+    assert served["blank/num_detections"].tolist() == [0]
+    assert served["pair/num_detections"].min() > 0
+
+
+def test_refuses_to_overwrite(model, config, tmp_path):
+    from kmask.export import export_onnx
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="model.onnx"):
+        export_onnx(model, path, config.data, CATEGORIES)
+    assert path.read_bytes() == b"old"
