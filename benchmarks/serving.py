@@ -1,0 +1,108 @@
+"""Export time, export sizes and CPU latency per image of the exported models.
+
+Prints, for one model: the SavedModel and ONNX export times and sizes, then the latency per
+image at batch 1 and 8 through the loaded SavedModel (``serving_default``, ``image_tensor``
+input), ONNX Runtime (CPU) and the Keras model's ``predict_on_batch`` (kmask's own
+preprocessing done beforehand, so it times the model alone), all in this process on the
+same images. Median of ``--repeats`` runs after one warm-up run.
+
+    python benchmarks/serving.py             # configs/shapes_tiny.yaml, random weights
+    python benchmarks/serving.py --run runs/shapes --image-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/shapes_tiny.yaml")
+    parser.add_argument("--run", help="a run directory (its config and latest checkpoint)")
+    parser.add_argument("--image-size", type=int, default=128, help="square test images (128)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import keras
+    import onnxruntime
+    import tensorflow as tf
+
+    from kmask.config import load_config
+    from kmask.evaluation import Predictor
+    from kmask.export import export_onnx, export_saved_model
+    from kmask.modeling.factory import build_mask_rcnn
+    from kmask.training import RunDirectory
+
+    if args.run:
+        run = RunDirectory(args.run)
+        config = run.load_config()
+        model = Predictor.from_checkpoint(config, run.latest_checkpoint()).model
+    else:
+        config = load_config(args.config)
+        keras.utils.set_random_seed(0)
+        model = build_mask_rcnn(config.model)
+        model.build({"images": (None, None, None, 3)})
+    rng = np.random.default_rng(0)
+    side = args.image_size
+    images = rng.integers(0, 256, (8, side, side, 3), dtype=np.uint8)
+
+    work = Path(tempfile.mkdtemp(prefix="kmask-serving-bench-"))
+    start = time.perf_counter()
+    saved_model = export_saved_model(model, work / "saved_model", config.data, None, "image_tensor")
+    saved_model_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    onnx_path = export_onnx(model, work / "model.onnx", config.data)
+    onnx_seconds = time.perf_counter() - start
+    print(f"model: {args.run or args.config}; images {side}x{side}; CPU threads: default")
+    print(
+        f"SavedModel export {saved_model_seconds:6.1f} s, "
+        f"{folder_size(saved_model) / 2**20:6.1f} MiB ({saved_model})"
+    )
+    print(
+        f"ONNX export       {onnx_seconds:6.1f} s, "
+        f"{onnx_path.stat().st_size / 2**20:6.1f} MiB ({onnx_path})"
+    )
+
+    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    predictor = Predictor(model, config.data)
+    print(f"{'latency per image (ms)':<24}{'batch 1':>10}{'batch 8':>10}")
+    rows: dict[str, list[float]] = {"SavedModel": [], "ONNX Runtime": [], "Keras predict": []}
+    for batch in (1, 8):
+        chunk = images[:batch]
+        features = [predictor.features_for_image(image) for image in chunk]
+        stacked = {key: tf.concat([f[key] for f in features], 0) for key in features[0]}
+        runs = {
+            "SavedModel": lambda c=chunk: serve(image_tensor=tf.constant(c)),
+            "ONNX Runtime": lambda c=chunk: session.run(None, {"image_tensor": c}),
+            "Keras predict": lambda s=stacked: model.predict_on_batch(s),
+        }
+        for name, run in runs.items():
+            rows[name].append(median_seconds(run, args.repeats) / batch * 1000)
+    for name, (one, eight) in rows.items():
+        print(f"{name:<24}{one:>10.1f}{eight:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
