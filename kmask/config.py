@@ -12,6 +12,8 @@ training and evaluation loops.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -23,6 +25,26 @@ import yaml
 # The model sections below are the constructor arguments of the layers they configure,
 # field for field: ``kmask.modeling.factory`` passes each section as keyword arguments and
 # the layers' ``get_config()`` returns the same keys. A hyperparameter is written once, here.
+
+
+# Bounds of the RoIAlign arguments (kmask.ops.roi_align_tf.MAX_GRID / MAX_OUTPUT_SIZE, the
+# custom op's KMASK_MAX_GRID / KMASK_MAX_POOLED).
+MAX_POOLER_SAMPLING_RATIO = 256
+MAX_POOLER_RESOLUTION = 1024
+
+
+def _check_pooler(head: Any, where: str) -> None:
+    """Range checks of a head's ``pooler_resolution`` and ``pooler_sampling_ratio``."""
+    if not 1 <= head.pooler_resolution <= MAX_POOLER_RESOLUTION:
+        raise ConfigError(
+            f"{where}.pooler_resolution: expected an integer in [1, {MAX_POOLER_RESOLUTION}], "
+            f"got {head.pooler_resolution}"
+        )
+    if not 0 <= head.pooler_sampling_ratio <= MAX_POOLER_SAMPLING_RATIO:
+        raise ConfigError(
+            f"{where}.pooler_sampling_ratio: expected an integer in "
+            f"[0, {MAX_POOLER_SAMPLING_RATIO}] (0 = adaptive), got {head.pooler_sampling_ratio}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +189,9 @@ class BoxHeadConfig:
     nms_threshold: float = 0.5
     detections_per_image: int = 100
 
+    def __post_init__(self) -> None:
+        _check_pooler(self, "model.box_head")
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskHeadConfig:
@@ -181,6 +206,9 @@ class MaskHeadConfig:
     # Predict a mask for the background slot too (torchvision's layout; never used).
     predict_background: bool = False
     loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_pooler(self, "model.mask_head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,8 +275,20 @@ class DataConfig:
     num_parallel_calls: int = -1
     # Bad input (missing/corrupt image, invalid annotation) raises instead of being skipped.
     strict: bool = False
+    # Read COCO file_name values that are absolute or leave the images folder through "..";
+    # by default such images are skipped (or refused under strict).
+    allow_outside_images: bool = False
 
     def __post_init__(self) -> None:
+        if self.seed is not None and self.seed < 0:
+            raise ConfigError(f"data.seed: expected an integer >= 0 or null, got {self.seed}")
+        if self.num_parallel_calls < 1 and self.num_parallel_calls != -1:
+            raise ConfigError(
+                "data.num_parallel_calls: expected an integer >= 1, or -1 for autotune, got "
+                f"{self.num_parallel_calls}"
+            )
+        if self.shuffle_buffer <= 0:
+            raise ConfigError("data.shuffle_buffer: expected a positive integer")
         if not self.min_size or min(self.min_size) <= 0:
             raise ConfigError(f"data.min_size: expected positive sizes, got {self.min_size!r}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) <= 0):
@@ -328,8 +368,17 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every_epochs", "num_visualizations"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: expected an integer >= 0")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed: expected an integer >= 0, got {self.seed}")
+        for name in ("base_learning_rate", "momentum", "weight_decay", "lr_decay_factor"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"train.{name}: expected a finite number")
         if self.base_learning_rate <= 0:
             raise ConfigError("train.base_learning_rate: expected a positive number")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"train.momentum: expected a value in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError("train.weight_decay: expected a number >= 0")
         if list(self.lr_steps) != sorted(self.lr_steps) or any(s <= 0 for s in self.lr_steps):
             raise ConfigError(
                 f"train.lr_steps: expected increasing positive steps, got {self.lr_steps!r}"
@@ -408,7 +457,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(items))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if annotation in (int, float, str, bool):
         if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
             raise ConfigError(
@@ -432,6 +483,41 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` and ``2E5`` are numbers (YAML
+    1.1, PyYAML's default, reads a float without a dot as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of ``path``; ConfigError naming the file (and the line) when it is
+    not UTF-8 or not valid YAML (tabs for indentation, unbalanced brackets, ...)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
@@ -446,7 +532,10 @@ def _parse_override(override: str) -> dict[str, Any]:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r}: expected key=value, e.g. train.max_steps=100")
-    value: Any = yaml.safe_load(raw)
+    try:
+        value: Any = yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: not a YAML value: {error}") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -483,13 +572,25 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _read_yaml(path) or {}
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         values = dict(loaded)
         source = str(path)
     for override in overrides:
         values = _merge(values, _parse_override(override))
+    try:
+        return _build(Config, values, "")
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def config_from_dict(values: Mapping[str, Any], source: str = "values") -> Config:
+    """A ``Config`` from nested section values (what a YAML file holds).
+
+    Raises:
+      ConfigError: naming ``source`` and the key for unknown keys or wrong types.
+    """
     try:
         return _build(Config, values, "")
     except ConfigError as error:

@@ -13,6 +13,9 @@
 // Deliberate extensions: a box with a NaN or infinite coordinate is invalid and pools zeros,
 // and the adaptive grid is capped at KMASK_MAX_GRID samples per bin and axis so that an absurd
 // box (a RoI wider than KMASK_MAX_GRID * output_size feature pixels) cannot stall the kernel.
+// The ops refuse (InvalidArgument) a sampling_ratio outside [0, KMASK_MAX_GRID] and an
+// output size outside [1, KMASK_MAX_POOLED], so that grid * grid and pooled * grid never
+// overflow an int and the per-RoI sample tables stay small.
 #ifndef KMASK_ROI_ALIGN_COMMON_H_
 #define KMASK_ROI_ALIGN_COMMON_H_
 
@@ -27,6 +30,8 @@
 #endif
 
 #define KMASK_MAX_GRID 256
+// Largest pooled_height / pooled_width the ops accept (kmask.ops.roi_align_tf.MAX_OUTPUT_SIZE).
+#define KMASK_MAX_POOLED 1024
 
 namespace kmask {
 

@@ -45,14 +45,27 @@ using CPUDevice = Eigen::ThreadPoolDevice;
 
 namespace {
 
-absl::Status CheckPooledAttrs(InferenceContext* c, int* pooled_h, int* pooled_w) {
-  TF_RETURN_IF_ERROR(c->GetAttr("pooled_height", pooled_h));
-  TF_RETURN_IF_ERROR(c->GetAttr("pooled_width", pooled_w));
-  if (*pooled_h <= 0 || *pooled_w <= 0) {
-    return InvalidArgument("output_size must be positive, got (", *pooled_h, ", ", *pooled_w,
-                           ")");
+// The bounds of the integer attributes (see roi_align_common.h), checked when the graph is
+// built (shape function) and again when a kernel is constructed.
+absl::Status CheckIntAttrs(int pooled_h, int pooled_w, int sampling_ratio) {
+  if (pooled_h <= 0 || pooled_w <= 0 || pooled_h > KMASK_MAX_POOLED ||
+      pooled_w > KMASK_MAX_POOLED) {
+    return InvalidArgument("output_size (pooled_height, pooled_width) must lie in [1, ",
+                           KMASK_MAX_POOLED, "], got (", pooled_h, ", ", pooled_w, ")");
+  }
+  if (sampling_ratio < 0 || sampling_ratio > KMASK_MAX_GRID) {
+    return InvalidArgument("sampling_ratio must lie in [0, ", KMASK_MAX_GRID,
+                           "] (0 = adaptive), got ", sampling_ratio);
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckPooledAttrs(InferenceContext* c, int* pooled_h, int* pooled_w) {
+  int sampling_ratio;
+  TF_RETURN_IF_ERROR(c->GetAttr("pooled_height", pooled_h));
+  TF_RETURN_IF_ERROR(c->GetAttr("pooled_width", pooled_w));
+  TF_RETURN_IF_ERROR(c->GetAttr("sampling_ratio", &sampling_ratio));
+  return CheckIntAttrs(*pooled_h, *pooled_w, sampling_ratio);
 }
 
 // boxes [K, 4] and box_indices [K]; returns K.
@@ -336,9 +349,7 @@ class RoiAlignAttrs {
     OP_REQUIRES_OK(context, context->GetAttr("spatial_scale", &spatial_scale_));
     OP_REQUIRES_OK(context, context->GetAttr("sampling_ratio", &sampling_ratio_));
     OP_REQUIRES_OK(context, context->GetAttr("aligned", &aligned_));
-    OP_REQUIRES(context, pooled_height_ > 0 && pooled_width_ > 0,
-                InvalidArgument("output_size must be positive, got (", pooled_height_, ", ",
-                                pooled_width_, ")"));
+    OP_REQUIRES_OK(context, CheckIntAttrs(pooled_height_, pooled_width_, sampling_ratio_));
   }
 
   // Validates boxes [K, 4] and box_indices [K] and fills the shared part of `args`.

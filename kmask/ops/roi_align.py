@@ -17,14 +17,21 @@ environment variable ``KMASK_ROI_ALIGN`` (``custom`` or ``tf``) overrides ``"aut
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from kmask.ops import _custom_ops
 from kmask.ops.levels import level_of
-from kmask.ops.roi_align_tf import multilevel_roi_align_tf, roi_align_tf
+from kmask.ops.roi_align_tf import (
+    MAX_GRID,
+    MAX_OUTPUT_SIZE,
+    multilevel_roi_align_tf,
+    roi_align_tf,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +71,36 @@ def resolve_implementation(implementation: str = "auto") -> str:
 
 
 def output_size_pair(output_size: int | Sequence[int]) -> tuple[int, int]:
-    """(out_h, out_w) from an int or a pair; ValueError naming output_size otherwise."""
-    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+    """(out_h, out_w) from an integer (Python or NumPy) or a pair of them, each in
+    ``[1, MAX_OUTPUT_SIZE]``; ValueError naming output_size otherwise."""
+    try:
+        if isinstance(output_size, (str, bytes)):
+            raise TypeError
+        items = (output_size, output_size) if _is_integer(output_size) else tuple(output_size)
+        size = tuple(operator.index(s) for s in items if _is_integer(s))
+    except TypeError:
+        size = ()
+    if len(size) != 2 or not all(1 <= s <= MAX_OUTPUT_SIZE for s in size):
         raise ValueError(
-            f"output_size must be a positive int or (height, width), got {output_size!r}"
+            f"output_size must be an integer in [1, {MAX_OUTPUT_SIZE}] or (height, width) of "
+            f"such integers, got {output_size!r}"
         )
     return size  # type: ignore[return-value]
+
+
+def _is_integer(value: object) -> bool:
+    """A Python or NumPy integer (not a bool)."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+
+
+def _sampling_ratio(sampling_ratio: int) -> int:
+    """``sampling_ratio`` as an int in ``[0, MAX_GRID]``; ValueError naming it otherwise."""
+    if not _is_integer(sampling_ratio) or not 0 <= sampling_ratio <= MAX_GRID:
+        raise ValueError(
+            f"sampling_ratio must be an integer in [0, {MAX_GRID}] (0 = adaptive), got "
+            f"{sampling_ratio!r}"
+        )
+    return int(sampling_ratio)
 
 
 @tf.RegisterGradient("Kmask>RoiAlign")
@@ -106,9 +136,10 @@ def roi_align(
       features: [B, H, W, C] float16, bfloat16, float32 or float64.
       boxes: [K, 4] (y1, x1, y2, x2) in input pixels (cast to float32).
       box_indices: [K] int32 image of each box in [0, B).
-      output_size: int or (out_h, out_w), positive.
+      output_size: int or (out_h, out_w), each in [1, 1024].
       spatial_scale: feature pixels per input pixel (1 / stride).
-      sampling_ratio: samples per bin and axis; 0 = adaptive ceil(roi_size / output_size).
+      sampling_ratio: samples per bin and axis in [0, 256]; 0 = adaptive
+        ceil(roi_size / output_size), capped at 256.
       aligned: half-pixel shift (True) or the original paper's op (False).
       implementation: "auto", "custom" or "tf".
 
@@ -116,6 +147,7 @@ def roi_align(
       [K, out_h, out_w, C] in the dtype of ``features``.
     """
     out_h, out_w = output_size_pair(output_size)
+    sampling_ratio = _sampling_ratio(sampling_ratio)
     features = tf.convert_to_tensor(features)
     boxes = tf.cast(boxes, tf.float32)
     box_indices = tf.cast(box_indices, tf.int32)
@@ -199,6 +231,7 @@ def multilevel_roi_align(
       [B, N, out_h, out_w, C] in input order, dtype of the features.
     """
     out_h, out_w = output_size_pair(output_size)
+    sampling_ratio = _sampling_ratio(sampling_ratio)
     levels = _levels(features)
     keys = sorted(levels)
     boxes = tf.cast(boxes, tf.float32)

@@ -10,9 +10,13 @@ rows of C channels and concatenated, and each box carries the base row, height, 
 scale of the map it reads. So single-level and multilevel RoIAlign are one kernel, with no
 loop over boxes or levels. The kernel loops (``tf.while_loop``) over the sample index of the
 largest grid among the boxes, gathering the four bilinear neighbours of one sample of every
-bin of every box per iteration (box k's sample number s is (s // grid_w[k], s % grid_w[k]),
-so the loop runs max_k(grid_h[k] * grid_w[k]) times); its gradient (a custom gradient, same
-loop) scatter-adds into the feature rows. Everything is static-shape friendly and compiles under
+bin of every box per iteration. As the custom op skips the samples that fall outside the map,
+the loop visits only the sample rows and columns of each bin that can fall inside it
+(``_sample_window``): box k's sample number s is row first_y[k, bin] + s // n_x[k] and column
+first_x[k, bin] + s % n_x[k], so the loop runs max_k(n_y[k] * n_x[k]) times, which is
+max_k(grid_h[k] * grid_w[k]) for boxes inside the map and a few iterations for an absurd box
+far outside it. Its gradient (a custom gradient, same loop) scatter-adds into the feature
+rows. Everything is static-shape friendly and compiles under
 ``tf.function(jit_compile=True)``. Half-precision features accumulate in float32.
 """
 
@@ -24,6 +28,21 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 MAX_GRID = 256  # KMASK_MAX_GRID in roi_align_common.h
+MAX_OUTPUT_SIZE = 1024  # KMASK_MAX_POOLED in roi_align_common.h
+
+
+def check_arguments(output_size: tuple[int, int], sampling_ratio: int) -> None:
+    """Refuses what the custom op refuses: an output size outside [1, MAX_OUTPUT_SIZE] and
+    a sampling_ratio outside [0, MAX_GRID] (``ValueError`` naming the argument), so that
+    the sample counts stay far from int32 overflow and the sample loop is bounded."""
+    if not all(1 <= size <= MAX_OUTPUT_SIZE for size in output_size):
+        raise ValueError(
+            f"output_size must lie in [1, {MAX_OUTPUT_SIZE}] per axis, got {tuple(output_size)}"
+        )
+    if not 0 <= sampling_ratio <= MAX_GRID:
+        raise ValueError(
+            f"sampling_ratio must lie in [0, {MAX_GRID}] (0 = adaptive), got {sampling_ratio}"
+        )
 
 
 def _grid(roi_size: tf.Tensor, pooled: int, sampling_ratio: int) -> tf.Tensor:
@@ -34,6 +53,42 @@ def _grid(roi_size: tf.Tensor, pooled: int, sampling_ratio: int) -> tf.Tensor:
     return tf.cast(grid, tf.int32)
 
 
+def _sample_window(
+    start: tf.Tensor, bin_size: tf.Tensor, grid: tf.Tensor, pooled: int, size: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The sample indices along one axis that may fall inside ``[-1, size]``.
+
+    Sample i of bin p lies at ``start + p bin + (i + 0.5) bin / grid``, increasing in i for
+    a positive bin. The window is widened by two samples and a float32 rounding margin on
+    each side (its samples are still tested one by one), and is the whole grid for an empty
+    or inverted bin.
+
+    Args:
+      start, bin_size: [K] float32 RoI start and bin size in feature pixels.
+      grid: [K] int32 samples per bin.
+      pooled: bins along the axis.
+      size: [K] float32 map size along the axis.
+
+    Returns:
+      first: [K, pooled] int32 first sample index of each bin's window; count: [K] int32
+      the longest window of the box (0 when the box has no samples).
+    """
+    grid_f = tf.cast(tf.maximum(grid, 1), tf.float32)[:, None]
+    origin = start[:, None] + tf.range(pooled, dtype=tf.float32)[None, :] * bin_size[:, None]
+    step = bin_size[:, None] / grid_f
+    forward = step > 0.0
+    step = tf.where(forward, step, 1.0)
+    slack = 2.0 + (tf.abs(origin) + size[:, None] + 1.0) * 1e-6 / step
+    last = grid_f - 1.0
+    lo = tf.clip_by_value(tf.floor((-1.0 - origin) / step - 0.5 - slack), 0.0, last)
+    hi = tf.clip_by_value(tf.math.ceil((size[:, None] - origin) / step - 0.5 + slack), -1.0, last)
+    lo = tf.where(forward, lo, 0.0)
+    hi = tf.where(forward, hi, last)
+    count = tf.reduce_max(tf.maximum(hi - lo + 1.0, 0.0), axis=1)
+    count = tf.where(grid > 0, tf.cast(count, tf.int32), 0)
+    return tf.cast(lo, tf.int32), count
+
+
 def _axis_samples(
     coord: tf.Tensor, size: tf.Tensor, in_grid: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -42,7 +97,7 @@ def _axis_samples(
     Args:
       coord: [K, P] float32 sample coordinates in feature pixels.
       size: [K, 1] float32 map size along the axis.
-      in_grid: [K, 1] bool, false where this sample index is beyond the box's grid.
+      in_grid: [K, P] bool, false where this sample index is beyond the box's grid.
 
     Returns:
       lo, hi: [K, P] int32 indices; w_lo, w_hi: [K, P] float32 weights (0 when invalid).
@@ -84,6 +139,7 @@ def pool_flat(
     Returns:
       [K, out_h, out_w, C] in the dtype of ``flat_features``.
     """
+    check_arguments(output_size, sampling_ratio)
     out_h, out_w = output_size
     boxes = tf.cast(boxes, tf.float32)
     finite = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
@@ -99,6 +155,8 @@ def pool_flat(
     bin_h, bin_w = roi_h / float(out_h), roi_w / float(out_w)
     grid_h = tf.where(finite, _grid(roi_h, out_h, sampling_ratio), 0)
     grid_w = tf.where(finite, _grid(roi_w, out_w, sampling_ratio), 0)
+    first_y, count_y = _sample_window(start_h, bin_h, grid_h, out_h, tf.cast(height, tf.float32))
+    first_x, count_x = _sample_window(start_w, bin_w, grid_w, out_w, tf.cast(width, tf.float32))
     acc_dtype = tf.float64 if flat_features.dtype == tf.float64 else tf.float32
     count = tf.cast(tf.maximum(grid_h * grid_w, 1), acc_dtype)
     inv_count = tf.where(finite, 1.0 / count, tf.zeros_like(count))
@@ -112,6 +170,10 @@ def pool_flat(
         bin_w,
         grid_h,
         grid_w,
+        first_y,
+        first_x,
+        count_y,
+        count_x,
         inv_count,
         base,
         height,
@@ -127,6 +189,10 @@ def _corners(
     bin_w: tf.Tensor,
     grid_h: tf.Tensor,
     grid_w: tf.Tensor,
+    first_y: tf.Tensor,
+    first_x: tf.Tensor,
+    count_y: tf.Tensor,
+    count_x: tf.Tensor,
     base: tf.Tensor,
     height: tf.Tensor,
     width: tf.Tensor,
@@ -134,28 +200,32 @@ def _corners(
     dtype: tf.DType,
 ) -> list[tuple[tf.Tensor, tf.Tensor]]:
     """(row index [K,oh,ow], weight [K,oh,ow] in `dtype`) of the 4 neighbours of sample
-    number `sample` of every bin of every box: (iy, ix) = divmod(sample, grid_w[k]) per box,
-    so the loop runs max(grid_h * grid_w) times rather than max(grid_h) * max(grid_w)."""
+    number `sample` of every bin of every box: (jy, jx) = divmod(sample, count_x[k]) per box,
+    the sample (first_y[k, bin] + jy, first_x[k, bin] + jx) of each bin (``_sample_window``),
+    so the loop runs max(count_y * count_x) times rather than max(count_y) * max(count_x)."""
     out_h, out_w = output_size
-    columns_per_row = tf.maximum(grid_w, 1)
-    iy, ix = sample // columns_per_row, sample % columns_per_row
+    columns_per_row = tf.maximum(count_x, 1)
+    jy, jx = sample // columns_per_row, sample % columns_per_row
+    iy = first_y + jy[:, None]
+    ix = first_x + jx[:, None]
     grid_h_f = tf.cast(tf.maximum(grid_h, 1), tf.float32)[:, None]
-    grid_w_f = tf.cast(columns_per_row, tf.float32)[:, None]
+    grid_w_f = tf.cast(tf.maximum(grid_w, 1), tf.float32)[:, None]
     bins_h = tf.range(out_h, dtype=tf.float32)[None, :]
     bins_w = tf.range(out_w, dtype=tf.float32)[None, :]
     y = (
         start_h[:, None]
         + bins_h * bin_h[:, None]
-        + (tf.cast(iy, tf.float32)[:, None] + 0.5) * bin_h[:, None] / grid_h_f
+        + (tf.cast(iy, tf.float32) + 0.5) * bin_h[:, None] / grid_h_f
     )
     x = (
         start_w[:, None]
         + bins_w * bin_w[:, None]
-        + (tf.cast(ix, tf.float32)[:, None] + 0.5) * bin_w[:, None] / grid_w_f
+        + (tf.cast(ix, tf.float32) + 0.5) * bin_w[:, None] / grid_w_f
     )
-    in_grid = (iy < grid_h)[:, None]
-    y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y, tf.cast(height, tf.float32)[:, None], in_grid)
-    x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x, tf.cast(width, tf.float32)[:, None], in_grid)
+    in_grid_y = (iy < grid_h[:, None]) & (jy < count_y)[:, None]
+    in_grid_x = ix < grid_w[:, None]
+    y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y, tf.cast(height, tf.float32)[:, None], in_grid_y)
+    x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x, tf.cast(width, tf.float32)[:, None], in_grid_x)
     rows = [base[:, None] + y_lo * width[:, None], base[:, None] + y_hi * width[:, None]]
     columns = [x_lo, x_hi]
     weights_y = [tf.cast(wy_lo, dtype), tf.cast(wy_hi, dtype)]
@@ -170,8 +240,8 @@ def _corners(
     ]
 
 
-def _num_samples(grid_h: tf.Tensor, grid_w: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_max(tf.concat([grid_h * grid_w, [0]], 0))
+def _num_samples(count_y: tf.Tensor, count_x: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_max(tf.concat([count_y * count_x, [0]], 0))
 
 
 def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
@@ -188,13 +258,31 @@ def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
         bin_w: tf.Tensor,
         grid_h: tf.Tensor,
         grid_w: tf.Tensor,
+        first_y: tf.Tensor,
+        first_x: tf.Tensor,
+        count_y: tf.Tensor,
+        count_x: tf.Tensor,
         inv_count: tf.Tensor,
         base: tf.Tensor,
         height: tf.Tensor,
         width: tf.Tensor,
     ):
-        geometry = (start_h, start_w, bin_h, bin_w, grid_h, grid_w, base, height, width)
-        num_samples = _num_samples(grid_h, grid_w)
+        geometry = (
+            start_h,
+            start_w,
+            bin_h,
+            bin_w,
+            grid_h,
+            grid_w,
+            first_y,
+            first_x,
+            count_y,
+            count_x,
+            base,
+            height,
+            width,
+        )
+        num_samples = _num_samples(count_y, count_x)
         scale = inv_count[:, None, None, None]
         out_shape = tf.stack([tf.shape(start_h)[0], *output_size, tf.shape(flat)[-1]])
 
@@ -225,7 +313,7 @@ def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
                 backward_step,
                 (tf.constant(0), tf.zeros(tf.shape(flat), acc_dtype)),
             )
-            return (tf.cast(grad_flat, flat.dtype),) + (None,) * 10
+            return (tf.cast(grad_flat, flat.dtype),) + (None,) * 14
 
         return tf.cast(acc * scale, flat.dtype), grad
 
