@@ -1,1 +1,27 @@
 """kmask: Mask R-CNN with ResNet-FPN for TensorFlow 2 and Keras 3."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def load_model(run_dir: str | os.PathLike[str]) -> Any:
+    """The ``MaskRCNN`` of a run directory (``kmask train`` or ``kmask convert-weights``)
+    with its latest checkpoint loaded (float32), ready for ``predict`` or fine-tuning.
+
+    Raises:
+      FileNotFoundError: without ``config.yaml`` or a checkpoint.
+      ValueError: when the checkpoint does not fit the configured model.
+
+    ``kmask.data.CategoryMap.load(run_dir + "/categories.json")`` gives its classes.
+    """
+    from kmask.evaluation.predictor import Predictor
+    from kmask.training.run_directory import RunDirectory
+
+    run = RunDirectory(run_dir)
+    config = run.load_config()
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {run.checkpoints_dir}")
+    return Predictor.from_checkpoint(config, checkpoint).model

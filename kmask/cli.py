@@ -166,6 +166,56 @@ def _add_convert_coco(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_convert_coco)
 
 
+def _run_convert_weights(args: argparse.Namespace) -> int:
+    import time
+
+    from kmask.convert import ConversionError, convert_weights
+
+    start = time.perf_counter()
+    try:
+        out = convert_weights(
+            args.source,
+            args.input,
+            args.arch,
+            args.out,
+            overwrite=args.overwrite,
+            keras_file=args.keras_file,
+        )
+    except (ConversionError, FileExistsError, FileNotFoundError, ImportError) as error:
+        return _fail("convert-weights", str(error), 2)
+    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    print(
+        f"converted {args.input} ({args.source} {args.arch}) to {out} in "
+        f"{time.perf_counter() - start:.1f} s ({size / 2**20:.1f} MiB)"
+    )
+    return 0
+
+
+def _add_convert_weights(subparsers: argparse._SubParsersAction) -> None:
+    from kmask.convert import ARCHITECTURES
+
+    parser = subparsers.add_parser(
+        "convert-weights",
+        help="convert a torchvision (.pth) or detectron2 (.pkl) checkpoint to a kmask run "
+        "directory (config, COCO categories, weights) that predict/evaluate/export and "
+        "kmask.load_model read; ImageNet backbones become a backbone.npz",
+    )
+    parser.add_argument(
+        "--from", dest="source", required=True, choices=sorted(ARCHITECTURES), help="source"
+    )
+    parser.add_argument("--input", required=True, help="the downloaded checkpoint file")
+    choices = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(ARCHITECTURES.items()))
+    parser.add_argument("--arch", required=True, help=f"architecture ({choices})")
+    parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--keras-file",
+        action="store_true",
+        help="also write OUT/model.keras (keras.saving.load_model opens it)",
+    )
+    parser.set_defaults(handler=_run_convert_weights)
+
+
 def _absolute(path: str | None) -> str | None:
     import os
 
@@ -659,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_build_ops,
         _add_make_shapes,
         _add_convert_coco,
+        _add_convert_weights,
         _add_train,
         _add_evaluate,
         _add_predict,

@@ -204,8 +204,10 @@ class ResNet(Backbone):
         torchvision: no).
       groups: groups of the 3x3 convolutions (ResNeXt cardinality; 1 = ResNet).
       width_per_group: channels per group of stage conv2's 3x3 convolution (64 = ResNet).
-      weights: path (str) of a keras.applications ResNet50/101/152 weights file matching
-        ``depth``: a legacy ``.h5`` download (with or without the classification top, e.g.
+      weights: path (str) of a ``backbone.npz`` written by ``kmask convert-weights`` from
+        a torchvision or detectron2 ImageNet backbone (any layout; shapes are checked), or
+        of a keras.applications ResNet50/101/152 weights file matching ``depth``: a legacy
+        ``.h5`` download (with or without the classification top, e.g.
         ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``) or a Keras 3
         ``.weights.h5`` saved by ``model.save_weights`` of such a model. ``None`` = random
         initialization. Read once, at construction (not by ``from_config``); only valid for
@@ -264,7 +266,7 @@ class ResNet(Backbone):
             mismatches = {
                 key: value for key, value in arguments.items() if value != _APPLICATIONS_LAYOUT[key]
             }
-            if mismatches:
+            if mismatches and not weights.endswith(".npz"):
                 raise ValueError(
                     f"ResNet weights={weights!r}: keras.applications weight files only fit "
                     f"the keras.applications layout {_APPLICATIONS_LAYOUT}, got {mismatches}"
@@ -357,12 +359,28 @@ class ResNet(Backbone):
         return {layer.name: layer for layer in layers if layer is not None}
 
     def _load_applications_weights(self, path: Path) -> None:
-        """Copies the weights of a keras.applications ResNet file into the sublayers."""
-        source = _read_applications_weights(path, self.depth)
+        """Copies the weights of a keras.applications ResNet file (or of a ``.npz`` file of
+        ``kmask convert-weights``) into the sublayers."""
+        if path.suffix == ".npz":
+            with np.load(path) as arrays:
+                source: dict[str, list[np.ndarray]] = {}
+                for key in arrays.files:
+                    name, _, index = key.rpartition("/")
+                    source.setdefault(name, []).append((int(index), arrays[key]))
+            source = {name: [a for _, a in sorted(pairs)] for name, pairs in source.items()}
+        else:
+            source = _read_applications_weights(path, self.depth)
         for name, layer in self._weighted_layers().items():
             if name not in source:
                 raise ValueError(
                     f"ResNet-{self.depth} weights file {path} has no weights for layer {name!r}"
+                )
+            expected = [tuple(w.shape) for w in layer.weights]
+            found = [tuple(a.shape) for a in source[name]]
+            if expected != found:
+                raise ValueError(
+                    f"ResNet-{self.depth} weights file {path}: layer {name!r} has shapes "
+                    f"{found} but this ResNet's layer has {expected}"
                 )
             layer.set_weights(source[name])
 

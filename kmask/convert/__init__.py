@@ -1,0 +1,69 @@
+"""Converting the public torchvision and detectron2 checkpoints to kmask models.
+
+``convert_weights`` (and ``kmask convert-weights``) reads a checkpoint file, builds the
+kmask model whose config reproduces the source's conventions, fills every weight (each
+key used once, every shape checked) and writes a run directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kmask.convert.conversion_error import ConversionError
+from kmask.convert.converter import Converter
+from kmask.convert.detectron2_converter import Detectron2Converter
+from kmask.convert.torchvision_converter import TorchvisionConverter
+
+CONVERTERS: dict[str, type[Converter]] = {
+    "torchvision": TorchvisionConverter,
+    "detectron2": Detectron2Converter,
+}
+# source -> architecture names, for help texts.
+ARCHITECTURES = {name: tuple(cls.ARCHITECTURES) for name, cls in CONVERTERS.items()}
+
+__all__ = [
+    "ARCHITECTURES",
+    "CONVERTERS",
+    "ConversionError",
+    "Converter",
+    "Detectron2Converter",
+    "TorchvisionConverter",
+    "convert_weights",
+]
+
+
+def convert_weights(
+    source: str,
+    input_path: str | os.PathLike[str],
+    arch: str,
+    out: str | os.PathLike[str],
+    overwrite: bool = False,
+    keras_file: bool = False,
+) -> Path:
+    """Converts ``input_path`` (a ``source`` checkpoint of ``arch``) to the run directory
+    ``out`` (see ``write_converted_run``); returns ``out``.
+
+    Raises:
+      ConversionError: unknown source or architecture, a file of the wrong format, or
+        weights that do not fit (naming the key and both shapes).
+      FileExistsError: ``out`` exists and ``overwrite`` is False (checked first).
+      FileNotFoundError: ``input_path`` does not exist.
+    """
+    from kmask.convert.checkpoint_reader import read_detectron2_pickle, read_torch_state_dict
+    from kmask.convert.converted_run import write_converted_run
+
+    if source not in CONVERTERS:
+        raise ConversionError(f"unknown source {source!r}; choose one of {sorted(CONVERTERS)}")
+    converter = CONVERTERS[source](arch)
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    input_path = Path(input_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"--input {input_path}: file not found")
+    read = read_torch_state_dict if source == "torchvision" else read_detectron2_pickle
+    config, model = converter.convert(read(input_path), str(input_path))
+    categories = None
+    if not converter.backbone_only:
+        categories = converter.categories(config.model.num_classes)
+    return write_converted_run(out, config, model, categories, overwrite, keras_file)

@@ -1,0 +1,87 @@
+"""Writes a converted model as a run directory, all at once or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from kmask.config import Config
+from kmask.data.category_map import CategoryMap
+
+BACKBONE_FILE = "backbone.npz"
+
+
+def write_converted_run(
+    out: str | os.PathLike[str],
+    config: Config,
+    model: keras.Model | keras.layers.Layer,
+    categories: list[dict[str, Any]] | None,
+    overwrite: bool = False,
+    keras_file: bool = False,
+) -> Path:
+    """Writes ``out`` as a run directory that ``kmask predict/evaluate/export --run`` and
+    ``kmask.load_model`` read: ``config.yaml``, ``categories.json`` and
+    ``checkpoints/ckpt-00000000.weights.h5`` (plus ``model.keras`` with ``keras_file``).
+    For an ImageNet backbone (``model`` a layer): ``backbone.npz`` (what
+    ``model.backbone.weights`` loads) and a ``config.yaml`` whose ``model.input`` and
+    ``model.backbone`` sections use it.
+
+    Everything is written into a temporary sibling directory that is renamed to ``out``
+    at the end, so an interrupted conversion leaves no directory that looks complete.
+
+    Raises:
+      FileExistsError: when ``out`` exists and ``overwrite`` is False.
+    """
+    import dataclasses
+
+    from kmask.training.checkpoint_callback import POINTER, checkpoint_name
+    from kmask.training.run_directory import RunDirectory, atomic_write_json
+
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    run = RunDirectory(temporary)
+    try:
+        temporary.mkdir()
+        if isinstance(model, keras.Model):
+            run.write_config(config)
+            run.write_categories(CategoryMap(categories or [], str(run.categories_path)))
+            run.checkpoints_dir.mkdir(parents=True)
+            name = checkpoint_name(0)
+            model.save_weights(run.checkpoints_dir / name)
+            atomic_write_json(
+                run.checkpoints_dir / POINTER, {"latest": name, "step": 0, "checkpoints": [name]}
+            )
+            if keras_file:
+                model.save(temporary / "model.keras")
+        else:
+            arrays = {
+                f"{name}/{i}": np.asarray(value)
+                for name, layer in model._weighted_layers().items()
+                for i, value in enumerate(layer.get_weights())
+            }
+            np.savez(temporary / BACKBONE_FILE, **arrays)
+            backbone = dataclasses.replace(config.model.backbone, weights=str(out / BACKBONE_FILE))
+            run.write_config(
+                dataclasses.replace(
+                    config, model=dataclasses.replace(config.model, backbone=backbone)
+                )
+            )
+        if out.exists():
+            old = out.parent / f".old-{out.name}-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(temporary, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, out)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return out

@@ -1,0 +1,272 @@
+"""Shared machinery of the checkpoint converters: architectures, class layouts, stages."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from kmask.config import Config, ConfigError, config_from_dict
+from kmask.convert.coco_categories import COCO_CATEGORIES
+from kmask.convert.conversion_error import ConversionError
+from kmask.convert.weight_mapping import (
+    WeightMapping,
+    conv_kernel,
+    delta_rows,
+    dense_kernel,
+    nchw_dense_kernel,
+)
+
+_NORM_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
+
+
+class Converter:
+    """Base of ``TorchvisionConverter`` and ``Detectron2Converter``.
+
+    A subclass lists its architectures (``ARCHITECTURES``: name -> the config values that
+    reproduce the source's conventions) and names the source key of every kmask layer;
+    this class builds the kmask model from the config and fills every weight, checking
+    shapes and that no key is left over.
+
+    Args:
+      arch: one of ``ARCHITECTURES``.
+
+    Raises:
+      ConversionError: for an unknown architecture.
+    """
+
+    #: name -> nested config values (``kmask.config`` sections) of the architecture.
+    ARCHITECTURES: Mapping[str, Mapping[str, Any]] = {}
+    #: name -> description (where the checkpoint comes from and what it scores).
+    DESCRIPTIONS: Mapping[str, str] = {}
+    #: keys that carry no weights.
+    IGNORED_KEYS: tuple[str, ...] = (r"num_batches_tracked$",)
+    #: the architectures that are ImageNet backbones (converted to a backbone weights file).
+    BACKBONES: tuple[str, ...] = ()
+
+    def __init__(self, arch: str) -> None:
+        if arch not in self.ARCHITECTURES:
+            raise ConversionError(
+                f"unknown --arch {arch!r} for {type(self).__name__}; choose one of "
+                f"{', '.join(sorted(self.ARCHITECTURES))}"
+            )
+        self.arch = arch
+
+    @property
+    def backbone_only(self) -> bool:
+        """Whether the architecture is an ImageNet backbone (no detector)."""
+        return self.arch in self.BACKBONES
+
+    # ----------------------------------------------------------------- the config
+
+    def config_values(self, mapping: WeightMapping) -> dict[str, Any]:
+        """The nested config values of the architecture (subclasses may read the file)."""
+        return copy.deepcopy(dict(self.ARCHITECTURES[self.arch]))
+
+    def class_rows(self, mapping: WeightMapping) -> tuple[list[int], list[int], list[int]]:
+        """Source rows of kmask's classes: ``(score rows [background, class 0..K-1], box
+        groups [classes (with background first when the source predicts it)], mask
+        channels (likewise))``. Implemented by detector converters."""
+        raise NotImplementedError
+
+    def categories(self, num_classes: int) -> list[dict[str, Any]]:
+        """COCO ``categories`` of the converted model: the real COCO ids and names for a
+        COCO checkpoint, ``class_1`` .. otherwise (a checkpoint trained on other data)."""
+        if num_classes == len(COCO_CATEGORIES):
+            return [dict(c) for c in COCO_CATEGORIES]
+        return [{"id": k + 1, "name": f"class_{k + 1}"} for k in range(num_classes)]
+
+    # ----------------------------------------------------------------- conversion
+
+    def convert(
+        self, arrays: Mapping[str, np.ndarray], source: str
+    ) -> tuple[Config, keras.Model | keras.layers.Layer]:
+        """Builds the kmask model of the architecture and fills it from ``arrays``.
+
+        Returns:
+          ``(config, model)``: the full configuration and the built ``MaskRCNN`` (for an
+          ImageNet backbone architecture: the ``ResNet`` layer).
+
+        Raises:
+          ConversionError: naming the file and the key for missing, unused or misshapen
+            arrays.
+        """
+        from kmask.modeling import build_mask_rcnn
+        from kmask.modeling.backbones import build_backbone
+
+        mapping = WeightMapping(self.rename(arrays), source, self.IGNORED_KEYS)
+        values = self.config_values(mapping)
+        if not self.backbone_only:
+            scores, _, _ = self.class_rows(mapping)
+            values["model"]["num_classes"] = len(scores) - 1
+        try:
+            config = config_from_dict(values)
+        except ConfigError as error:
+            raise ConversionError(f"{source}: {error}") from None
+        if self.backbone_only:
+            backbone_args = dataclasses.asdict(config.model.backbone)
+            backbone = build_backbone(backbone_args.pop("type"), **backbone_args, name="backbone")
+            backbone.build((None, None, None, 3))
+            self.assign_backbone(mapping, backbone)
+            mapping.finish()
+            return config, backbone
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            model = build_mask_rcnn(config.model)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        model.build({"images": (None, None, None, 3)})
+        self.assign_backbone(mapping, model.backbone)
+        self.assign_fpn(mapping, model.fpn)
+        self.assign_rpn_head(mapping, model.rpn.head)
+        if model.roi_heads is not None:
+            self.assign_box_head(mapping, model.roi_heads.box_head)
+            for head in model.roi_heads.instance_heads:
+                self.assign_mask_head(mapping, head)
+        mapping.finish()
+        return config, model
+
+    def rename(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Keys of older releases of the source renamed to today's (identity here)."""
+        return dict(arrays)
+
+    # ----------------------------------------------------------------- key names
+
+    def backbone_key(self, layer_name: str) -> str:
+        """Source prefix of a ``ResNet`` sublayer (keras.applications names)."""
+        raise NotImplementedError
+
+    def fpn_keys(self, index: int, level: int, output: bool) -> tuple[str, str]:
+        """Source prefixes of (conv, norm) of FPN lateral (``output=False``) or output conv."""
+        raise NotImplementedError
+
+    def rpn_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
+        """``([(conv, norm) prefixes of the shared convs], objectness, deltas)``."""
+        raise NotImplementedError
+
+    def box_head_keys(self, num_conv: int, num_fc: int) -> tuple[list[tuple[str, str]], list[str]]:
+        """``([(conv, norm)], [fc])`` prefixes of the box head trunk."""
+        raise NotImplementedError
+
+    def box_predictor_keys(self) -> tuple[str, str]:
+        """(class score, box regression) prefixes."""
+        raise NotImplementedError
+
+    def mask_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
+        """``([(conv, norm)], deconv, predictor)`` prefixes of the mask head."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- assignment
+
+    def norm_values(self, mapping: WeightMapping, prefix: str, layer: Any) -> list[np.ndarray]:
+        """``[gamma, beta, mean, variance]`` of the norm at ``prefix``."""
+        return [mapping.take(f"{prefix}.{suffix}") for suffix in _NORM_SUFFIXES]
+
+    def _conv(
+        self,
+        mapping: WeightMapping,
+        conv: keras.layers.Layer,
+        prefix: str,
+        out_rows: np.ndarray | None = None,
+    ) -> None:
+        keys = [f"{prefix}.weight"] + ([f"{prefix}.bias"] if conv.use_bias else [])
+        values = [conv_kernel(mapping.take(keys[0]))]
+        if conv.use_bias:
+            values.append(mapping.take(keys[1]))
+        if out_rows is not None:
+            values = [values[0][..., out_rows], *(v[out_rows] for v in values[1:])]
+        mapping.assign(conv, keys, values=values)
+
+    def _norm(self, mapping: WeightMapping, norm: Any, prefix: str) -> None:
+        if norm is None:
+            return
+        values = self.norm_values(mapping, prefix, norm)
+        keys = [f"{prefix}.{suffix}" for suffix in _NORM_SUFFIXES]
+        if len(norm.weights) == 2:  # GroupNormalization: gamma, beta
+            values, keys = values[:2], keys[:2]
+        mapping.assign(norm, keys, values=values)
+
+    def _dense(
+        self,
+        mapping: WeightMapping,
+        dense: keras.layers.Layer,
+        prefix: str,
+        rows: np.ndarray | None = None,
+        pooled: tuple[int, int, int] | None = None,
+    ) -> None:
+        weight = mapping.take(f"{prefix}.weight")
+        bias = mapping.take(f"{prefix}.bias")
+        if rows is not None:
+            if max(rows) >= weight.shape[0]:
+                raise ConversionError(
+                    f"{mapping.source}: key {prefix + '.weight'!r} has {weight.shape[0]} rows; "
+                    f"the class layout needs row {max(rows)}"
+                )
+            weight, bias = weight[rows], bias[rows]
+        kernel = dense_kernel(weight) if pooled is None else nchw_dense_kernel(weight, *pooled)
+        mapping.assign(dense, [f"{prefix}.weight", f"{prefix}.bias"], values=[kernel, bias])
+
+    def _conv_stack(
+        self, mapping: WeightMapping, stack: keras.layers.Layer, keys: Sequence[tuple[str, str]]
+    ) -> None:
+        for conv, norm, (conv_key, norm_key) in zip(stack.convs, stack.norms, keys):
+            self._conv(mapping, conv, conv_key)
+            self._norm(mapping, norm, norm_key)
+
+    def assign_backbone(self, mapping: WeightMapping, backbone: keras.layers.Layer) -> None:
+        """Fills a ``ResNet`` (convs and norms, named as keras.applications)."""
+        for name, layer in backbone._weighted_layers().items():
+            prefix = self.backbone_key(name)
+            if isinstance(layer, keras.layers.Conv2D):
+                self._conv(mapping, layer, prefix)
+            else:
+                self._norm(mapping, layer, prefix)
+
+    def assign_fpn(self, mapping: WeightMapping, fpn: keras.layers.Layer) -> None:
+        """Fills the FPN's lateral and output convs (and their norms)."""
+        for index, level in enumerate(fpn.backbone_levels):
+            for output, convs, norms in (
+                (False, fpn.lateral_convs, fpn.lateral_norms),
+                (True, fpn.output_convs, fpn.output_norms),
+            ):
+                conv_key, norm_key = self.fpn_keys(index, level, output)
+                self._conv(mapping, convs[index], conv_key)
+                self._norm(mapping, norms[index], norm_key)
+
+    def assign_rpn_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
+        """Fills the RPN head; box deltas go from (dx, dy, dw, dh) to (dy, dx, dh, dw)."""
+        convs, objectness, deltas = self.rpn_keys(head.num_conv)
+        self._conv_stack(mapping, head.conv, convs)
+        self._conv(mapping, head.objectness, objectness)
+        self._conv(mapping, head.deltas, deltas, out_rows=delta_rows(head.num_anchors))
+
+    def assign_box_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
+        """Fills the box head: the first fc reads NCHW-flattened features in PyTorch."""
+        convs, fcs = self.box_head_keys(head.convs.num_conv, len(head.fcs))
+        self._conv_stack(mapping, head.convs, convs)
+        height, width = head.pooler.output_size
+        channels = head.fcs[0].kernel.shape[0] // (height * width)
+        for i, (fc, key) in enumerate(zip(head.fcs, fcs)):
+            self._dense(mapping, fc, key, pooled=(channels, height, width) if i == 0 else None)
+        scores, boxes, _ = self.class_rows(mapping)
+        score_key, box_key = self.box_predictor_keys()
+        self._dense(mapping, head.cls_score, score_key, rows=np.asarray(scores))
+        self._dense(
+            mapping,
+            head.bbox_pred,
+            box_key,
+            rows=np.concatenate([delta_rows(1) + 4 * group for group in boxes]),
+        )
+
+    def assign_mask_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
+        """Fills the mask head; the predictor keeps the channels of kmask's classes."""
+        convs, deconv, predictor = self.mask_head_keys(head.convs.num_conv)
+        self._conv_stack(mapping, head.convs, convs)
+        self._conv(mapping, head.deconv, deconv)
+        _, _, channels = self.class_rows(mapping)
+        self._conv(mapping, head.predictor, predictor, out_rows=np.asarray(channels))

@@ -1,0 +1,198 @@
+"""detectron2 checkpoints -> kmask: model-zoo R-CNN FPN models and MSRA / FAIR backbones."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from kmask.convert.converter import Converter
+from kmask.convert.weight_mapping import WeightMapping
+
+_INPUT = {"channel_order": "BGR", "pixel_scale": 1.0, "pixel_mean": [103.53, 116.28, 123.675]}
+_STD_R = [1.0, 1.0, 1.0]
+_STD_X = [57.375, 57.12, 58.395]  # the FAIR ResNeXt backbones' PIXEL_STD
+_DATA = {"min_size": [640, 672, 704, 736, 768, 800], "max_size": 1333, "size_divisibility": 32}
+
+
+def _backbone(depth: int, resnext: bool) -> dict[str, Any]:
+    backbone: dict[str, Any] = {
+        "depth": depth,
+        "norm": "frozen_bn",
+        "norm_epsilon": 1e-5,
+        "conv_bias": False,
+        # MSRA ResNets stride on the 1x1 conv; the FAIR ResNeXt on the 3x3.
+        "stride_in_1x1": not resnext,
+    }
+    if resnext:
+        backbone.update(groups=32, width_per_group=8)
+    return backbone
+
+
+def _model(depth: int, resnext: bool = False, masks: bool = True) -> dict[str, Any]:
+    """detectron2's Base-RCNN-FPN config (``mask_rcnn_*_FPN_*`` / ``faster_rcnn_*``)."""
+    pooler = {"pooler_sampling_ratio": 0, "pooler_aligned": True}  # ROIAlignV2, adaptive
+    model = {
+        "input": {**_INPUT, "pixel_std": _STD_X if resnext else _STD_R},
+        "backbone": _backbone(depth, resnext),
+        "rpn": {
+            "anchor_offset": 0.0,
+            "post_nms_topk_train": 1000,
+            "smooth_l1_beta": 0.0,
+        },
+        "box_head": {**pooler, "smooth_l1_beta": 0.0},
+        "mask_head": dict(pooler) if masks else None,
+    }
+    return {"model": model, "data": dict(_DATA)}
+
+
+def _imagenet(depth: int, resnext: bool = False) -> dict[str, Any]:
+    model = {
+        "input": {**_INPUT, "pixel_std": _STD_X if resnext else _STD_R},
+        "backbone": _backbone(depth, resnext),
+    }
+    return {"model": model, "data": dict(_DATA)}
+
+
+_RESNET_LAYER = re.compile(r"^conv(\d)_block(\d+)_(\d)_(conv|bn|gn)$")
+_C2_BRANCHES = {0: "branch1", 1: "branch2a", 2: "branch2b", 3: "branch2c"}
+
+
+class Detectron2Converter(Converter):
+    """Converts detectron2 ``.pkl`` files (no PyTorch needed) to kmask models.
+
+    Architectures (``--arch``), named as the model-zoo configs: ``mask_rcnn_R_50_FPN_1x``,
+    ``mask_rcnn_R_50_FPN_3x``, ``mask_rcnn_R_101_FPN_3x``, ``mask_rcnn_X_101_32x8d_FPN_3x``,
+    the ``faster_rcnn_*`` siblings, and the ImageNet backbones ``R-50``, ``R-101`` (MSRA)
+    and ``X-101-32x8d`` (FAIR), Caffe2 blob names.
+
+    detectron2's conventions, reproduced in the config: BGR input minus the MSRA means
+    (std 1, or the FAIR ResNeXt stds); stride on the 1x1 conv for MSRA ResNets, on the
+    3x3 for ResNeXt; frozen BN eps 1e-5; anchors at offset 0, not rounded; RPN box
+    weights (1, 1, 1, 1), 1000 proposals per level before and 1000 per image after NMS;
+    ROIAlignV2 (``aligned=True``, adaptive sampling); smooth-L1 beta 0 (L1) in both box
+    losses; predictors without background deltas or mask, background score last (moved
+    first for kmask); NCHW flatten before ``fc1`` (reordered); deltas (dx, dy, dw, dh)
+    reordered. Caffe2 backbones store BN as scale and bias only: they load as mean 0 and
+    variance ``1 - eps``, which is detectron2's own upgrade of such files, so the scale is
+    exactly the stored one.
+
+    A ``pixel_mean`` / ``pixel_std`` pair inside the file overrides the architecture's.
+    """
+
+    ARCHITECTURES = {
+        "mask_rcnn_R_50_FPN_1x": _model(50),
+        "mask_rcnn_R_50_FPN_3x": _model(50),
+        "mask_rcnn_R_101_FPN_3x": _model(101),
+        "mask_rcnn_X_101_32x8d_FPN_3x": _model(101, resnext=True),
+        "faster_rcnn_R_50_FPN_1x": _model(50, masks=False),
+        "faster_rcnn_R_50_FPN_3x": _model(50, masks=False),
+        "faster_rcnn_R_101_FPN_3x": _model(101, masks=False),
+        "faster_rcnn_X_101_32x8d_FPN_3x": _model(101, resnext=True, masks=False),
+        "R-50": _imagenet(50),
+        "R-101": _imagenet(101),
+        "X-101-32x8d": _imagenet(101, resnext=True),
+    }
+    DESCRIPTIONS = {
+        "mask_rcnn_R_50_FPN_1x": "model zoo 137260431/model_final_a54504.pkl: box AP 38.6, "
+        "mask AP 35.2",
+        "mask_rcnn_R_50_FPN_3x": "model zoo 137849600/model_final_f10217.pkl: box AP 41.0, "
+        "mask AP 37.2",
+        "mask_rcnn_R_101_FPN_3x": "model zoo 138205316/model_final_a3ec72.pkl: box AP 42.9, "
+        "mask AP 38.6",
+        "mask_rcnn_X_101_32x8d_FPN_3x": "model zoo 139653917/model_final_2d9806.pkl: box AP "
+        "44.3, mask AP 39.5",
+        "faster_rcnn_R_50_FPN_1x": "model zoo 137257794/model_final_b275ba.pkl: box AP 37.9",
+        "faster_rcnn_R_50_FPN_3x": "model zoo 137849458/model_final_280758.pkl: box AP 40.2",
+        "faster_rcnn_R_101_FPN_3x": "model zoo 137851257/model_final_f6e8b1.pkl: box AP 42.0",
+        "faster_rcnn_X_101_32x8d_FPN_3x": "model zoo 139173657/model_final_68b088.pkl: box AP 43.0",
+        "R-50": "ImageNetPretrained/MSRA/R-50.pkl",
+        "R-101": "ImageNetPretrained/MSRA/R-101.pkl",
+        "X-101-32x8d": "ImageNetPretrained/FAIR/X-101-32x8d.pkl",
+    }
+    BACKBONES = ("R-50", "R-101", "X-101-32x8d")
+    # ImageNet classifier blobs of the Caffe2 files.
+    IGNORED_KEYS = (r"^pred_[wb]$", r"^fc1000_[wb]$")
+
+    def config_values(self, mapping: WeightMapping) -> dict[str, Any]:
+        values = super().config_values(mapping)
+        if mapping.has("pixel_mean") and mapping.has("pixel_std"):
+            mean = mapping.take("pixel_mean").reshape(-1)
+            std = mapping.take("pixel_std").reshape(-1)
+            values["model"]["input"].update(pixel_mean=mean.tolist(), pixel_std=std.tolist())
+        return values
+
+    def class_rows(self, mapping: WeightMapping) -> tuple[list[int], list[int], list[int]]:
+        rows = mapping.shape("roi_heads.box_predictor.cls_score.weight")[0]
+        classes = list(range(rows - 1))
+        return [rows - 1, *classes], classes, classes  # background is detectron2's last row
+
+    def norm_values(self, mapping: WeightMapping, prefix: str, layer: Any) -> list[np.ndarray]:
+        if not self.backbone_only:
+            return super().norm_values(mapping, prefix, layer)
+        scale, bias = mapping.take(f"{prefix}_s"), mapping.take(f"{prefix}_b")
+        return [scale, bias, np.zeros_like(scale), np.full_like(scale, 1.0 - layer.epsilon)]
+
+    def backbone_key(self, layer_name: str) -> str:
+        if self.backbone_only:
+            return self._c2_backbone_key(layer_name)
+        prefix = "backbone.bottom_up."
+        if layer_name in ("conv1_conv", "conv1_bn"):
+            return prefix + "stem.conv1" + (".norm" if layer_name.endswith("bn") else "")
+        stage, block, index, kind = self._parse(layer_name)
+        name = "shortcut" if index == 0 else f"conv{index}"
+        return f"{prefix}res{stage}.{block - 1}.{name}" + ("" if kind == "conv" else ".norm")
+
+    def _c2_backbone_key(self, layer_name: str) -> str:
+        """Caffe2 blob prefixes (``res2_0_branch2a`` + ``_w``; ``..._bn`` + ``_s``/``_b``)."""
+        if layer_name == "conv1_conv":
+            return "conv1"
+        if layer_name == "conv1_bn":
+            return "res_conv1_bn"
+        stage, block, index, kind = self._parse(layer_name)
+        name = f"res{stage}_{block - 1}_{_C2_BRANCHES[index]}"
+        return name if kind == "conv" else f"{name}_bn"
+
+    @staticmethod
+    def _parse(layer_name: str) -> tuple[int, int, int, str]:
+        match = _RESNET_LAYER.match(layer_name)
+        if match is None:
+            raise ValueError(f"no detectron2 name for ResNet layer {layer_name!r}")
+        return int(match[1]), int(match[2]), int(match[3]), match[4]
+
+    def rename(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.backbone_only:
+            return dict(arrays)
+        # Caffe2 blobs: weights "<name>_w" -> "<name>.weight" for the shared conv code.
+        return {
+            re.sub(r"_w$", ".weight", key) if not key.startswith(("pred_", "fc1000_")) else key: v
+            for key, v in arrays.items()
+        }
+
+    def fpn_keys(self, index: int, level: int, output: bool) -> tuple[str, str]:
+        conv = f"backbone.fpn_{'output' if output else 'lateral'}{level}"
+        return conv, f"{conv}.norm"
+
+    def rpn_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
+        head = "proposal_generator.rpn_head"
+        if num_conv == 1:
+            convs = [(f"{head}.conv", f"{head}.conv.norm")]
+        else:
+            convs = [(f"{head}.conv.conv{k}", f"{head}.conv.conv{k}.norm") for k in range(num_conv)]
+        return convs, f"{head}.objectness_logits", f"{head}.anchor_deltas"
+
+    def box_head_keys(self, num_conv: int, num_fc: int) -> tuple[list[tuple[str, str]], list[str]]:
+        head = "roi_heads.box_head"
+        convs = [(f"{head}.conv{k + 1}", f"{head}.conv{k + 1}.norm") for k in range(num_conv)]
+        return convs, [f"{head}.fc{k + 1}" for k in range(num_fc)]
+
+    def box_predictor_keys(self) -> tuple[str, str]:
+        return "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"
+
+    def mask_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
+        head = "roi_heads.mask_head"
+        convs = [
+            (f"{head}.mask_fcn{k + 1}", f"{head}.mask_fcn{k + 1}.norm") for k in range(num_conv)
+        ]
+        return convs, f"{head}.deconv", f"{head}.predictor"

@@ -1,0 +1,292 @@
+"""detectron2 layouts from known arrays, ImageNet backbones, the command and bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kmask
+from kmask.convert import ConversionError, Detectron2Converter, TorchvisionConverter
+from kmask.convert.coco_categories import TORCHVISION_SLOTS
+from tests.cli_runner import assert_ok, run_kmask
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+from tests.convert.torch_models import random_torchvision_model  # noqa: E402
+
+
+def _detectron2_key(key: str) -> str:
+    """torchvision v1 Mask R-CNN key -> the detectron2 model-zoo key of the same weight."""
+    if key.startswith("backbone.body.conv1."):
+        return key.replace("backbone.body.conv1.", "backbone.bottom_up.stem.conv1.")
+    if key.startswith("backbone.body.bn1."):
+        return key.replace("backbone.body.bn1.", "backbone.bottom_up.stem.conv1.norm.")
+    if key.startswith("backbone.body.layer"):
+        stage, block, rest = re.match(r"backbone\.body\.layer(\d)\.(\d+)\.(.*)", key).groups()
+        prefix = f"backbone.bottom_up.res{int(stage) + 1}.{block}."
+        rest = rest.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+        rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
+        return prefix + rest
+    renames = (
+        (
+            r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.",
+            lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.",
+        ),
+        (
+            r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.",
+            lambda m: f"backbone.fpn_output{int(m[1]) + 2}.",
+        ),
+        (r"^rpn\.head\.conv\.0\.0\.", lambda m: "proposal_generator.rpn_head.conv."),
+        (r"^rpn\.head\.cls_logits\.", lambda m: "proposal_generator.rpn_head.objectness_logits."),
+        (r"^rpn\.head\.bbox_pred\.", lambda m: "proposal_generator.rpn_head.anchor_deltas."),
+        (r"^roi_heads\.box_head\.fc6\.", lambda m: "roi_heads.box_head.fc1."),
+        (r"^roi_heads\.box_head\.fc7\.", lambda m: "roi_heads.box_head.fc2."),
+        (
+            r"^roi_heads\.mask_head\.(\d)\.0\.",
+            lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.",
+        ),
+        (r"^roi_heads\.mask_predictor\.conv5_mask\.", lambda m: "roi_heads.mask_head.deconv."),
+        (
+            r"^roi_heads\.mask_predictor\.mask_fcn_logits\.",
+            lambda m: "roi_heads.mask_head.predictor.",
+        ),
+    )
+    for pattern, replacement in renames:
+        if re.match(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return key
+
+
+def _detectron2_arrays(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same weights in detectron2's layout: 80 classes, background score last, no
+    background deltas or mask."""
+    slots = list(TORCHVISION_SLOTS)
+    arrays = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("roi_heads.box_predictor.cls_score."):
+            value = value[[*slots, 0]]
+        elif key.startswith("roi_heads.box_predictor.bbox_pred."):
+            value = value.reshape(91, 4, *value.shape[1:])[slots].reshape(320, *value.shape[1:])
+        elif key.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
+            value = value[slots]
+        arrays[_detectron2_key(key)] = value
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def torchvision_state():
+    model = random_torchvision_model("maskrcnn_resnet50_fpn")
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {v.path: np.asarray(v) for v in model.weights}
+
+
+def test_detectron2_pickle_fills_the_same_weights(torchvision_state, tmp_path):
+    """A model-zoo style .pkl holding torchvision's weights in detectron2's layout gives
+    kmask weights equal to the torchvision conversion (checked against torchvision's
+    outputs in test_torchvision_conversion); every key is consumed."""
+    path = tmp_path / "model_final.pkl"
+    arrays = _detectron2_arrays(torchvision_state)
+    with open(path, "wb") as handle:
+        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, handle)
+    from kmask.convert.checkpoint_reader import read_detectron2_pickle
+
+    config, model = Detectron2Converter("mask_rcnn_R_50_FPN_1x").convert(
+        read_detectron2_pickle(path), str(path)
+    )
+    _, reference = TorchvisionConverter("maskrcnn_resnet50_fpn").convert(torchvision_state, "tv")
+    mine, theirs = _weights(model), _weights(reference)
+    assert config.model.num_classes == 80 and config.model.box_head.pooler_aligned
+    for name, value in mine.items():
+        expected = theirs[name]
+        if name.endswith(("bbox_pred/kernel", "bbox_pred/bias")):
+            expected = expected[..., 4:]  # torchvision's background deltas
+        elif "mask_head/predictor" in name:
+            expected = expected[..., 1:]  # torchvision's background mask
+        np.testing.assert_array_equal(value, expected, err_msg=name)
+
+
+def _c2_blobs(rng: np.random.Generator, model) -> dict[str, np.ndarray]:
+    """Caffe2 blobs (MSRA R-50.pkl naming) with random values of the right shapes."""
+    blobs = {"pred_w": rng.normal(size=(1000, 2048)), "pred_b": rng.normal(size=1000)}
+    converter = Detectron2Converter("R-50")
+    for name, layer in model._weighted_layers().items():
+        prefix = converter.backbone_key(name)
+        if hasattr(layer, "kernel"):
+            kernel = layer.weights[0]
+            shape = (kernel.shape[3], kernel.shape[2], kernel.shape[0], kernel.shape[1])
+            blobs[f"{prefix}_w"] = rng.normal(size=shape).astype(np.float32)
+            blobs[f"{prefix}_w_momentum"] = np.zeros(shape, np.float32)
+        else:
+            channels = layer.weights[0].shape[0]
+            blobs[f"{prefix}_s"] = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+            blobs[f"{prefix}_b"] = rng.normal(size=channels).astype(np.float32)
+    return blobs
+
+
+def test_caffe2_backbone_layout_and_bad_input(tmp_path):
+    from kmask.convert.checkpoint_reader import read_detectron2_pickle
+    from kmask.modeling.backbones import build_backbone
+
+    template = build_backbone("resnet", depth=50, conv_bias=False)
+    template.build((None, None, None, 3))
+    blobs = _c2_blobs(np.random.default_rng(0), template)
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump({"blobs": blobs}, handle)
+    _, backbone = Detectron2Converter("R-50").convert(read_detectron2_pickle(path), str(path))
+    layers = backbone._weighted_layers()
+    # Conv: [out, in, kh, kw] -> [kh, kw, in, out].
+    np.testing.assert_array_equal(
+        np.asarray(layers["conv2_block1_2_conv"].kernel),
+        blobs["res2_0_branch2b_w"].transpose(2, 3, 1, 0),
+    )
+    # Frozen BN from scale and bias only: the effective scale is exactly the stored one.
+    norm = layers["conv3_block2_1_bn"]
+    gamma, beta, mean, variance = (np.asarray(w) for w in norm.weights)
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    np.testing.assert_allclose(scale, blobs["res3_1_branch2a_bn_s"], rtol=1e-6)
+    np.testing.assert_array_equal(beta, blobs["res3_1_branch2a_bn_b"])
+    assert not mean.any()
+
+    converter = Detectron2Converter("R-50")
+    missing = {k: v for k, v in blobs.items() if k != "res4_2_branch2c_w"}
+    with pytest.raises(ConversionError, match=r"x\.pkl: missing key 'res4_2_branch2c\.weight'"):
+        converter.convert(read_pickled(tmp_path, missing), "x.pkl")
+    extra = {**blobs, "res6_0_branch2a_w": np.zeros((1, 1, 1, 1), np.float32)}
+    with pytest.raises(ConversionError, match=r"keys do not belong.*res6_0_branch2a"):
+        converter.convert(read_pickled(tmp_path, extra), "x.pkl")
+    wrong = {**blobs, "res2_0_branch2a_w": np.zeros((64, 256, 1, 1), np.float32)}
+    with pytest.raises(
+        ConversionError,
+        match=r"'res2_0_branch2a\.weight' of shape \(64, 256, 1, 1\)"
+        r".*has shape \(1, 1, 64, 64\)",
+    ):
+        converter.convert(read_pickled(tmp_path, wrong), "x.pkl")
+
+
+def read_pickled(tmp_path, blobs):
+    from kmask.convert.checkpoint_reader import read_detectron2_pickle
+
+    path = tmp_path / "blobs.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump(blobs, handle)
+    return read_detectron2_pickle(path)
+
+
+def test_torchvision_imagenet_backbone_trains_from_its_npz(tmp_path):
+    """resnet50 .pth -> backbone.npz -> model.backbone.weights gives torchvision's
+    features (eval-mode BN = frozen BN with the same statistics)."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None).eval()
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    pth = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), pth)
+    out = tmp_path / "r50"
+    kmask.convert.convert_weights("torchvision", pth, "resnet50", out)
+    config = kmask.config.load_config(out / "config.yaml")
+    import dataclasses
+
+    from kmask.modeling.backbones import build_backbone
+
+    args = dataclasses.asdict(config.model.backbone)
+    backbone = build_backbone(args.pop("type"), **args)
+    image = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype(np.float32)
+    with torch.no_grad():
+        x = torch.from_numpy(image.transpose(0, 3, 1, 2))
+        x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+        expected = reference.layer4(reference.layer3(reference.layer2(reference.layer1(x))))
+    got = backbone(tf.constant(image))["C5"].numpy().transpose(0, 3, 1, 2)
+    assert np.abs(got - expected.numpy()).max() < 1e-4 * np.abs(expected.numpy()).max()
+
+
+def test_command_writes_a_run_that_loads_and_refuses_bad_input(tmp_path):
+    model = random_torchvision_model("fasterrcnn_resnet50_fpn")
+    pth = tmp_path / "faster.pth"
+    torch.save(model.state_dict(), pth)
+    out = tmp_path / "run"
+    stdout = assert_ok(
+        run_kmask(
+            "convert-weights",
+            "--from",
+            "torchvision",
+            "--input",
+            str(pth),
+            "--arch",
+            "fasterrcnn_resnet50_fpn",
+            "--out",
+            str(out),
+            cwd=tmp_path,
+        )
+    )
+    assert "MiB" in stdout
+    categories = json.loads((out / "categories.json").read_text())
+    assert [c["id"] for c in categories][:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]
+    assert categories[0]["name"] == "person" and len(categories) == 80
+    loaded = kmask.load_model(out)
+    _, converted = TorchvisionConverter("fasterrcnn_resnet50_fpn").convert(
+        {k: v.numpy() for k, v in model.state_dict().items()}, "tv"
+    )
+    for mine, theirs in zip(loaded.weights, converted.weights):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs), err_msg=mine.path)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+    # An existing --out is kept unless --overwrite.
+    refused = run_kmask(
+        "convert-weights",
+        "--from",
+        "torchvision",
+        "--input",
+        str(pth),
+        "--arch",
+        "fasterrcnn_resnet50_fpn",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 2 and "exists; pass --overwrite" in refused.stderr
+    # Another architecture's checkpoint: the unused keys are named, nothing is written.
+    wrong = run_kmask(
+        "convert-weights",
+        "--from",
+        "torchvision",
+        "--input",
+        str(pth),
+        "--arch",
+        "maskrcnn_resnet50_fpn",
+        "--out",
+        str(tmp_path / "wrong"),
+        cwd=tmp_path,
+    )
+    assert wrong.returncode == 2
+    assert "missing key 'roi_heads.mask_head.0.0.weight'" in wrong.stderr
+    assert not (tmp_path / "wrong").exists()
+    # Not a checkpoint at all.
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    bad = run_kmask(
+        "convert-weights",
+        "--from",
+        "detectron2",
+        "--input",
+        str(text),
+        "--arch",
+        "mask_rcnn_R_50_FPN_3x",
+        "--out",
+        str(tmp_path / "bad"),
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2 and f"{text}: not a detectron2 .pkl file" in bad.stderr
