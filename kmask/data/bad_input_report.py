@@ -16,7 +16,9 @@ class BadInputReport:
 
     Two severities: ``skip`` (an image or annotation left out; an error when ``strict``)
     and ``fix`` (repaired, e.g. a box clipped to the image; counted, never an error).
-    Thread-safe: the parallel readers of one dataset share one report.
+    Thread-safe: the parallel readers of one dataset share one report. ``error`` keeps the
+    first strict ``DataError``, so that code which receives it wrapped (a ``tf.data``
+    reader's error reaches ``fit`` as a TensorFlow error) can show it as it is.
 
     Args:
       source: the dataset file named in every message.
@@ -31,6 +33,7 @@ class BadInputReport:
         self._lock = threading.Lock()
         self._images_seen: set[int] = set()
         self._summary_logged = False
+        self.error: DataError | None = None
 
     def skip(
         self, reason: str, image_id: int | None, file_name: str | None, detail: str = ""
@@ -41,7 +44,10 @@ class BadInputReport:
             where += f" ({file_name})"
         message = f"{self.source}: {where}: {reason}" + (f": {detail}" if detail else "")
         if self.strict:
-            raise DataError(message + " (strict mode)")
+            error = DataError(message + " (strict mode)")
+            with self._lock:
+                self.error = self.error or error
+            raise error
         with self._lock:
             self._skipped[reason] += 1
         logger.warning("skipped: %s", message)

@@ -21,13 +21,15 @@ def open_dataset(
     tfrecord_pattern: str | Sequence[str] | None = None,
     categories: CategoryMap | Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
     strict: bool = False,
+    allow_outside_images: bool = False,
 ) -> CocoDataset | ShardDataset:
     """The dataset object of a COCO JSON + image folder, or of TFRecord shards.
 
     Give either ``json_path`` and ``images_dir``, or ``tfrecord_pattern`` (with
     ``categories`` when no ``categories.json`` lies beside the shards). The object has
     ``category_ids``, ``category_names``, ``num_classes``, ``keypoint_names`` and
-    ``build(config, training=..., batch_size=...)``.
+    ``build(config, training=..., batch_size=...)``. ``allow_outside_images`` lets a COCO
+    JSON name image files outside ``images_dir`` (``CocoDataset``).
     """
     if tfrecord_pattern is not None:
         if json_path is not None or images_dir is not None:
@@ -37,7 +39,9 @@ def open_dataset(
         raise ValueError("give json_path and images_dir, or tfrecord_pattern")
     if categories is not None:
         raise ValueError("categories applies to TFRecord shards; a COCO JSON has its own")
-    return CocoDataset(json_path, images_dir, strict=strict)
+    return CocoDataset(
+        json_path, images_dir, strict=strict, allow_outside_images=allow_outside_images
+    )
 
 
 def build_dataset(
@@ -52,9 +56,9 @@ def build_dataset(
 ) -> tf.data.Dataset:
     """One epoch of batched ``(features, targets)`` (format in ``kmask.data``).
 
-    ``open_dataset(..., strict=config.strict).build(config, training=training,
-    batch_size=batch_size)``; use ``open_dataset`` when the category names or ids are
-    needed too.
+    ``open_dataset(..., strict=config.strict, allow_outside_images=...).build(config,
+    training=training, batch_size=batch_size)``; use ``open_dataset`` when the category
+    names or ids are needed too.
     """
     dataset = open_dataset(
         json_path=json_path,
@@ -62,5 +66,6 @@ def build_dataset(
         tfrecord_pattern=tfrecord_pattern,
         categories=categories,
         strict=config.strict,
+        allow_outside_images=config.allow_outside_images,
     )
     return dataset.build(config, training=training, batch_size=batch_size)

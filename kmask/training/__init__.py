@@ -19,7 +19,8 @@ Modules: ``trainer.Trainer``, ``optimizer.build_optimizer``,
 ``warmup_step_schedule.WarmupStepSchedule``, ``checkpoint_callback.CheckpointCallback``,
 ``non_finite_guard.NonFiniteGuard`` (``non_finite_loss_error.NonFiniteLossError``),
 ``evaluation_callback.EvaluationCallback``, ``tensorboard_callback.TensorBoardCallback``,
-``strategy.select_strategy``, ``run_directory.RunDirectory``.
+``strategy.select_strategy``, ``run_directory.RunDirectory``
+(``run_locked_error.RunLockedError``).
 """
 
 from kmask.training.checkpoint_callback import CheckpointCallback
@@ -29,6 +30,7 @@ from kmask.training.non_finite_guard import NonFiniteGuard
 from kmask.training.non_finite_loss_error import NonFiniteLossError
 from kmask.training.optimizer import build_optimizer, scaled_learning_rate
 from kmask.training.run_directory import RunDirectory
+from kmask.training.run_locked_error import RunLockedError
 from kmask.training.strategy import is_chief, select_strategy
 from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainer import Trainer
@@ -41,6 +43,7 @@ __all__ = [
     "NonFiniteGuard",
     "NonFiniteLossError",
     "RunDirectory",
+    "RunLockedError",
     "TensorBoardCallback",
     "Trainer",
     "WarmupStepSchedule",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import tensorflow as tf
 from kmask.config import Config, ConfigError
 from kmask.data.builder import open_dataset
 from kmask.data.category_map import CategoryMap
+from kmask.data.data_error import DataError
 from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches
 from kmask.evaluation.predictor import Predictor
 from kmask.modeling.factory import build_mask_rcnn
@@ -82,6 +84,10 @@ class Trainer:
       ConfigError: missing training data, class count mismatch, batch not divisible by
         the replicas.
       FileExistsError: ``run_dir`` already has checkpoints and ``resume`` is False.
+      FileNotFoundError: ``resume`` and no checkpoint of the run can be loaded.
+      RunLockedError: another process is training into ``run_dir``.
+      DataError: bad input under ``data.strict``, or too little readable data for a
+        batch.
       NonFiniteLossError: a loss became NaN/inf; the last good checkpoint is kept.
     """
 
@@ -124,7 +130,10 @@ class Trainer:
                 "--train-json FILE --train-images DIR) or train.tfrecord_pattern"
             )
         return open_dataset(
-            json_path=train.json_path, images_dir=train.images_dir, strict=self.config.data.strict
+            json_path=train.json_path,
+            images_dir=train.images_dir,
+            strict=self.config.data.strict,
+            allow_outside_images=self.config.data.allow_outside_images,
         )
 
     def _check_categories(self, categories: CategoryMap, resume: bool) -> None:
@@ -200,6 +209,7 @@ class Trainer:
                 json_path=config.eval.json_path,
                 images_dir=config.eval.images_dir,
                 strict=config.data.strict,
+                allow_outside_images=config.data.allow_outside_images,
             )
             batches, _, total = evaluation_batches(
                 validation, config.data, config.eval.batch_size, config.eval.max_images
@@ -241,10 +251,19 @@ class Trainer:
     def train(self, resume: bool = False) -> dict[str, list[float]]:
         """Trains to ``train.max_steps`` and returns the merged ``fit`` history.
 
+        The chief holds the run directory's lock (``RunDirectory.lock``) throughout, and
+        writes ``config.yaml`` and ``categories.json`` only once the model is built and,
+        when resuming, its checkpoint restored, so a failed start leaves the run as it was.
+
         Args:
           resume: continue from the latest checkpoint of the run directory (from scratch
             when there is none); without it a run directory with checkpoints is refused.
         """
+        lock = self.run.lock() if self.is_chief else contextlib.nullcontext()
+        with lock:
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> dict[str, list[float]]:
         config = self.config
         latest = self.run.latest_checkpoint()
         if latest is not None and not resume:
@@ -255,25 +274,21 @@ class Trainer:
         categories = self.source.categories
         self._check_categories(categories, resume)
         global_batch_size = self._global_batch_size()
-        if self.is_chief:
-            self.run.write_config(config)
-            self.run.write_categories(categories)
 
         keras.utils.set_random_seed(config.train.seed)
-        model = self.build_model(global_batch_size)
+        try:
+            model = self.build_model(global_batch_size)
+        except ValueError as error:  # an argument the model's layers refuse
+            raise ConfigError(f"model: {error}") from None
         self.model = model
         step = 0
         if resume and latest is not None:
-            model.load_weights(latest)
-            step = optimizer_step(model)
-            if step != checkpoint_step(latest):
-                raise RuntimeError(
-                    f"{latest}: holds optimizer step {step}, its name says "
-                    f"{checkpoint_step(latest)}"
-                )
-            print(f"resuming from {latest} at step {step}", flush=True)
+            step = self._restore(model, latest)
         elif resume:
             print(f"no checkpoint in {self.run.checkpoints_dir}; starting from step 0", flush=True)
+        if self.is_chief:
+            self.run.write_config(config)
+            self.run.write_categories(categories)
         if step >= config.train.max_steps:
             print(f"already trained to step {step} (train.max_steps={config.train.max_steps})")
             return self.history
@@ -286,25 +301,90 @@ class Trainer:
             save_on_train_end=False,
             is_chief=self.is_chief,
         )
-        callbacks = [*self._callbacks(model, categories, checkpoints), *self.extra_callbacks]
+        counter = _BatchCounter()
+        callbacks = [
+            counter,
+            *self._callbacks(model, categories, checkpoints),
+            *self.extra_callbacks,
+        ]
         with self._fit_scope(model):
             for initial_epoch, epochs, steps in epoch_plan(
                 step, config.train.max_steps, config.train.steps_per_epoch
             ):
                 start = optimizer_step(model)
-                history = model.fit(
-                    self.dataset(start),
-                    initial_epoch=initial_epoch,
-                    epochs=epochs,
-                    steps_per_epoch=steps,
-                    callbacks=callbacks,
-                    verbose=self.verbose,
-                    shuffle=False,  # the pipeline shuffles
-                )
+                counter.batches = 0
+                try:
+                    history = model.fit(
+                        self.dataset(start),
+                        initial_epoch=initial_epoch,
+                        epochs=epochs,
+                        steps_per_epoch=steps,
+                        callbacks=callbacks,
+                        verbose=self.verbose,
+                        shuffle=False,  # the pipeline shuffles
+                    )
+                except tf.errors.OpError:
+                    # A strict reader's DataError reaches fit inside a TensorFlow error.
+                    error = getattr(getattr(self.source, "report", None), "error", None)
+                    if error is not None:
+                        raise error from None
+                    raise
                 for key, values in history.history.items():
                     self.history.setdefault(key, []).extend(float(v) for v in values)
+                self._check_progress(counter.batches, (epochs - initial_epoch) * steps)
         checkpoints.save(optimizer_step(model))
         return self.history
+
+    def _restore(self, model: MaskRCNN, latest: os.PathLike[str]) -> int:
+        """Loads the newest intact checkpoint, ``latest`` first, and returns its step.
+
+        A checkpoint that cannot be read (truncated, damaged) or whose optimizer step
+        differs from its name is skipped with a warning naming it.
+
+        Raises:
+          FileNotFoundError: no checkpoint of the run could be loaded.
+        """
+        candidates = [latest] + [
+            path
+            for path in reversed(CheckpointCallback.all_checkpoints(self.run.checkpoints_dir))
+            if path != latest
+        ]
+        problems = []
+        for path in candidates:
+            try:
+                model.load_weights(path)
+                step = optimizer_step(model)
+                if step != checkpoint_step(path):
+                    raise ValueError(
+                        f"holds optimizer step {step}, its name says {checkpoint_step(path)}"
+                    )
+            except (OSError, ValueError, KeyError, RuntimeError) as error:
+                problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+                problems.append(f"{path}: {problem}")
+                print(
+                    f"kmask: warning: cannot resume from {path} ({problem}); trying an older "
+                    "checkpoint",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
+            print(f"resuming from {path} at step {step}", flush=True)
+            return step
+        raise FileNotFoundError(
+            f"no intact checkpoint in {self.run.checkpoints_dir}: " + "; ".join(problems)
+        )
+
+    def _check_progress(self, done: int, expected: int) -> None:
+        """Raises ``DataError`` when a ``fit`` call ran out of data before its steps."""
+        if done >= expected:
+            return
+        report = getattr(self.source, "report", None)
+        summary = f" ({report.summary()})" if report is not None else ""
+        raise DataError(
+            f"the training data gave {done} of {expected} batches of "
+            f"{self.config.train.batch_size} images: fewer readable images with annotations "
+            f"than one batch{summary}"
+        )
 
     def _fit_scope(self, model: MaskRCNN) -> contextlib.AbstractContextManager:
         """Where ``fit`` runs: inside the strategy's scope when it replicates.
@@ -327,6 +407,17 @@ class Trainer:
         if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             model.train_step = _rank_one_logs(model.train_step)
         return self.strategy.scope()
+
+
+class _BatchCounter(keras.callbacks.Callback):
+    """Counts the batches ``fit`` trained on (``batches``, reset by the trainer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.batches += 1
 
 
 def _rank_one_logs(train_step: Any) -> Any:
