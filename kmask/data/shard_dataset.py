@@ -32,7 +32,9 @@ class ShardDataset:
     ``K`` per instance. Numeric float-list masks are not supported.
 
     Crowd instances and labels that are not among the categories are left out; boxes are
-    clipped to the image and empty ones dropped. Records whose image cannot be decoded
+    clipped to the image and empty ones dropped. A local shard whose records do not end
+    where the file ends (truncated by an interrupted copy) is refused at construction with
+    a ``DataError`` naming it. Records whose image cannot be decoded
     are skipped with a logged warning (``strict``: the error is raised).
 
     Args:
@@ -59,6 +61,8 @@ class ShardDataset:
             files.extend(sorted(tf.io.gfile.glob(pattern)))
         if not files:
             raise DataError(f"no TFRecord files match {', '.join(patterns)}")
+        for path in files:
+            _check_framing(path)
         self.files: tuple[str, ...] = tuple(files)
         self.strict = strict
         if categories is None:
@@ -254,6 +258,29 @@ class ShardDataset:
             batch_size=batch_size,
             flip_permutation=self.categories.flip_permutation(),
         )
+
+
+def _check_framing(path: str) -> None:
+    """Walks the record headers of a local TFRecord file (8-byte length, 4-byte CRC, data,
+    4-byte CRC) by seeking, without reading the records; ``DataError`` naming the file when
+    a record runs past its end. Remote files (``gs://`` ...) are not checked."""
+    if not os.path.isfile(path):
+        return
+    size = os.path.getsize(path)
+    offset = 0
+    count = 0
+    with open(path, "rb") as handle:
+        while offset < size:
+            header = handle.read(12)
+            length = int.from_bytes(header[:8], "little") if len(header) == 12 else None
+            if length is None or offset + 16 + length > size:
+                raise DataError(
+                    f"{path}: truncated TFRecord shard (record {count} at byte {offset} runs "
+                    f"past the end of the {size}-byte file); convert it again"
+                )
+            offset += 16 + length
+            count += 1
+            handle.seek(offset)
 
 
 def _decode_png_masks(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:

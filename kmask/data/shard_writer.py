@@ -39,7 +39,7 @@ class ShardWriter:
     Shards are written in parallel threads under hidden temporary names (``.NAME.tmp-PID``)
     and renamed only after every shard is complete; ``categories.json`` is written last.
     An interrupted or failed conversion removes its temporary files and leaves no file
-    with a shard's name.
+    with a shard's name; those of a killed one are removed by the next conversion.
 
     Args:
       out_dir: output folder (created).
@@ -85,6 +85,7 @@ class ShardWriter:
         """
         num_shards = self.num_shards or max(1, math.ceil(len(dataset) / IMAGES_PER_SHARD))
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries()
         self._check_out_dir(dataset, num_shards)
         paths = self.shard_paths(num_shards)
         temporaries = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
@@ -116,6 +117,15 @@ class ShardWriter:
                 if temporary.exists():
                     temporary.unlink()
         return paths
+
+    def _remove_stale_temporaries(self) -> None:
+        """Removes the temporary shards of this prefix left by a killed conversion (one
+        whose process no longer runs)."""
+        pattern = re.compile(rf"\.{re.escape(self.prefix)}-\d{{5}}-of-\d{{5}}\.tfrecord\.tmp-(\d+)")
+        for path in self.out_dir.iterdir():
+            match = pattern.fullmatch(path.name)
+            if match and not _process_alive(int(match.group(1))):
+                path.unlink(missing_ok=True)
 
     def _check_out_dir(self, dataset: CocoDataset, num_shards: int) -> None:
         pattern = re.compile(rf"{re.escape(self.prefix)}-\d{{5}}-of-(\d{{5}})\.tfrecord")
@@ -158,6 +168,19 @@ class ShardWriter:
                     if image is not None:
                         self.images_written += 1
                         self.instances_written += len(record.boxes)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _bytes(values: list[bytes]) -> tf.train.Feature:

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kmask.data.category_map import CategoryMap
-from kmask.data.image_io import decode_rgb, encode_png, write_atomic
+from kmask.data.image_io import DECODE_ERRORS, decode_rgb, encode_png, write_atomic
 from kmask.evaluation.coco_evaluator import to_coco_results, to_proposal_results
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor
@@ -162,7 +162,7 @@ class PredictionWriter:
         ):
             try:
                 image, _ = decode_rgb(path.read_bytes())
-            except (OSError, ValueError, SyntaxError) as error:
+            except DECODE_ERRORS as error:
                 reason = f"not a readable image ({error})"
                 self.skipped.append((path, reason))
                 if self.on_skip is not None:

@@ -3,6 +3,7 @@ model: pictures and JSON in the source image's pixels, score threshold, top prop
 empty outputs, unreadable images."""
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -130,3 +131,20 @@ def test_unreadable_images_are_skipped_and_reported(image_path, tmp_path):
     assert PredictionWriter.image_paths([str(image_path.parent)], limit=1) == [broken]
     with pytest.raises(FileNotFoundError, match="missing.png"):
         PredictionWriter.image_paths([str(tmp_path / "missing.png")])
+
+
+def test_decompression_bomb_is_skipped_and_the_rest_drawn(image_path, tmp_path):
+    """A PNG whose header claims 400 million pixels: Pillow refuses it with
+    DecompressionBombError (not an OSError); that image is named and skipped."""
+    data = bytearray(image_path.read_bytes())
+    data[16:24] = (20000).to_bytes(4, "big") * 2  # IHDR width and height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    bomb = tmp_path / "in" / "bomb.png"
+    bomb.write_bytes(bytes(data))
+    told = []
+    writer = _writer(
+        "mask_rcnn", tmp_path / "out", on_skip=lambda path, reason: told.append((path, reason))
+    )
+    writer.write([bomb, image_path], progress=False)
+    assert [path for path, _ in told] == [bomb] and "pixels" in told[0][1]
+    assert writer.images_written == 1 and (tmp_path / "out" / "grey.png").is_file()
