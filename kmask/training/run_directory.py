@@ -9,6 +9,7 @@ Layout::
     DIR/metrics.json       flat COCO metrics of the last ``kmask evaluate``
     DIR/results.json       COCO-format detections of the last ``kmask evaluate``
     DIR/predictions/       PNGs and detections.json of ``kmask predict``
+    DIR/.lock              the pid of the ``kmask train`` that is writing the directory
 
 Every file is written under a temporary name and renamed into place, so a killed process
 never leaves a half-written file under the final name.
@@ -16,8 +17,11 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ import yaml
 from kmask.config import Config, config_to_dict, load_config
 from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import write_atomic
+from kmask.training.run_locked_error import RunLockedError
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -54,6 +59,33 @@ class RunDirectory:
         self.metrics_path = self.path / "metrics.json"
         self.results_path = self.path / "results.json"
         self.predictions_dir = self.path / "predictions"
+        self.lock_path = self.path / ".lock"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Holds an exclusive ``flock`` on ``DIR/.lock`` (which names this process's pid).
+
+        The kernel releases the lock when the process ends in any way (a crash or SIGKILL
+        included), so a stale lock file never blocks a later run.
+
+        Raises:
+          RunLockedError: another process holds the lock; the message names its pid.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_path, "a+")  # noqa: SIM115 (held open while locked)
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                raise RunLockedError(str(self.path), handle.read().strip() or "unknown") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     def write_config(self, config: Config) -> None:
         """Writes ``config.yaml`` (every field, so the file alone reproduces the run)."""
