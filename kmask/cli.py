@@ -117,7 +117,12 @@ def _run_convert_coco(args: argparse.Namespace) -> int:
     from kmask.data import CocoDataset, DataError, ShardWriter
 
     try:
-        dataset = CocoDataset(args.json, args.images, strict=args.strict)
+        dataset = CocoDataset(
+            args.json,
+            args.images,
+            strict=args.strict,
+            allow_outside_images=args.allow_outside_images,
+        )
         writer = ShardWriter(
             args.out, num_shards=args.num_shards, prefix=args.prefix or Path(args.json).stem
         )
@@ -162,6 +167,12 @@ def _add_convert_coco(subparsers: argparse._SubParsersAction) -> None:
         "--strict",
         action="store_true",
         help="stop at the first bad image or annotation instead of skipping it",
+    )
+    parser.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="read file_name entries that are absolute or leave --images through '..' "
+        "(skipped by default)",
     )
     parser.set_defaults(handler=_run_convert_coco)
 
@@ -304,9 +315,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from kmask.config import ConfigError
     from kmask.data import DataError
-    from kmask.training import NonFiniteLossError, RunDirectory, Trainer
+    from kmask.training import NonFiniteLossError, RunDirectory, RunLockedError, Trainer
     from kmask.training.optimizer import optimizer_step
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _fail("train", f"--out {args.out} is a file, not a run directory", 2)
     run = RunDirectory(args.out)
     try:
         config = _train_config(args, run)
@@ -326,7 +339,7 @@ def _run_train(args: argparse.Namespace) -> int:
             f"or set train.grad_clip_norm",
             1,
         )
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as error:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, RunLockedError) as error:
         return _fail("train", str(error), 1)
     except KeyboardInterrupt:
         return _fail(
@@ -447,6 +460,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from kmask.training.checkpoint_callback import checkpoint_step
     from kmask.training.run_directory import atomic_write_json
 
+    for name in ("batch_size", "max_images"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            return _fail("evaluate", f"--{name.replace('_', '-')} must be positive", 2)
+    for name in ("results_out", "metrics_out"):
+        problem = _output_file_problem(getattr(args, name))
+        if problem:
+            return _fail("evaluate", f"--{name.replace('_', '-')} {problem}", 2)
     try:
         config, checkpoint, run = _inference_setup(args)
         json_path = args.json or config.eval.json_path
@@ -531,6 +551,12 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if args.num_proposals < 0:
         return _fail("predict", "--num-proposals must be >= 0", 2)
+    if args.limit is not None and args.limit <= 0:
+        return _fail("predict", "--limit must be positive", 2)
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
+        return _fail("predict", "--score-threshold must lie in [0, 1]", 2)
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _fail("predict", f"--out {args.out} is a file, not a folder", 2)
     try:
         config, checkpoint, run = _inference_setup(args)
         paths = PredictionWriter.image_paths(args.images, args.limit)
@@ -687,6 +713,19 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_export)
 
 
+def _output_file_problem(path: str | None) -> str | None:
+    """Why an output file path cannot be written (a folder, or in a missing folder), or
+    None; checked before the work whose result it will hold."""
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        return f"{path} is a folder, not a file"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"{path}: the folder {parent} does not exist"
+    return None
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -702,6 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kmask",
         description="Mask R-CNN for TensorFlow 2 / Keras 3: make data, train, evaluate, "
         "predict. `kmask COMMAND --help` describes each command.",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's start-up log lines (also KMASK_VERBOSE=1)",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
@@ -719,15 +763,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_tensorflow_quietly() -> None:
+def _import_tensorflow_quietly(verbose: bool = False) -> None:
     """Imports TensorFlow without its start-up log lines (CUDA probing, CPU features).
 
     ``TF_CPP_MIN_LOG_LEVEL=3`` silences TensorFlow's own C++ logging; the lines that XLA
     writes through absl before logging is initialized ignore it, so stderr is pointed at
     /dev/null for the import only. An import error still raises (and prints) as usual.
-    ``KMASK_VERBOSE=1`` keeps everything.
+    ``kmask --verbose`` or ``KMASK_VERBOSE=1`` keeps everything.
     """
-    if os.environ.get("KMASK_VERBOSE"):
+    if verbose or os.environ.get("KMASK_VERBOSE"):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
@@ -745,7 +789,7 @@ def _import_tensorflow_quietly() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kmask`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    _import_tensorflow_quietly()
+    _import_tensorflow_quietly(args.verbose)
     return args.handler(args)
 
 
