@@ -212,6 +212,31 @@ class MaskHeadConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KeypointHeadConfig:
+    """Keypoint branch (Mask R-CNN section 5): RoIAlign 14x14 -> 8 conv3x3 512 -> deconv 4x4
+    s2 -> 2x bilinear, 56x56 heatmap logits per keypoint, softmax cross-entropy."""
+
+    # Keypoints per instance: the length of the dataset's categories' ``keypoints`` list.
+    num_keypoints: int = 17
+    pooler_resolution: int = 14
+    # detectron2: adaptive (0), aligned; torchvision: 2 samples, not aligned.
+    pooler_sampling_ratio: int = 0
+    pooler_aligned: bool = True
+    num_conv: int = 8
+    conv_dim: int = 512
+    norm: str = "none"
+    # Loss / number of labelled keypoints in the batch (torchvision; detectron2's default);
+    # false: / (images * foreground RoI slots * num_keypoints) (detectron2's alternative).
+    normalize_by_visible_keypoints: bool = True
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_pooler(self, "model.keypoint_head")
+        if self.num_keypoints < 1:
+            raise ConfigError("model.keypoint_head.num_keypoints: expected a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Mask R-CNN with ResNet-FPN. ``num_classes`` counts foreground classes only.
 
@@ -227,6 +252,9 @@ class ModelConfig:
     roi_heads: ROIHeadsConfig = ROIHeadsConfig()
     box_head: BoxHeadConfig | None = BoxHeadConfig()
     mask_head: MaskHeadConfig | None = MaskHeadConfig()
+    # Keypoint R-CNN: set a section (``keypoint_head: {}`` for the paper's head) to predict
+    # keypoints; ``mask_head: null`` with it is the paper's keypoint-only model.
+    keypoint_head: KeypointHeadConfig | None = None
     # "auto" | "custom" | "tf": which RoIAlign kernel the model uses (see kmask.ops.roi_align).
     roi_align_implementation: str = "auto"
 
@@ -237,6 +265,11 @@ class ModelConfig:
             raise ConfigError(
                 "model.mask_head needs model.box_head (masks are predicted on the detected "
                 "boxes); set both to null for an RPN-only model"
+            )
+        if self.keypoint_head is not None and self.box_head is None:
+            raise ConfigError(
+                "model.keypoint_head needs model.box_head (keypoints are predicted on the "
+                "detected boxes)"
             )
 
 

@@ -4,6 +4,7 @@ from kmask.modeling.backbones import ResNet
 from kmask.modeling.box_head import BoxHead
 from kmask.modeling.factory import build_mask_rcnn
 from kmask.modeling.fpn import FPN
+from kmask.modeling.keypoint_head import KeypointHead
 from kmask.modeling.mask_head import MaskHead
 from kmask.modeling.mask_rcnn import MaskRCNN
 from kmask.modeling.roi_heads import ROIHeads
@@ -14,6 +15,7 @@ __all__ = [
     "FPN",
     "RPN",
     "BoxHead",
+    "KeypointHead",
     "MaskHead",
     "MaskRCNN",
     "ROIHeads",

@@ -9,6 +9,7 @@ from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling.backbones import build_backbone
 from kmask.modeling.box_head import BoxHead
 from kmask.modeling.fpn import FPN
+from kmask.modeling.keypoint_head import KeypointHead
 from kmask.modeling.mask_head import MaskHead
 from kmask.modeling.mask_rcnn import MaskRCNN
 from kmask.modeling.roi_heads import ROIHeads
@@ -59,6 +60,15 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
         if config.mask_head is not None:
             instance_heads.append(
                 MaskHead(**dataclasses.asdict(config.mask_head), **head_args, name="mask_head")
+            )
+        if config.keypoint_head is not None:
+            instance_heads.append(
+                KeypointHead(
+                    **dataclasses.asdict(config.keypoint_head),
+                    pooler_levels=_POOLER_LEVELS,
+                    roi_align_implementation=config.roi_align_implementation,
+                    name="keypoint_head",
+                )
             )
         roi_heads = ROIHeads(
             BoxHead(**dataclasses.asdict(config.box_head), **head_args, name="box_head"),

@@ -102,3 +102,32 @@ def mask_loss(logits: tf.Tensor, targets: tf.Tensor, classes: tf.Tensor) -> tf.T
     )
     has_mask = tf.broadcast_to((classes >= 0)[:, :, None, None], tf.shape(bce))
     return masked_mean(bce, has_mask)
+
+
+def keypoint_loss(
+    logits: tf.Tensor,
+    targets: tf.Tensor,
+    valid: tf.Tensor,
+    normalizer: float | tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Cross-entropy of the ``m^2``-way softmax of each labelled keypoint (Mask R-CNN
+    section 5: one-hot target per visible keypoint).
+
+    Args:
+      logits: [B, Q, m, m, K] heatmap logits.
+      targets: [B, Q, K] int32 flat target cell ``i * m + j``.
+      valid: [B, Q, K] bool, keypoints with a target.
+      normalizer: None divides the sum by the number of valid keypoints in the batch
+        (torchvision; detectron2's default ``NORMALIZE_LOSS_BY_VISIBLE_KEYPOINTS``);
+        a number divides by it instead (detectron2's fixed alternative).
+
+    Returns:
+      float32 scalar; exactly 0 (zero gradient) without a valid keypoint.
+    """
+    logits = tf.cast(logits, tf.float32)
+    maps = tf.transpose(logits, [0, 1, 4, 2, 3])  # [B, Q, K, m, m]
+    flat = tf.reshape(maps, tf.concat([tf.shape(maps)[:3], [-1]], axis=0))
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=flat)
+    if normalizer is None:
+        return masked_mean(ce, valid)
+    return tf.reduce_sum(tf.where(valid, ce, 0.0)) / tf.cast(normalizer, tf.float32)

@@ -1,0 +1,156 @@
+"""Keypoint heatmap targets, their loss and heatmap decoding, against NumPy and PyTorch."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kmask.ops.keypoints import heatmaps_to_keypoints, keypoint_targets
+from kmask.ops.losses import keypoint_loss
+
+M = 56
+
+
+def _reference_targets(keypoints, rois, matched, m):
+    """detectron2's keypoints_to_heatmap, one keypoint at a time ((y, x, v) layout)."""
+    batch, slots = matched.shape
+    count = keypoints.shape[2]
+    indices = np.zeros((batch, slots, count), np.int64)
+    valid = np.zeros((batch, slots, count), bool)
+    for b in range(batch):
+        for q in range(slots):
+            y1, x1, y2, x2 = rois[b, q]
+            for k in range(count):
+                y, x, v = keypoints[b, matched[b, q], k]
+                row = m - 1 if y == y2 else math.floor((y - y1) * m / (y2 - y1))
+                col = m - 1 if x == x2 else math.floor((x - x1) * m / (x2 - x1))
+                if v > 0 and 0 <= row < m and 0 <= col < m:
+                    indices[b, q, k] = row * m + col
+                    valid[b, q, k] = True
+    return indices, valid
+
+
+def test_targets_match_numpy_reference(rng):
+    batch, gts, slots, count = 2, 3, 5, 7
+    keypoints = np.stack(
+        [
+            rng.uniform(0, 120, (batch, gts, count)),
+            rng.uniform(0, 120, (batch, gts, count)),
+            rng.integers(0, 3, (batch, gts, count)),
+        ],
+        -1,
+    ).astype(np.float32)
+    corner = rng.uniform(0, 60, (batch, slots, 2))
+    rois = np.concatenate([corner, corner + rng.uniform(10, 70, (batch, slots, 2))], -1)
+    rois = rois.astype(np.float32)
+    keypoints[0, 0, 0, :2] = rois[0, 0, 2:]  # on the bottom-right edge: last cell
+    keypoints[0, 0, 0, 2] = 2
+    matched = rng.integers(0, gts, (batch, slots)).astype(np.int32)
+    matched[0, 0] = 0
+    indices, valid = keypoint_targets(keypoints, rois, matched, M)
+    expected_indices, expected_valid = _reference_targets(keypoints, rois, matched, M)
+    np.testing.assert_array_equal(valid.numpy(), expected_valid)
+    np.testing.assert_array_equal(indices.numpy()[expected_valid], expected_indices[expected_valid])
+    assert indices.numpy()[0, 0, 0] == M * M - 1
+    assert expected_valid.any() and not expected_valid.all()
+
+
+def test_encode_decode_round_trip_within_one_cell(rng):
+    """A keypoint goes in; decoding the one-hot heatmap of its target gives the centre of
+    its cell: the same position within half a cell (the grid quantization)."""
+    slots, count = 6, 5
+    corner = rng.uniform(0, 100, (1, slots, 2))
+    sizes = rng.uniform(20, 250, (1, slots, 2))
+    rois = np.concatenate([corner, corner + sizes], -1).astype(np.float32)
+    fraction = rng.uniform(0.0, 1.0, (1, slots, count, 2))
+    yx = rois[:, :, None, :2] + fraction * sizes[:, :, None, :]
+    keypoints = np.concatenate([yx, np.full((1, slots, count, 1), 2.0)], -1).astype(np.float32)
+    matched = np.arange(slots, dtype=np.int32)[None]
+    indices, valid = keypoint_targets(keypoints, rois, matched, M)
+    assert valid.numpy().all()
+    logits = tf.one_hot(indices, M * M, on_value=20.0, off_value=0.0)  # [1, Q, K, m^2]
+    logits = tf.transpose(tf.reshape(logits, [1, slots, count, M, M]), [0, 1, 3, 4, 2])
+    decoded = heatmaps_to_keypoints(logits, rois).numpy()
+    cell = sizes[:, :, None, ::-1] / M  # (w, h) / m
+    error = np.abs(decoded[..., :2] - yx[..., ::-1])
+    # Half a cell, plus up to one output pixel (the peers' placement on the pixel grid).
+    assert (error <= 0.5 * cell + 1.0).all(), error.max()
+
+
+def test_decoding_matches_torch_bicubic_resize_and_argmax(rng):
+    """The peers' method: resize each heatmap bicubically (PyTorch, align_corners=False) to
+    ceil(h) x ceil(w), take the argmax, map its pixel centre into the box."""
+    torch = pytest.importorskip("torch")
+    slots, count = 8, 4
+    corner = rng.uniform(0, 50, (1, slots, 2))
+    sizes = rng.uniform(3, 600, (1, slots, 2))
+    boxes = np.concatenate([corner, corner + sizes], -1).astype(np.float32)
+    # Smooth random heatmaps (a sum of blobs) as a trained head gives.
+    grid = np.arange(M) + 0.5
+    centres = rng.uniform(0, M, (1, slots, count, 3, 2))
+    logits = np.zeros((1, slots, count, M, M))
+    for blob in range(3):
+        cy, cx = centres[..., blob, 0, None, None], centres[..., blob, 1, None, None]
+        d2 = (grid[:, None] - cy) ** 2 + (grid[None, :] - cx) ** 2
+        logits += (3.0 + blob) * np.exp(-d2 / 8.0)
+    logits = logits.astype(np.float32)
+    decoded = heatmaps_to_keypoints(np.transpose(logits, (0, 1, 3, 4, 2)), boxes).numpy()[0]
+    for q in range(slots):
+        y1, x1, y2, x2 = boxes[0, q]
+        h, w = max(y2 - y1, 1.0), max(x2 - x1, 1.0)
+        rows, cols = math.ceil(h), math.ceil(w)
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(logits[0, q][None]),
+            size=(rows, cols),
+            mode="bicubic",
+            align_corners=False,
+        )[0].numpy()
+        flat = resized.reshape(count, -1)
+        position = flat.argmax(1)
+        y = y1 + (position // cols + 0.5) * h / rows
+        x = x1 + (position % cols + 0.5) * w / cols
+        np.testing.assert_allclose(decoded[q, :, 0], x, atol=1e-3)
+        np.testing.assert_allclose(decoded[q, :, 1], y, atol=1e-3)
+        peak = logits[0, q].reshape(count, -1).max(1)
+        probability = np.exp(flat.max(1) - peak) / np.exp(
+            logits[0, q].reshape(count, -1) - peak[:, None]
+        ).sum(1)
+        np.testing.assert_allclose(decoded[q, :, 2], probability, rtol=1e-4)
+
+
+def _reference_loss(logits, indices, valid):
+    """Mean softmax cross-entropy over the valid keypoints, in float64."""
+    batch, slots, m, _, count = logits.shape
+    flat = np.transpose(logits, (0, 1, 4, 2, 3)).reshape(batch, slots, count, m * m)
+    flat = flat.astype(np.float64)
+    shifted = flat - flat.max(-1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    chosen = np.take_along_axis(log_softmax, indices[..., None], -1)[..., 0]
+    return -chosen[valid].sum(), valid.sum()
+
+
+def test_loss_matches_reference_and_ignores_invalid_keypoints(rng):
+    logits = rng.normal(0, 2, (2, 3, 8, 8, 4)).astype(np.float32)
+    indices = rng.integers(0, 64, (2, 3, 4)).astype(np.int32)
+    valid = rng.uniform(size=(2, 3, 4)) < 0.5
+    total, count = _reference_loss(logits, indices, valid)
+    np.testing.assert_allclose(keypoint_loss(logits, indices, valid), total / count, rtol=1e-5)
+    np.testing.assert_allclose(
+        keypoint_loss(logits, indices, valid, normalizer=24.0), total / 24.0, rtol=1e-5
+    )
+    # Changing the targets or the logits of invalid keypoints changes nothing.
+    other = np.where(valid, indices, (indices + 7) % 64)
+    noisy = logits + np.where(valid[:, :, None, None, :], 0.0, 50.0).astype(np.float32)
+    np.testing.assert_allclose(
+        keypoint_loss(noisy, other, valid), keypoint_loss(logits, indices, valid), rtol=1e-6
+    )
+
+
+def test_loss_is_zero_with_finite_gradient_without_valid_keypoints():
+    logits = tf.Variable(tf.random.normal([1, 2, 8, 8, 3]))
+    with tf.GradientTape() as tape:
+        loss = keypoint_loss(logits, tf.zeros([1, 2, 3], tf.int32), tf.zeros([1, 2, 3], tf.bool))
+    gradient = tape.gradient(loss, logits)
+    assert loss.numpy() == 0.0
+    assert np.all(gradient.numpy() == 0.0)
