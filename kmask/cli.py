@@ -77,12 +77,14 @@ def _add_build_ops(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_make_shapes(args: argparse.Namespace) -> int:
     from kmask.data.shapes_dataset import ShapesDataset
+    from kmask.data.stick_figures_dataset import StickFiguresDataset
 
     for name in ("num_train", "num_val"):
         if getattr(args, name) < 0:
             return _fail("make-shapes", f"--{name.replace('_', '-')} must be >= 0", 2)
     try:
-        shapes = ShapesDataset(args.image_size, seed=args.seed)
+        kind = StickFiguresDataset if args.keypoints else ShapesDataset
+        shapes = kind(args.image_size, seed=args.seed)
         paths = shapes.write(args.out, args.num_train, args.num_val, progress=True)
     except ValueError as error:
         return _fail("make-shapes", f"--image-size: {error}", 2)
@@ -108,6 +110,12 @@ def _add_make_shapes(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-val", type=int, default=50, help="validation images (50)")
     parser.add_argument("--image-size", type=int, default=128, help="image side in pixels (128)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument(
+        "--keypoints",
+        action="store_true",
+        help="write stick figures instead: category person with 11 keypoints, skeleton and "
+        "masks in COCO person-keypoint format (configs/keypoints_tiny.yaml)",
+    )
     parser.set_defaults(handler=_run_make_shapes)
 
 

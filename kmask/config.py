@@ -295,6 +295,9 @@ class DataConfig:
     max_instances: int = 100
     # Side of the per-instance masks, cropped to their own box (Model Garden's crop size).
     mask_size: int = 112
+    # Training's shorter side from min_size: "choice" draws one of the values, "range" an
+    # integer in [min(min_size), max(min_size)] (detectron2's MIN_SIZE_TRAIN_SAMPLING).
+    min_size_sampling: str = "choice"
     # Random left-right flip in training (boxes, masks and keypoints follow).
     horizontal_flip: bool = True
     # Training skips images without usable (non-crowd) instances; evaluation keeps all.
@@ -331,6 +334,10 @@ class DataConfig:
         for name in ("max_size", "size_divisibility", "max_instances", "mask_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"data.{name}: expected a positive integer")
+        if self.min_size_sampling not in ("choice", "range"):
+            raise ConfigError(
+                f"data.min_size_sampling: expected choice or range, got {self.min_size_sampling!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Drawing detections (masks, boxes, class names, scores) or region proposals over images."""
+"""Drawing detections (masks, boxes, class names, scores, keypoints with their skeleton) or
+region proposals over images."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from PIL import Image, ImageDraw, ImageFont
 # Images whose longer side is below this are enlarged (nearest neighbour, integer factor)
 # before drawing, so that labels stay legible on small images.
 MIN_DISPLAY_SIDE = 512
+# Keypoints scoring below this are not drawn (detectron2's visualizer: 0.05 on the same
+# softmax probability, ``kmask.ops.keypoints.heatmaps_to_keypoints``).
+KEYPOINT_THRESHOLD = 0.05
 
 
 def instance_color(index: int) -> tuple[int, int, int]:
@@ -32,12 +36,16 @@ def draw_detections(
     score_threshold: float = 0.5,
     mask_alpha: float = 0.45,
     labelled: bool = True,
+    keypoints: np.ndarray | None = None,
+    skeleton: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
     """Draws the detections scoring ``>= score_threshold`` over ``image``.
 
     Each instance gets its own colour: the mask is blended in at ``mask_alpha`` with a
     one-pixel outline, the box is outlined, and ``"name 0.97"`` is written on a filled tag
-    at the box's top-left corner. Lower scores are drawn first so the best stay on top.
+    at the box's top-left corner. Keypoints scoring ``>= KEYPOINT_THRESHOLD`` are dots
+    with a white rim, joined along the ``skeleton`` edges in the instance's colour. Lower
+    scores are drawn first so the best stay on top.
 
     Args:
       image: uint8 ``[H, W, 3]`` RGB.
@@ -49,6 +57,8 @@ def draw_detections(
       score_threshold: detections below it are not drawn.
       mask_alpha: opacity of the mask colour.
       labelled: write the ``"name score"`` tags (False: boxes and masks only).
+      keypoints: ``[n, K, 3]`` ``(x, y, score)`` in continuous pixels of ``image``, or None.
+      skeleton: keypoint index pairs (0-based) joined by lines.
 
     Returns:
       uint8 ``[H * f, W * f, 3]`` with ``f = ceil(MIN_DISPLAY_SIDE / max(H, W))`` (1 for
@@ -79,6 +89,8 @@ def draw_detections(
         y1, x1, y2, x2 = (float(v) * factor for v in boxes[i])
         color = colors[i]
         draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=color, width=line)
+        if keypoints is not None:
+            _draw_keypoints(draw, np.asarray(keypoints[i], np.float64), skeleton, factor, color)
         if not labelled:
             continue
         label = f"{class_names[int(classes[i])]} {float(scores[i]):.2f}"
@@ -90,18 +102,41 @@ def draw_detections(
     return np.asarray(picture)
 
 
+def _draw_keypoints(
+    draw: ImageDraw.ImageDraw,
+    keypoints: np.ndarray,
+    skeleton: Sequence[tuple[int, int]],
+    factor: int,
+    color: tuple[int, int, int],
+) -> None:
+    """One instance's skeleton and keypoint dots (``keypoints [K, 3]`` ``(x, y, score)``)."""
+    shown = keypoints[:, 2] >= KEYPOINT_THRESHOLD
+    points = keypoints[:, :2] * factor
+    width = max(1, factor // 2)
+    for a, b in skeleton:
+        if shown[a] and shown[b]:
+            draw.line([tuple(points[a]), tuple(points[b])], fill=color, width=width)
+    radius = max(1.5, 0.75 * factor)
+    for (x, y), visible in zip(points, shown):
+        if visible:
+            box = [x - radius, y - radius, x + radius, y + radius]
+            draw.ellipse(box, fill=color, outline=(255, 255, 255))
+
+
 def draw_image_detections(
     image: np.ndarray,
     detections: Mapping[str, Any],
     class_names: Sequence[str],
     score_threshold: float = 0.5,
     max_proposals: int = 20,
+    skeleton: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
     """Draws one image's ``Predictor.image_detections`` as the model's mode allows.
 
     - detections with ``masks`` (Mask R-CNN): masks, boxes, names and scores of those
       scoring ``>= score_threshold``;
     - detections without masks (Faster R-CNN): the same without masks;
+    - with ``keypoints`` (Keypoint R-CNN) also the keypoints joined by the ``skeleton``;
     - proposals only (RPN-only model): the ``max_proposals`` best proposals, whatever
       their score, labelled ``"proposal 0.97"`` (the objectness; no label without
       ``proposal_scores``).
@@ -109,11 +144,13 @@ def draw_image_detections(
     Args:
       image: uint8 ``[H, W, 3]`` RGB; the detections must be in its pixels.
       detections: ``boxes [n, 4]`` ``(y1, x1, y2, x2)``, ``scores [n]``, ``classes [n]``
-        0-based and optionally ``masks [n, H, W]`` bool; or ``proposals [p, 4]`` best
-        first and optionally ``proposal_scores [p]``.
+        0-based and optionally ``masks [n, H, W]`` bool and ``keypoints [n, K, 3]`` ``(x,
+        y, score)``; or ``proposals [p, 4]`` best first and optionally ``proposal_scores
+        [p]``.
       class_names: name of each class.
       score_threshold: detections below it are not drawn (not applied to proposals).
       max_proposals: proposals drawn for an RPN-only model.
+      skeleton: keypoint index pairs (0-based, ``CategoryMap.keypoint_skeleton``).
 
     Returns:
       uint8 RGB, enlarged as ``draw_detections`` does.
@@ -127,6 +164,8 @@ def draw_image_detections(
             detections.get("masks"),
             class_names,
             score_threshold,
+            keypoints=detections.get("keypoints"),
+            skeleton=skeleton,
         )
     proposals = np.asarray(detections.get("proposals", np.zeros((0, 4)))).reshape(-1, 4)
     proposals = proposals[:max_proposals]

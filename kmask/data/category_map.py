@@ -68,6 +68,30 @@ class CategoryMap:
         """Keypoints per instance; 0 when the dataset has none."""
         return len(self.keypoint_names)
 
+    @property
+    def keypoint_classes(self) -> tuple[int, ...]:
+        """0-based classes whose category defines the keypoints (COCO: person)."""
+        return tuple(k for k, c in enumerate(self.categories) if c.get("keypoints"))
+
+    @property
+    def keypoint_skeleton(self) -> tuple[tuple[int, int], ...]:
+        """Edges between keypoints as 0-based index pairs, from the categories' COCO
+        ``skeleton`` (1-based pairs); empty without one."""
+        for category in self.categories:
+            if category.get("keypoints") and category.get("skeleton"):
+                return tuple((int(a) - 1, int(b) - 1) for a, b in category["skeleton"])
+        return ()
+
+    @property
+    def keypoint_sigmas(self) -> tuple[float, ...] | None:
+        """Per-keypoint OKS sigmas: the categories' ``keypoint_sigmas`` (a kmask extension of
+        the COCO format), else None (COCOeval's defaults are those of COCO's 17 person
+        keypoints)."""
+        for category in self.categories:
+            if category.get("keypoints") and category.get("keypoint_sigmas"):
+                return tuple(float(v) for v in category["keypoint_sigmas"])
+        return None
+
     def contiguous_id(self, category_id: int) -> int | None:
         """Class id (0-based) of an original category id; None when unknown."""
         return self._contiguous.get(int(category_id))
@@ -80,9 +104,19 @@ class CategoryMap:
         """Keypoint order after a left-right flip: ``left_*`` and ``right_*`` swap places.
 
         For COCO's person keypoints this is COCO's flip map (eyes, ears, shoulders, elbows,
-        wrists, hips, knees, ankles); names without a left/right partner stay in place.
+        wrists, hips, knees, ankles); names without a left/right partner stay in place. A
+        category's ``flip_map`` (pairs of keypoint names, detectron2's
+        ``keypoint_flip_map``) replaces the names' rule.
         """
         index = {name: i for i, name in enumerate(self.keypoint_names)}
+        for category in self.categories:
+            if category.get("keypoints") and category.get("flip_map"):
+                order = list(range(len(self.keypoint_names)))
+                for first, second in category["flip_map"]:
+                    if first not in index or second not in index:
+                        raise DataError(f"flip_map pair {first!r}, {second!r}: not keypoints")
+                    order[index[first]], order[index[second]] = index[second], index[first]
+                return tuple(order)
         order = []
         for name in self.keypoint_names:
             if "left" in name:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from tqdm import tqdm
 from kmask.data import image_io
 
 _SPLIT_CODES = {"train": 0, "val": 1}
+# Corners of the polygon shapes (the rhombus is a square with one diagonal shortened).
+_CORNERS = {"triangle": 3, "square": 4, "rhombus": 4, "pentagon": 5, "hexagon": 6}
 
 
 class ShapesDataset:
@@ -36,8 +39,16 @@ class ShapesDataset:
       image_size: side of the square images, or ``(height, width)``.
       seed: random seed.
       max_shapes: most shapes per image.
+      shapes: the categories, names from ``SHAPES`` (ids 1, 2, ... in this order); None =
+        ``CATEGORIES`` (circle, square, triangle). Other shapes make a dataset of new
+        classes for fine-tuning (``kmask make-shapes --shapes pentagon,hexagon,...``).
+
+    Raises:
+      ValueError: a size under 32 pixels, ``max_shapes < 1``, or a name not in ``SHAPES``.
     """
 
+    # Shapes that can be drawn: regular polygons by their number of corners, and the rest.
+    SHAPES = ("circle", "square", "triangle", "pentagon", "hexagon", "ellipse", "rhombus")
     CATEGORIES = (
         {"id": 1, "name": "circle", "supercategory": "shape"},
         {"id": 2, "name": "square", "supercategory": "shape"},
@@ -45,7 +56,11 @@ class ShapesDataset:
     )
 
     def __init__(
-        self, image_size: int | tuple[int, int] = 128, seed: int = 0, max_shapes: int = 5
+        self,
+        image_size: int | tuple[int, int] = 128,
+        seed: int = 0,
+        max_shapes: int = 5,
+        shapes: Sequence[str] | None = None,
     ) -> None:
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         if min(height, width) < 32:
@@ -56,6 +71,16 @@ class ShapesDataset:
         self.width = int(width)
         self.seed = int(seed)
         self.max_shapes = int(max_shapes)
+        if shapes is not None:
+            names = list(shapes)
+            if not names or len(set(names)) < len(names) or not set(names) <= set(self.SHAPES):
+                raise ValueError(
+                    f"shapes must be distinct names of {', '.join(self.SHAPES)}; got {names}"
+                )
+            self.CATEGORIES = tuple(
+                {"id": i + 1, "name": name, "supercategory": "shape"}
+                for i, name in enumerate(names)
+            )
 
     def render(self, split: str, index: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """One image and its instances.
@@ -93,13 +118,22 @@ class ShapesDataset:
         radius = rng.uniform(0.08, 0.22) * side
         cy = rng.uniform(0.1, 0.9) * self.height
         cx = rng.uniform(0.1, 0.9) * self.width
-        category_id = int(rng.integers(1, 4))
+        category_id = int(rng.integers(1, len(self.CATEGORIES) + 1))
         angle = rng.uniform(0.0, 2.0 * np.pi)
-        if category_id == 1:
+        name = self.CATEGORIES[category_id - 1]["name"]
+        if name == "circle":
             return category_id, (ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2
-        corners = 4 if category_id == 2 else 3
+        if name == "ellipse":
+            minor = radius * rng.uniform(0.4, 0.7)
+            along = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
+            across = (ys - cy) * np.cos(angle) - (xs - cx) * np.sin(angle)
+            return category_id, (along / radius) ** 2 + (across / minor) ** 2 <= 1.0
+        corners = _CORNERS[name]
         angles = angle + 2.0 * np.pi * np.arange(corners) / corners
-        vertices = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1)
+        radii = np.full(corners, radius)
+        if name == "rhombus":
+            radii[1::2] *= rng.uniform(0.45, 0.7)
+        vertices = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1)
         return category_id, _inside_convex_polygon(vertices, ys, xs)
 
     def _acceptable(self, shapes: list[tuple[int, np.ndarray]], shape: np.ndarray) -> bool:
@@ -120,7 +154,9 @@ class ShapesDataset:
         """The COCO JSON dict of a split and its images (in memory).
 
         Segmentations are compressed RLE (exact masks); boxes are the tight boxes of the
-        visible masks; ``file_name`` is ``{split}/{id:06d}.png``; ids start at 1.
+        visible masks; ``file_name`` is ``{split}/{id:06d}.png``; ids start at 1. Instances
+        that carry ``keypoints`` (``[K, 3]`` COCO ``(x, y, v)``) get ``keypoints`` and
+        ``num_keypoints`` (labelled ones).
         """
         images, annotations, pixels = [], [], []
         for index in tqdm(range(num_images), desc=f"make-shapes {split}", disable=not progress):
@@ -139,22 +175,28 @@ class ShapesDataset:
                 rows = np.flatnonzero(mask.any(axis=1))
                 cols = np.flatnonzero(mask.any(axis=0))
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": instance["category_id"],
-                        "bbox": [
-                            int(cols[0]),
-                            int(rows[0]),
-                            int(cols[-1] - cols[0] + 1),
-                            int(rows[-1] - rows[0] + 1),
-                        ],
-                        "area": int(mask.sum()),
-                        "iscrowd": 0,
-                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                    }
-                )
+                annotation = {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": instance["category_id"],
+                    "bbox": [
+                        int(cols[0]),
+                        int(rows[0]),
+                        int(cols[-1] - cols[0] + 1),
+                        int(rows[-1] - rows[0] + 1),
+                    ],
+                    "area": int(mask.sum()),
+                    "iscrowd": 0,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                }
+                if "keypoints" in instance:
+                    keypoints = np.asarray(instance["keypoints"], np.float64)
+                    annotation["keypoints"] = [
+                        int(v) if i % 3 == 2 else float(v)
+                        for i, v in enumerate(keypoints.reshape(-1))
+                    ]
+                    annotation["num_keypoints"] = int(np.count_nonzero(keypoints[:, 2] > 0))
+                annotations.append(annotation)
             pixels.append(image)
         data = {
             "info": {"description": f"kmask synthetic shapes, seed {self.seed}, split {split}"},

@@ -161,9 +161,11 @@ def preprocess(
 ) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
     """A decoded example (module docstring) to the model's ``(features, targets)``.
 
-    In training the shorter side is drawn from ``config.min_size`` and the image is
-    flipped left-right with probability 0.5 (``config.horizontal_flip``); in evaluation
-    the shorter side is ``max(config.min_size)`` and nothing is random.
+    In training the shorter side is drawn from ``config.min_size`` (one of the values, or
+    with ``config.min_size_sampling == "range"`` an integer between the smallest and the
+    largest) and the image is flipped left-right with probability 0.5
+    (``config.horizontal_flip``); in evaluation the shorter side is ``max(config.min_size)``
+    and nothing is random.
 
     Args:
       example: decoded example.
@@ -184,7 +186,15 @@ def preprocess(
         keypoints = tf.cast(keypoints[:max_instances], tf.float32)
 
     original_size = tf.shape(image)[:2]
-    if training and len(config.min_size) > 1:
+    if training and len(config.min_size) > 1 and config.min_size_sampling == "range":
+        min_size = tf.random.stateless_uniform(
+            [],
+            tf.stack([seed, 0]),
+            minval=min(config.min_size),
+            maxval=max(config.min_size) + 1,
+            dtype=tf.int32,
+        )
+    elif training and len(config.min_size) > 1:
         choice = tf.random.stateless_uniform(
             [], tf.stack([seed, 0]), maxval=len(config.min_size), dtype=tf.int32
         )

@@ -1,5 +1,5 @@
 """COCO evaluation of every detector mode: detections to COCO results, pycocotools COCOeval
-(bbox, segm), proposal recall."""
+(bbox, segm, keypoints), proposal recall."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ from kmask.evaluation.proposal_recall import ProposalRecall
 
 # COCOeval.stats entries 0..5 and the names they get in the flat metrics.
 _AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-IOU_TYPES = ("bbox", "segm")
+# COCOeval.stats entries 0..4 of iouType "keypoints" (no small objects).
+_KEYPOINT_AP_NAMES = ("AP", "AP50", "AP75", "APm", "APl")
+IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
 def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list[dict[str, Any]]:
@@ -35,8 +37,11 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list
 
     Boxes ``(y1, x1, y2, x2)`` become ``bbox [x, y, w, h]``, classes original category ids;
     with masks (Mask R-CNN) each result also gets its compressed RLE
-    ``segmentation {"size", "counts"}``. An image without detections, or the proposals of
-    an RPN-only model (see ``to_proposal_results``), give ``[]``.
+    ``segmentation {"size", "counts"}``; with keypoints (Keypoint R-CNN) the results of the
+    classes that define keypoints get ``keypoints [x1, y1, s1, ...]``: COCO pixel indices
+    (continuous coordinates minus 0.5) and each keypoint's score. An image without
+    detections, or the proposals of an RPN-only model (see ``to_proposal_results``), give
+    ``[]``.
     """
     if "boxes" not in detections:
         return []
@@ -47,8 +52,12 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list
     if "masks" in detections:
         masks = np.asarray(detections["masks"], np.uint8)
         rles = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0))))
+    keypoints = detections.get("keypoints")
+    keypoint_classes = set(categories.keypoint_classes)
     results = []
-    for box, score, cls, rle in zip(boxes, detections["scores"], detections["classes"], rles):
+    for i, (box, score, cls, rle) in enumerate(
+        zip(boxes, detections["scores"], detections["classes"], rles)
+    ):
         result = {
             "image_id": detections["image_id"],
             "category_id": categories.to_original_id(int(cls)),
@@ -57,6 +66,9 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list
         }
         if rle is not None:
             result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+        if keypoints is not None and int(cls) in keypoint_classes:
+            points = np.asarray(keypoints[i], np.float64) - [0.5, 0.5, 0.0]
+            result["keypoints"] = [round(float(v), 3) for v in points.reshape(-1)]
         results.append(result)
     return results
 
@@ -105,6 +117,13 @@ def _quiet(function: Any, *args: Any) -> Any:
         return function(*args)
 
 
+# COCO's OKS sigmas of its 17 person keypoints (COCOeval's default kpt_oks_sigmas).
+COCO_PERSON_SIGMAS = (
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
+    0.087, 0.087, 0.089, 0.089,
+)  # fmt: skip
+
+
 class COCOEvaluator:
     """Collects predictions image by image and scores them with pycocotools.
 
@@ -114,14 +133,18 @@ class COCOEvaluator:
     - Mask R-CNN: COCOeval ``bbox`` and ``segm``;
     - Faster R-CNN (no masks): COCOeval ``bbox`` only;
     - RPN only (no detections): the proposal recall alone;
-    - in every mode the proposal recall too when the outputs carry proposals.
+    - in every mode the proposal recall too when the outputs carry proposals, and COCOeval
+      ``keypoints`` (OKS) when the detections carry keypoints (Keypoint R-CNN), over the
+      categories that define keypoints, with the categories' ``keypoint_sigmas`` or COCO's
+      person sigmas.
 
     Detections are written as COCO results in the ground truth's terms: original category
     ids (``categories.to_original_id``), boxes ``[x, y, w, h]`` and RLE masks in the pixels
     of the source images (boxes scaled by ``original_size / image_size``; masks pasted at
     the source size by ``kmask.ops.masks.paste_masks``). ``evaluate`` returns flat metrics
     ``bbox_AP, bbox_AP50, bbox_AP75, bbox_APs, bbox_APm, bbox_APl`` (and ``segm_*``), as
-    fractions in [0, 1] (-1 where no ground truth falls in a size range), plus the proposal
+    fractions in [0, 1] (-1 where no ground truth falls in a size range), ``keypoints_AP,
+    keypoints_AP50, keypoints_AP75, keypoints_APm, keypoints_APl``, plus the proposal
     recall ``AR@100, ARs@100, ARm@100, ARl@100, AR@1000, ...`` (``ProposalRecall``).
     ``evaluated`` names the groups that apply, ``summary`` prints them.
 
@@ -149,6 +172,11 @@ class COCOEvaluator:
         except (ValueError, KeyError, TypeError) as error:
             raise DataError(f"{self.json_path}: not a COCO annotation file: {error}") from None
         own = CategoryMap(self.coco.dataset.get("categories", []), source=str(self.json_path))
+        for annotation in self.coco.dataset.get("annotations", []):
+            # COCOeval's keypoint evaluation ignores ground truth without num_keypoints.
+            if "keypoints" in annotation and "num_keypoints" not in annotation:
+                visibility = np.asarray(annotation["keypoints"], np.float64)[2::3]
+                annotation["num_keypoints"] = int(np.count_nonzero(visibility > 0))
         self.categories = categories if categories is not None else own
         missing = sorted(set(self.categories.category_ids) - set(own.category_ids))
         if missing:
@@ -166,14 +194,17 @@ class COCOEvaluator:
         self.mode: DetectorMode | None = None
         self._recall = ProposalRecall(self.proposal_limits)
         self._has_proposals = False
+        self._has_keypoints = False
 
     @property
     def evaluated(self) -> tuple[str, ...]:
-        """What ``evaluate`` computes for the images added so far: ``"bbox"``, ``"segm"``
-        (COCOeval iou types) and ``"proposals"`` (proposal recall), in that order."""
+        """What ``evaluate`` computes for the images added so far: ``"bbox"``, ``"segm"``,
+        ``"keypoints"`` (COCOeval iou types) and ``"proposals"`` (proposal recall), in that
+        order."""
         if self.mode is None:
             return ()
-        return self.mode.iou_types + (("proposals",) if self._has_proposals else ())
+        keypoints = ("keypoints",) if self._has_keypoints else ()
+        return self.mode.iou_types + keypoints + (("proposals",) if self._has_proposals else ())
 
     def add_image(self, detections: dict[str, Any]) -> None:
         """Adds one image's predictions (``Predictor.image_detections``, source pixels).
@@ -196,6 +227,7 @@ class COCOEvaluator:
         self.image_ids.append(image_id)
         if mode.has_detections:
             self.results.extend(to_coco_results(detections, self.categories))
+            self._has_keypoints |= "keypoints" in detections
         if "proposals" in detections:
             self._has_proposals = True
             if mode is DetectorMode.RPN:
@@ -233,12 +265,37 @@ class COCOEvaluator:
 
     def evaluate(self) -> dict[str, float]:
         """The metrics that apply (``evaluated``) over the images added: COCOeval
-        ``bbox_*`` / ``segm_*`` and the proposal recall ``AR*@k``, all floats."""
+        ``bbox_*`` / ``segm_*`` / ``keypoints_*`` and the proposal recall ``AR*@k``, all
+        floats.
+
+        Raises:
+          DataError: keypoints to evaluate whose number is not COCO's 17 and whose
+            categories give no ``keypoint_sigmas``.
+        """
         if not self.image_ids:
             raise ValueError("no image was evaluated")
         metrics: dict[str, float] = {}
         for iou_type in self.mode.iou_types:
             metrics.update(self.coco_metrics(self.coco, self.results, iou_type, self.image_ids))
+        if self._has_keypoints:
+            sigmas = self.categories.keypoint_sigmas
+            if sigmas is None and self.categories.num_keypoints != len(COCO_PERSON_SIGMAS):
+                raise DataError(
+                    f"{self.json_path}: {self.categories.num_keypoints} keypoints and no "
+                    "keypoint_sigmas in the categories (OKS needs one sigma per keypoint)"
+                )
+            metrics.update(
+                self.coco_metrics(
+                    self.coco,
+                    self.results,
+                    "keypoints",
+                    self.image_ids,
+                    keypoint_sigmas=sigmas,
+                    category_ids=[
+                        self.categories.to_original_id(k) for k in self.categories.keypoint_classes
+                    ],
+                )
+            )
         if self._has_proposals:
             metrics.update(self._recall.result())
         return metrics
@@ -260,6 +317,8 @@ class COCOEvaluator:
         box AP, or the proposal AR at the largest limit)."""
         count = len(self.image_ids)
         lines = [_applies_line(self.mode, self.evaluated), format_metrics(metrics)]
+        if "keypoints_AP" in metrics:
+            lines.append(f"keypoint AP {metrics['keypoints_AP']:.3f}  (COCO OKS AP@[.5:.95])")
         if "segm_AP" in metrics:
             lines.append(
                 f"mask AP {metrics['segm_AP']:.3f}  box AP {metrics['bbox_AP']:.3f}  "
@@ -282,27 +341,38 @@ class COCOEvaluator:
         results: list[dict[str, Any]],
         iou_type: str,
         image_ids: Sequence[int] | None = None,
+        keypoint_sigmas: Sequence[float] | None = None,
+        category_ids: Sequence[int] | None = None,
     ) -> dict[str, float]:
         """pycocotools COCOeval of COCO-format ``results`` against ``coco``.
 
         Args:
           coco: the ground truth.
           results: COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``,
-            and ``segmentation`` for ``segm``); may be empty (no detection at all).
-          iou_type: ``"bbox"`` or ``"segm"``.
+            ``segmentation`` for ``segm``, ``keypoints`` for ``keypoints``); may be empty
+            (no detection at all).
+          iou_type: ``"bbox"``, ``"segm"`` or ``"keypoints"``.
           image_ids: evaluate these images only (default: every image of ``coco``).
+          keypoint_sigmas: OKS sigmas (default COCOeval's, COCO's 17 person keypoints).
+          category_ids: evaluate these categories only (default: all; for keypoints the
+            categories that define them).
 
         Returns:
           ``{iou_type}_AP``, ``_AP50``, ``_AP75``, ``_APs``, ``_APm``, ``_APl``: COCOeval's
-          ``stats[0:6]``; without results 0 where ground truth exists, -1 elsewhere.
+          ``stats[0:6]`` (``keypoints``: no ``_APs``); without results 0 where ground truth
+          exists, -1 elsewhere.
         """
         if iou_type not in IOU_TYPES:
             raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+        if iou_type == "keypoints":
+            results = [r for r in results if "keypoints" in r]
         if results:
-            # With a "bbox" key, loadRes takes the box area as the instance area, which
-            # would put masks into the size ranges by their box: mask AP uses the mask area.
-            unused = "bbox" if iou_type == "segm" else "segmentation"
-            results = [{k: v for k, v in r.items() if k != unused} for r in results]
+            # loadRes derives the instance area from the first of bbox, segmentation,
+            # keypoints it finds: mask AP takes the mask area (not the box's), keypoint AP
+            # the keypoints' extent.
+            needed = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
+            unused = {"bbox", "segmentation", "keypoints"} - {needed}
+            results = [{k: v for k, v in r.items() if k not in unused} for r in results]
             detections = _quiet(coco.loadRes, results)
         else:
             # loadRes refuses an empty list; an empty result set scores 0 (or -1).
@@ -316,12 +386,17 @@ class COCOEvaluator:
         evaluator = COCOeval(coco, detections, iou_type)
         if image_ids is not None:
             evaluator.params.imgIds = sorted({int(i) for i in image_ids})
+        if category_ids is not None:
+            evaluator.params.catIds = sorted(int(i) for i in category_ids)
+        if keypoint_sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = np.asarray(keypoint_sigmas, np.float64)
         _quiet(evaluator.evaluate)
         _quiet(evaluator.accumulate)
         _quiet(evaluator.summarize)
+        names = _KEYPOINT_AP_NAMES if iou_type == "keypoints" else _AP_NAMES
         return {
             f"{iou_type}_{name}": float(value)
-            for name, value in zip(_AP_NAMES, evaluator.stats[: len(_AP_NAMES)])
+            for name, value in zip(names, evaluator.stats[: len(names)])
         }
 
     def write_results(self, path: str | os.PathLike[str]) -> None:
@@ -335,6 +410,7 @@ class COCOEvaluator:
 _GROUP_NAMES = {
     "bbox": "box AP (bbox)",
     "segm": "mask AP (segm)",
+    "keypoints": "keypoint AP (OKS)",
     "proposals": "proposal recall (AR)",
 }
 
@@ -352,14 +428,15 @@ def _applies_line(mode: DetectorMode | None, evaluated: Sequence[str]) -> str:
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """A small table of the metrics present (values x100, as papers print AP): a ``bbox``
-    row, a ``segm`` row and an ``rpn`` row of proposal recall, each only when its keys are
-    in ``metrics``."""
+    row, a ``segm`` row, a ``kpts`` row and an ``rpn`` row of proposal recall, each only
+    when its keys are in ``metrics``."""
     lines = []
     for prefix in IOU_TYPES:
         names = [n for n in _AP_NAMES if f"{prefix}_{n}" in metrics]
         if names:
             values = "  ".join(f"{n} {_percent(metrics[f'{prefix}_{n}'])}" for n in names)
-            lines.append(f"{prefix:5s} {values}")
+            label = "kpts" if prefix == "keypoints" else prefix
+            lines.append(f"{label:5s} {values}")
     recall = [k for k in metrics if k.startswith("AR")]
     if recall:
         lines.append("rpn   " + "  ".join(f"{k} {_percent(metrics[k])}" for k in recall))

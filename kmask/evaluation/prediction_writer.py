@@ -29,10 +29,11 @@ class PredictionWriter:
     For each readable image, in the source image's pixels (``Predictor.image_detections``):
 
     - Mask R-CNN / Faster R-CNN: the detections scoring ``>= score_threshold`` are drawn
-      (masks, when the model has them, boxes, class names, scores) into ``NAME.png`` and
-      listed in ``detections.json`` as COCO results (``to_coco_results``: ``bbox [x, y, w,
-      h]``, original ``category_id``, ``score``, RLE ``segmentation`` with masks) plus
-      ``file_name`` and ``category_name``;
+      (masks and keypoints with their skeleton when the model has them, boxes, class
+      names, scores) into ``NAME.png`` and listed in ``detections.json`` as COCO results
+      (``to_coco_results``: ``bbox [x, y, w, h]``, original ``category_id``, ``score``,
+      RLE ``segmentation`` with masks, ``keypoints`` with keypoints) plus ``file_name``
+      and ``category_name``;
     - RPN only: the ``num_proposals`` best proposals, whatever their objectness, are drawn
       and listed in ``proposals.json`` (``image_id``, ``bbox``, ``score``, ``file_name``).
 
@@ -141,6 +142,7 @@ class PredictionWriter:
             self.categories.category_names,
             self.score_threshold,
             self.num_proposals,
+            self.categories.keypoint_skeleton,
         )
         return selected, picture
 

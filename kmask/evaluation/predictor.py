@@ -95,7 +95,8 @@ class Predictor:
           - detections (Mask R-CNN and Faster R-CNN): ``detection_boxes [B, N, 4]``,
             ``detection_scores [B, N]``, ``detection_classes [B, N]`` int32 0-based,
             ``num_detections [B]``; Mask R-CNN also ``detection_masks [B, N, m, m]``
-            probabilities in the box frame;
+            probabilities in the box frame; Keypoint R-CNN ``detection_keypoints [B, N,
+            K, 3]`` ``(x, y, score)``;
           - proposals (every mode; the only output of an RPN-only model):
             ``proposals [B, P, 4]`` best first, ``proposal_scores [B, P]``,
             ``num_proposals [B]``;
@@ -124,7 +125,9 @@ class Predictor:
 
           - with detections: ``boxes [n, 4]``, ``scores [n]`` float32, ``classes [n]``
             int32 0-based; Mask R-CNN also ``masks [n, H, W]`` bool (pasted at the target
-            size and thresholded at ``mask_threshold``);
+            size and thresholded at ``mask_threshold``); Keypoint R-CNN also
+            ``keypoints [n, K, 3]`` float32 ``(x, y, score)`` in the target pixels
+            (continuous coordinates, not clipped);
           - with proposals: ``proposals [p, 4]``, best first, and ``proposal_scores [p]``
             when the model returns them.
         """
@@ -165,6 +168,11 @@ class Predictor:
                 result["proposal_scores"] = outputs["proposal_scores"][index, :count].astype(
                     np.float32
                 )
+        if "detection_keypoints" in outputs and mode.has_detections:
+            count = len(result["boxes"])
+            keypoints = outputs["detection_keypoints"][index, :count].astype(np.float32)
+            keypoints[..., :2] *= scale[[1, 0]]  # (x, y)
+            result["keypoints"] = keypoints
         return result
 
     def batch_detections(

@@ -39,6 +39,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         or None for no images.
       predictor: runs the model on ``visualization_batch`` (required with it).
       class_names: names of the classes, for the labels.
+      keypoint_skeleton: keypoint index pairs joined in the drawings (Keypoint R-CNN).
       score_threshold: detections drawn from this score.
       num_proposals: proposals drawn per image for an RPN-only model.
       is_chief: only the chief writes (multi-worker training).
@@ -52,6 +53,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         visualization_batch: dict[str, Any] | None = None,
         predictor: Predictor | None = None,
         class_names: Sequence[str] = (),
+        keypoint_skeleton: Sequence[tuple[int, int]] = (),
         score_threshold: float = 0.5,
         num_proposals: int = 20,
         is_chief: bool = True,
@@ -65,6 +67,7 @@ class TensorBoardCallback(keras.callbacks.Callback):
         self.visualization_batch = visualization_batch
         self.predictor = predictor
         self.class_names = tuple(class_names)
+        self.keypoint_skeleton = tuple(keypoint_skeleton)
         self.score_threshold = score_threshold
         self.num_proposals = num_proposals
         self.is_chief = is_chief
@@ -115,8 +118,8 @@ class TensorBoardCallback(keras.callbacks.Callback):
     def draw_predictions(self) -> list[np.ndarray]:
         """The visualization images with the current model's predictions drawn over them
         (in resized-image pixels), uint8 ``[H, W, 3]`` each: detections with masks (Mask
-        R-CNN) or without (Faster R-CNN) scoring ``>= score_threshold``, or the
-        ``num_proposals`` best proposals of an RPN-only model."""
+        R-CNN) or without (Faster R-CNN), and keypoints (Keypoint R-CNN), scoring ``>=
+        score_threshold``, or the ``num_proposals`` best proposals of an RPN-only model."""
         outputs = self.predictor.predict_batch(self.visualization_batch)
         images = np.asarray(self.visualization_batch["images"])
         pictures = []
@@ -127,7 +130,12 @@ class TensorBoardCallback(keras.callbacks.Callback):
             image = np.clip(images[index, :height, :width], 0, 255).astype(np.uint8)
             pictures.append(
                 draw_image_detections(
-                    image, detections, self.class_names, self.score_threshold, self.num_proposals
+                    image,
+                    detections,
+                    self.class_names,
+                    self.score_threshold,
+                    self.num_proposals,
+                    self.keypoint_skeleton,
                 )
             )
         return pictures

@@ -239,6 +239,7 @@ class Trainer:
                 visualization_batch=visualization,
                 predictor=predictor,
                 class_names=categories.category_names,
+                keypoint_skeleton=categories.keypoint_skeleton,
                 score_threshold=config.eval.visualization_score_threshold,
                 is_chief=self.is_chief,
             )
