@@ -34,3 +34,22 @@ COCO_CATEGORIES: tuple[dict[str, object], ...] = tuple(
 # torchvision's slot of each kmask class: its COCO id (slot 0 is the background).
 TORCHVISION_SLOTS: tuple[int, ...] = tuple(int(c["id"]) for c in COCO_CATEGORIES)
 TORCHVISION_NUM_SLOTS = 91
+
+# COCO's person keypoints (person_keypoints_*.json) and their skeleton (1-based pairs).
+COCO_PERSON_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
+    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip",
+    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+COCO_PERSON_SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
+    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)  # fmt: skip
+# The category of person-keypoint checkpoints (one foreground class).
+COCO_PERSON_CATEGORY: dict[str, object] = {
+    "id": 1,
+    "name": "person",
+    "supercategory": "person",
+    "keypoints": list(COCO_PERSON_KEYPOINTS),
+    "skeleton": [list(edge) for edge in COCO_PERSON_SKELETON],
+}

@@ -20,6 +20,7 @@ from kmask.convert.weight_mapping import (
     dense_kernel,
     nchw_dense_kernel,
 )
+from kmask.modeling.keypoint_head import KeypointHead
 
 _NORM_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 
@@ -127,7 +128,10 @@ class Converter:
         if model.roi_heads is not None:
             self.assign_box_head(mapping, model.roi_heads.box_head)
             for head in model.roi_heads.instance_heads:
-                self.assign_mask_head(mapping, head)
+                if isinstance(head, KeypointHead):
+                    self.assign_keypoint_head(mapping, head)
+                else:
+                    self.assign_mask_head(mapping, head)
         mapping.finish()
         return config, model
 
@@ -159,6 +163,10 @@ class Converter:
 
     def mask_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
         """``([(conv, norm)], deconv, predictor)`` prefixes of the mask head."""
+        raise NotImplementedError
+
+    def keypoint_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str]:
+        """``([(conv, norm)], deconv)`` prefixes of the keypoint head."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- assignment
@@ -270,3 +278,11 @@ class Converter:
         self._conv(mapping, head.deconv, deconv)
         _, _, channels = self.class_rows(mapping)
         self._conv(mapping, head.predictor, predictor, out_rows=np.asarray(channels))
+
+    def assign_keypoint_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
+        """Fills the keypoint head: conv trunk and the heatmap deconv (``ConvTranspose2d``
+        [in, K, 4, 4] with ``padding=1`` is ``Conv2DTranspose`` with "same" padding: both
+        crop one row and column on each side of the 2S + 2 full output)."""
+        convs, deconv = self.keypoint_head_keys(head.convs.num_conv)
+        self._conv_stack(mapping, head.convs, convs)
+        self._conv(mapping, head.deconv, deconv)

@@ -8,7 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from kmask.convert.coco_categories import TORCHVISION_NUM_SLOTS, TORCHVISION_SLOTS
+from kmask.convert.coco_categories import (
+    COCO_PERSON_CATEGORY,
+    TORCHVISION_NUM_SLOTS,
+    TORCHVISION_SLOTS,
+)
 from kmask.convert.converter import Converter
 from kmask.convert.weight_mapping import WeightMapping
 
@@ -63,6 +67,19 @@ def _backbone(depth: int, groups: int = 1, width_per_group: int = 64) -> dict[st
     return {"model": {"input": dict(_INPUT), "backbone": backbone}, "data": dict(_DATA)}
 
 
+def _keypoint_detector() -> dict[str, Any]:
+    """The config values of torchvision's ``keypointrcnn_resnet50_fpn``: the v1 Faster
+    R-CNN with ``KeypointRCNNHeads`` (RoIAlign 14x14, 2 samples, not aligned; 8 convs of
+    512) and ``KeypointRCNNPredictor`` (deconv 4x4 s2 to 17 maps, 2x bilinear)."""
+    values = _detector(1, masks=False)
+    values["model"]["keypoint_head"] = {
+        "num_keypoints": 17,
+        "pooler_sampling_ratio": 2,
+        "pooler_aligned": False,
+    }
+    return values
+
+
 _RENAMES = (
     # Keys of checkpoints saved before torchvision wrapped these convs in
     # Conv2dNormActivation (the released COCO_V1 files have them).
@@ -104,6 +121,7 @@ class TorchvisionConverter(Converter):
         "maskrcnn_resnet50_fpn_v2": _detector(2, masks=True),
         "fasterrcnn_resnet50_fpn": _detector(1, masks=False),
         "fasterrcnn_resnet50_fpn_v2": _detector(2, masks=False),
+        "keypointrcnn_resnet50_fpn": _keypoint_detector(),
         "resnet50": _backbone(50),
         "resnet101": _backbone(101),
         "resnext101_32x8d": _backbone(101, groups=32, width_per_group=8),
@@ -117,6 +135,8 @@ class TorchvisionConverter(Converter):
         "(fasterrcnn_resnet50_fpn_coco-258fb6c6.pth)",
         "fasterrcnn_resnet50_fpn_v2": "FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1: box AP 46.7 "
         "(fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth)",
+        "keypointrcnn_resnet50_fpn": "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1: box AP 54.6, "
+        "keypoint AP 65.0 (keypointrcnn_resnet50_fpn_coco-fc266e95.pth); one class, person",
         "resnet50": "ResNet50_Weights.IMAGENET1K_V1 (resnet50-0676ba61.pth) or _V2",
         "resnet101": "ResNet101_Weights.IMAGENET1K_V1 (resnet101-63fe2227.pth) or _V2",
         "resnext101_32x8d": "ResNeXt101_32X8D_Weights.IMAGENET1K_V1 "
@@ -189,3 +209,13 @@ class TorchvisionConverter(Converter):
             "roi_heads.mask_predictor.conv5_mask",
             "roi_heads.mask_predictor.mask_fcn_logits",
         )
+
+    def keypoint_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str]:
+        # KeypointRCNNHeads: a Sequential of (Conv2d, ReLU) pairs, no norm.
+        convs = [(f"roi_heads.keypoint_head.{2 * i}", "") for i in range(num_conv)]
+        return convs, "roi_heads.keypoint_predictor.kps_score_lowres"
+
+    def categories(self, num_classes: int) -> list[dict[str, Any]]:
+        if self.arch == "keypointrcnn_resnet50_fpn":
+            return [dict(COCO_PERSON_CATEGORY)]
+        return super().categories(num_classes)

@@ -29,6 +29,7 @@ def random_torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:
         # Logits of a few units: scores spread over (0, 1) instead of saturating at 1.0,
         # where ties would make the choice of the 100 kept detections arbitrary.
         predictor.weight *= 0.25
-        predictor.weight[UNUSED_SLOTS] = 0.0
-        predictor.bias[UNUSED_SLOTS] = -50.0
+        if predictor.weight.shape[0] == 91:  # COCO slots (not the person-only models)
+            predictor.weight[UNUSED_SLOTS] = 0.0
+            predictor.bias[UNUSED_SLOTS] = -50.0
     return model
