@@ -82,12 +82,18 @@ def _run_make_shapes(args: argparse.Namespace) -> int:
     for name in ("num_train", "num_val"):
         if getattr(args, name) < 0:
             return _fail("make-shapes", f"--{name.replace('_', '-')} must be >= 0", 2)
+    if args.shapes is not None and args.keypoints:
+        return _fail("make-shapes", "--shapes and --keypoints exclude each other", 2)
     try:
-        kind = StickFiguresDataset if args.keypoints else ShapesDataset
-        shapes = kind(args.image_size, seed=args.seed)
+        if args.shapes is not None:
+            shapes = ShapesDataset(args.image_size, seed=args.seed, shapes=args.shapes.split(","))
+        else:
+            kind = StickFiguresDataset if args.keypoints else ShapesDataset
+            shapes = kind(args.image_size, seed=args.seed)
         paths = shapes.write(args.out, args.num_train, args.num_val, progress=True)
     except ValueError as error:
-        return _fail("make-shapes", f"--image-size: {error}", 2)
+        flag = "--shapes" if "shapes must" in str(error) else "--image-size"
+        return _fail("make-shapes", f"{flag}: {error}", 2)
     except OSError as error:
         return _fail("make-shapes", f"cannot write to {args.out}: {error}", 1)
     print(
@@ -115,6 +121,13 @@ def _add_make_shapes(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write stick figures instead: category person with 11 keypoints, skeleton and "
         "masks in COCO person-keypoint format (configs/keypoints_tiny.yaml)",
+    )
+    parser.add_argument(
+        "--shapes",
+        metavar="NAME,NAME,...",
+        help="other classes, e.g. for fine-tuning: comma-separated names such as "
+        "pentagon,hexagon,ellipse,rhombus (an unknown name is refused with the list of "
+        "shapes; default circle,square,triangle)",
     )
     parser.set_defaults(handler=_run_make_shapes)
 
@@ -280,10 +293,12 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _train_config(args: argparse.Namespace, run: RunDirectory) -> Config:
     """The run's configuration: --config (+ --set) for a new run, the run's config.yaml
     (+ --set) when resuming; data flags override the data paths."""
+    import dataclasses
+
     from kmask.config import ConfigError, config_to_dict, load_config
 
     def with_flags(config: Config) -> Config:
-        return _with_data_paths(
+        config = _with_data_paths(
             config,
             args.train_json,
             args.train_images,
@@ -291,6 +306,10 @@ def _train_config(args: argparse.Namespace, run: RunDirectory) -> Config:
             args.val_json,
             args.val_images,
         )
+        if args.init_from:
+            train = dataclasses.replace(config.train, init_from=_absolute(args.init_from))
+            config = dataclasses.replace(config, train=train)
+        return config
 
     overrides = tuple(args.set)
     if args.resume and run.config_path.is_file():
@@ -323,7 +342,13 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from kmask.config import ConfigError
     from kmask.data import DataError
-    from kmask.training import NonFiniteLossError, RunDirectory, RunLockedError, Trainer
+    from kmask.training import (
+        NonFiniteLossError,
+        RunDirectory,
+        RunLockedError,
+        Trainer,
+        WeightTransferError,
+    )
     from kmask.training.optimizer import optimizer_step
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -347,7 +372,14 @@ def _run_train(args: argparse.Namespace) -> int:
             f"or set train.grad_clip_norm",
             1,
         )
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError, RunLockedError) as error:
+    except (
+        ConfigError,
+        DataError,
+        FileExistsError,
+        FileNotFoundError,
+        RunLockedError,
+        WeightTransferError,
+    ) as error:
         return _fail("train", str(error), 1)
     except KeyboardInterrupt:
         return _fail(
@@ -384,6 +416,14 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--train-tfrecords",
         help="TFRecord shards of kmask convert-coco instead (train.tfrecord_pattern)",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="RUN_DIR|WEIGHTS_FILE",
+        help="fine-tune: start from a kmask train or convert-weights run directory, a "
+        "checkpoint inside one, or a .keras file (train.init_from); weights are copied by "
+        "name, the class-dependent layers re-initialized when the class count differs, and a "
+        "table says what was loaded",
     )
     parser.add_argument("--val-json", help="validation COCO file (eval.json_path)")
     parser.add_argument("--val-images", help="its image folder (eval.images_dir)")

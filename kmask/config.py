@@ -27,6 +27,10 @@ import yaml
 # the layers' ``get_config()`` returns the same keys. A hyperparameter is written once, here.
 
 
+# ``train.trainable`` presets -> torchvision's ``trainable_backbone_layers`` (how many of
+# its layer4, layer3, layer2, layer1, conv1 train; kmask.training.TrainablePreset).
+TRAINABLE_PRESETS = {"heads": 0, "5+": 1, "4+": 2, "3+": 3, "all": 5}
+
 # Bounds of the RoIAlign arguments (kmask.ops.roi_align_tf.MAX_GRID / MAX_OUTPUT_SIZE, the
 # custom op's KMASK_MAX_GRID / KMASK_MAX_POOLED).
 MAX_POOLER_SAMPLING_RATIO = 256
@@ -392,6 +396,17 @@ class TrainConfig:
     num_visualizations: int = 4
     # Seeds weights, sampling and (unless data.seed is set) the input order.
     seed: int = 0
+    # Fine-tuning (kmask.training.WeightTransfer, ``kmask train --init-from``): start from
+    # a trained or converted kmask model, a run directory, a checkpoint inside one or a
+    # .keras file. Weights are copied by name; the class-dependent layers are
+    # re-initialized when the class count differs. Not used when resuming a checkpoint.
+    init_from: str | None = None
+    # Which backbone stages train: heads, 5+, 4+, 3+ or all (TRAINABLE_PRESETS above);
+    # None = as model.backbone.freeze_at says.
+    trainable: str | None = None
+    # Two phases in one run: only the heads (preset heads) for the first N steps, then
+    # train.trainable; 0 = one phase.
+    heads_first_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -405,7 +420,21 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}: expected a positive integer")
-        for name in ("warmup_steps", "eval_every_epochs", "num_visualizations"):
+        if self.trainable is not None and self.trainable not in TRAINABLE_PRESETS:
+            raise ConfigError(
+                f"train.trainable: expected one of {', '.join(TRAINABLE_PRESETS)} or null, "
+                f"got {self.trainable!r}"
+            )
+        if self.heads_first_steps and self.trainable is None:
+            raise ConfigError(
+                "train.heads_first_steps needs train.trainable (what trains after the heads)"
+            )
+        for name in (
+            "warmup_steps",
+            "eval_every_epochs",
+            "num_visualizations",
+            "heads_first_steps",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}: expected an integer >= 0")
         if self.seed < 0:

@@ -232,10 +232,12 @@ def write_shapes(
     image_size: int = SHAPES_IMAGE_SIZE,
     seed: int = 0,
     max_shapes: int = 3,
+    shapes: tuple[str, ...] | None = None,
 ) -> Path:
     """Writes a shapes dataset (``train.json``, ``val.json``, ``train/``, ``val/``) under
-    ``root``; returns ``root``."""
-    ShapesDataset(image_size, seed=seed, max_shapes=max_shapes).write(
+    ``root`` (of the classes ``shapes``, default circle, square, triangle); returns
+    ``root``."""
+    ShapesDataset(image_size, seed=seed, max_shapes=max_shapes, shapes=shapes).write(
         root, num_train, num_val, progress=False
     )
     return root

@@ -20,7 +20,9 @@ Modules: ``trainer.Trainer``, ``optimizer.build_optimizer``,
 ``non_finite_guard.NonFiniteGuard`` (``non_finite_loss_error.NonFiniteLossError``),
 ``evaluation_callback.EvaluationCallback``, ``tensorboard_callback.TensorBoardCallback``,
 ``strategy.select_strategy``, ``run_directory.RunDirectory``
-(``run_locked_error.RunLockedError``).
+(``run_locked_error.RunLockedError``), fine-tuning: ``weight_transfer.WeightTransfer``
+(``weight_transfer_error.WeightTransferError``), ``trainable_preset.TrainablePreset``,
+``trainable_phase_callback.TrainablePhaseCallback``.
 """
 
 from kmask.training.checkpoint_callback import CheckpointCallback
@@ -33,8 +35,12 @@ from kmask.training.run_directory import RunDirectory
 from kmask.training.run_locked_error import RunLockedError
 from kmask.training.strategy import is_chief, select_strategy
 from kmask.training.tensorboard_callback import TensorBoardCallback
+from kmask.training.trainable_phase_callback import TrainablePhaseCallback
+from kmask.training.trainable_preset import TrainablePreset
 from kmask.training.trainer import Trainer
 from kmask.training.warmup_step_schedule import WarmupStepSchedule
+from kmask.training.weight_transfer import WeightTransfer
+from kmask.training.weight_transfer_error import WeightTransferError
 
 __all__ = [
     "CheckpointCallback",
@@ -45,8 +51,12 @@ __all__ = [
     "RunDirectory",
     "RunLockedError",
     "TensorBoardCallback",
+    "TrainablePhaseCallback",
+    "TrainablePreset",
     "Trainer",
     "WarmupStepSchedule",
+    "WeightTransfer",
+    "WeightTransferError",
     "build_optimizer",
     "is_chief",
     "scaled_learning_rate",

@@ -27,6 +27,9 @@ from kmask.training.optimizer import build_optimizer, optimizer_step
 from kmask.training.run_directory import RunDirectory
 from kmask.training.strategy import is_chief
 from kmask.training.tensorboard_callback import TensorBoardCallback
+from kmask.training.trainable_phase_callback import TrainablePhaseCallback
+from kmask.training.trainable_preset import TrainablePreset
+from kmask.training.weight_transfer import WeightTransfer
 
 
 def epoch_plan(start_step: int, max_steps: int, steps_per_epoch: int) -> list[tuple[int, int, int]]:
@@ -64,6 +67,12 @@ class Trainer:
     ``TensorBoardCallback`` and ``CheckpointCallback``. See ``RunDirectory`` for what the
     directory holds.
 
+    Fine-tuning: a new run (no checkpoint) with ``train.init_from`` starts from another
+    kmask model's weights (``WeightTransfer``: by name, class-dependent layers
+    re-initialized when the class count differs); ``train.trainable`` picks the backbone
+    stages that train (``TrainablePreset``) and ``train.heads_first_steps`` trains the
+    heads alone first (``TrainablePhaseCallback``).
+
     Data order: the pipeline is seeded with ``data.seed`` (or ``train.seed``) plus the
     step at which a ``fit`` call starts, so a run is repeatable and a resumed run does not
     replay the images its first part already saw (it does not replay the interrupted
@@ -84,7 +93,10 @@ class Trainer:
       ConfigError: missing training data, class count mismatch, batch not divisible by
         the replicas.
       FileExistsError: ``run_dir`` already has checkpoints and ``resume`` is False.
-      FileNotFoundError: ``resume`` and no checkpoint of the run can be loaded.
+      FileNotFoundError: ``resume`` and no checkpoint of the run can be loaded, or
+        ``train.init_from`` does not exist.
+      WeightTransferError: ``train.init_from`` cannot initialize the model (a layer other
+        than a class-dependent one has another shape: named with both shapes).
       RunLockedError: another process is training into ``run_dir``.
       DataError: bad input under ``data.strict``, or too little readable data for a
         batch.
@@ -170,6 +182,8 @@ class Trainer:
             with self.strategy.scope():
                 model = build_mask_rcnn(self.config.model)
                 model.build({"images": (None, None, None, 3)})
+                if self.config.train.trainable is not None:  # before the optimizer is built
+                    TrainablePreset(self.config.train.trainable).apply(model)
                 model.compile(optimizer=build_optimizer(self.config.train, global_batch_size))
                 model.optimizer.build(model.trainable_variables)
         finally:
@@ -202,6 +216,14 @@ class Trainer:
     ) -> list[keras.callbacks.Callback]:
         config = self.config
         callbacks: list[keras.callbacks.Callback] = [NonFiniteGuard()]
+        if config.train.heads_first_steps:
+            callbacks.append(
+                TrainablePhaseCallback(
+                    TrainablePreset("heads"),
+                    TrainablePreset(config.train.trainable),
+                    config.train.heads_first_steps,
+                )
+            )
         predictor = Predictor(model, config.data, config.eval.mask_threshold)
         visualization = None
         if config.eval.json_path and config.eval.images_dir:
@@ -287,6 +309,8 @@ class Trainer:
             step = self._restore(model, latest)
         elif resume:
             print(f"no checkpoint in {self.run.checkpoints_dir}; starting from step 0", flush=True)
+        if latest is None and config.train.init_from:
+            self._initialize_from(model, config.train.init_from)
         if self.is_chief:
             self.run.write_config(config)
             self.run.write_categories(categories)
@@ -374,6 +398,13 @@ class Trainer:
         raise FileNotFoundError(
             f"no intact checkpoint in {self.run.checkpoints_dir}: " + "; ".join(problems)
         )
+
+    def _initialize_from(self, model: MaskRCNN, source: str) -> None:
+        """Copies the weights of ``source`` (``train.init_from``) into the new model by
+        name (``WeightTransfer``) and prints what was loaded, re-initialized and why."""
+        rows = WeightTransfer.from_path(source).load_into(model)
+        if self.is_chief:
+            print(f"initialized from {source}:\n{WeightTransfer.format_table(rows)}", flush=True)
 
     def _check_progress(self, done: int, expected: int) -> None:
         """Raises ``DataError`` when a ``fit`` call ran out of data before its steps."""

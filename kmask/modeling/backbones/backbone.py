@@ -34,13 +34,21 @@ class Backbone(keras.layers.Layer):
       automatic ``get_config`` captures them; they equal the config fields of the backbone,
       and ``build_backbone(type, **fields)`` constructs a registered backbone from them.
 
-    Subclasses implement ``call`` and ``output_specs`` (and usually ``build``) and register
-    with ``@register_backbone("name")``.
+    Subclasses implement ``call`` and ``output_specs`` (and usually ``build``, and
+    ``freeze(stages)`` for the ``train.trainable`` presets) and register with
+    ``@register_backbone("name")``.
     """
 
     def output_specs(self) -> dict[str, FeatureSpec]:
         """``{"C<level>": FeatureSpec(channels, stride=2**level)}`` of ``call``'s outputs."""
         raise NotImplementedError(f"{type(self).__name__} must implement output_specs()")
+
+    def freeze(self, stages: int) -> None:
+        """Makes the first ``stages`` stages (1 = stem, 2..5 = the stages of C2..C5) not
+        trainable and the others trainable; ``train.trainable`` presets need it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement freeze(stages), which train.trainable needs"
+        )
 
     def compute_output_shape(
         self, images_shape: tuple[int | None, ...]

@@ -311,8 +311,7 @@ class ResNet(Backbone):
                         dtype=dtype,
                     )
                 )
-        for layer in self._stage_layers(range(1, freeze_at + 1)):
-            layer.trainable = False
+        self.freeze(freeze_at)
         if weights is not None and not _SKIP_WEIGHTS_FILE.get():
             if not Path(weights).is_file():
                 raise FileNotFoundError(f"ResNet-{depth} weights file not found: {weights}")
@@ -338,6 +337,23 @@ class ResNet(Backbone):
         return {
             f"C{level}": FeatureSpec(channels=64 * 2**level, stride=2**level) for level in _LEVELS
         }
+
+    def freeze(self, stages: int) -> None:
+        """Sets the first ``stages`` stages ``trainable = False`` and the others ``True``.
+
+        Stage 1 is the stem (conv1), 2..5 are conv2..conv5 (torchvision's ``layer1`` ..
+        ``layer4``): ``freeze(2)`` is the papers' default, ``freeze(5)`` freezes the whole
+        backbone, ``freeze(0)`` trains it all. Weights created non-trainable (frozen BN)
+        stay non-trainable. ``kmask.training.TrainablePreset`` calls this.
+
+        Raises:
+          ValueError: ``stages`` outside 0..5.
+        """
+        if not 0 <= stages <= 5:
+            raise ValueError(f"ResNet.freeze: stages must be in 0..5, got {stages}")
+        for stage in range(1, 6):
+            for layer in self._stage_layers(range(stage, stage + 1)):
+                layer.trainable = stage > stages
 
     def _stage_layers(self, stages: range) -> list[keras.layers.Layer]:
         """The sublayers of stages ``stages`` (1 = stem, 2..5 = conv2..conv5)."""

@@ -1,0 +1,227 @@
+"""``WeightTransfer``: initialize a model from a trained or converted kmask model, by name
+(``kmask train --init-from``, fine-tuning to new classes, reusing stages in a new model)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kmask.training.weight_transfer_error import WeightTransferError
+
+# Layers whose shapes follow the number of classes (or of keypoints): they are left as the
+# model initialized them when the source's shape differs. A new class-dependent layer
+# (a head's predictor) is added here.
+CLASS_DEPENDENT_LAYERS = (
+    "box_head/cls_score",
+    "box_head/bbox_pred",
+    "mask_head/predictor",
+    "keypoint_head/deconv",
+)
+
+LOADED = "loaded"
+REINITIALIZED = "re-initialized"
+NEW = "new"
+
+
+def weight_names(model: keras.layers.Layer) -> dict[str, keras.Variable]:
+    """The weights of ``model`` keyed by their name inside it.
+
+    A weight's name is the path of layer names from ``model`` down to the layer that owns
+    it, then the weight's own name: ``"backbone/conv1_conv/kernel"``,
+    ``"roi_heads/box_head/cls_score/bias"``. It depends on the layer names only, not on how
+    the model was built or loaded (Keras' ``variable.path`` does). A ``keras.Model``'s own
+    name is left out, so the stage names of ``build_mask_rcnn`` (``backbone``, ``fpn``,
+    ``rpn``, ``roi_heads``) come first whether the stages sit in a ``MaskRCNN`` or in a
+    subclassed or functional model of the user's; a layer on its own keeps its name
+    (``ResNet(name="backbone")`` holds ``"backbone/conv1_conv/kernel"``).
+    """
+    names: dict[str, keras.Variable] = {}
+
+    def visit(layer: keras.layers.Layer, prefix: str) -> None:
+        children = layer._flatten_layers(include_self=False, recursive=False)
+        held = {id(weight) for child in children for weight in child.weights}
+        for weight in layer.weights:
+            if id(weight) not in held:
+                names.setdefault(prefix + weight.name, weight)
+        for child in children:
+            visit(child, f"{prefix}{child.name}/")
+
+    visit(model, "" if isinstance(model, keras.Model) else f"{model.name}/")
+    return names
+
+
+class WeightTransfer:
+    """Copies weights into a model by name, re-initializing the class-dependent layers.
+
+    Every weight of the target whose name (``weight_names``) and shape match a source
+    weight is copied exactly (bit for bit). A weight of one of ``CLASS_DEPENDENT_LAYERS``
+    (box classifier and regressor, mask predictor, keypoint predictor) whose shape differs
+    keeps the target's own initialization: that is fine-tuning to another number of
+    classes. Target weights that the source does not have (a new head) keep their
+    initialization; source weights the target does not have are ignored. Any other shape
+    difference is refused before anything is copied. Optimizer state and step are not
+    transferred: training starts at step 0.
+
+    Example (the backbone and FPN of a trained detector under a new head)::
+
+        transfer = WeightTransfer.from_path("runs/shapes_tiny")
+        images = keras.Input((128, 128, 3))
+        pyramid = FPN(num_channels=64, name="fpn")(ResNet(norm="gn", name="backbone")(images))
+        model = keras.Model(images, MySegmentationHead()(pyramid))
+        rows = transfer.load_into(model)  # backbone/* and fpn/* loaded, the head new
+        print(WeightTransfer.format_table(rows))
+
+    Args:
+      weights: ``{name: array}`` as ``weight_names`` names them.
+      source: what the weights came from, for messages (a path).
+    """
+
+    def __init__(self, weights: Mapping[str, np.ndarray], source: str = "weights") -> None:
+        self.weights = {name: np.asarray(value) for name, value in weights.items()}
+        self.source = source
+
+    @classmethod
+    def from_model(cls, model: keras.layers.Layer, source: str | None = None) -> WeightTransfer:
+        """The weights of a built model or layer (copied now)."""
+        arrays = {
+            name: np.array(variable.numpy()) for name, variable in weight_names(model).items()
+        }
+        return cls(arrays, source or model.name)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> WeightTransfer:
+        """The weights of a kmask model on disk.
+
+        Args:
+          path: a run directory of ``kmask train`` or ``kmask convert-weights`` (its
+            ``config.yaml`` and latest checkpoint), a checkpoint file inside one
+            (``RUN/checkpoints/ckpt-*.weights.h5``), or a ``.keras`` model file.
+
+        Raises:
+          FileNotFoundError: ``path`` does not exist, or a run directory lacks its
+            ``config.yaml`` or a checkpoint.
+          WeightTransferError: a weights file outside a run directory (its architecture is
+            unknown), or a file that cannot be read into its configured model.
+        """
+        from kmask.evaluation.predictor import Predictor
+        from kmask.training.run_directory import RunDirectory
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"--init-from {path}: no such file or directory")
+        try:
+            if path.is_dir():
+                import kmask
+
+                model = kmask.load_model(path)
+            elif path.name.endswith(".keras"):
+                import kmask.modeling  # noqa: F401 (registers the classes a .keras file names)
+
+                model = keras.saving.load_model(path, compile=False)
+            elif path.name.endswith(".weights.h5"):
+                run = RunDirectory.of_checkpoint(path)
+                if not run.config_path.is_file():
+                    raise WeightTransferError(
+                        f"--init-from {path}: a weights file needs the config.yaml of its run "
+                        f"directory ({run.config_path} not found) to know the architecture; "
+                        "give a run directory, a checkpoint inside one, or a .keras file"
+                    )
+                model = Predictor.from_checkpoint(run.load_config(), path).model
+            else:
+                raise WeightTransferError(
+                    f"--init-from {path}: expected a run directory, a .weights.h5 checkpoint "
+                    "of one, or a .keras file"
+                )
+        except (ValueError, KeyError, OSError) as error:
+            if isinstance(error, (WeightTransferError, FileNotFoundError)):
+                raise
+            raise WeightTransferError(f"--init-from {path}: {error}") from None
+        return cls.from_model(model, str(path))
+
+    def load_into(
+        self,
+        model: keras.layers.Layer,
+        class_dependent: Sequence[str] = CLASS_DEPENDENT_LAYERS,
+    ) -> list[tuple[str, str, str]]:
+        """Copies the matching weights into the built ``model``; see the class docstring.
+
+        Args:
+          model: a built ``MaskRCNN``, a model of the user's that holds kmask stages under
+            their stage names, or a single stage layer.
+          class_dependent: layer names (``"head/layer"``, matched anywhere in a weight's
+            name) whose weights may differ in shape; they are then left as initialized.
+
+        Returns:
+          One ``(name, status, why)`` row per target weight, ``status`` one of
+          ``"loaded"``, ``"re-initialized"`` and ``"new"`` (``format_table`` prints them).
+
+        Raises:
+          WeightTransferError: a weight outside ``class_dependent`` has another shape in
+            the source (the message names each such layer and both shapes; nothing is
+            copied), or no weight of the model has a name in the source.
+        """
+        targets = weight_names(model)
+        if not targets:
+            raise WeightTransferError(
+                f"cannot initialize {model.name} from {self.source}: it has no weights yet "
+                "(build it first, e.g. model.build(...) or one call)"
+            )
+        rows, copies, refused = [], [], []
+        for name, variable in targets.items():
+            shape = tuple(variable.shape)
+            if name not in self.weights:
+                rows.append((name, NEW, "not in the source: kept its initialization"))
+                continue
+            source_shape = tuple(self.weights[name].shape)
+            if source_shape == shape:
+                rows.append((name, LOADED, ""))
+                copies.append((variable, self.weights[name]))
+            elif any(f"/{layer}/" in f"/{name}" for layer in class_dependent):
+                rows.append(
+                    (
+                        name,
+                        REINITIALIZED,
+                        f"class-dependent, source {source_shape} != model {shape}",
+                    )
+                )
+            else:
+                refused.append(f"{name}: source {source_shape}, model {shape}")
+        if refused:
+            raise WeightTransferError(
+                f"cannot initialize {model.name} from {self.source}: "
+                f"{len(refused)} weight(s) outside the class-dependent layers "
+                f"({', '.join(class_dependent)}) have other shapes: " + "; ".join(refused)
+            )
+        if not copies:
+            raise WeightTransferError(
+                f"cannot initialize {model.name} from {self.source}: none of its "
+                f"{len(targets)} weights has a name in the source (first model weight: "
+                f"{next(iter(targets), 'none')}; first source weight: "
+                f"{next(iter(self.weights), 'none')}); name the stages as the source does "
+                "(backbone, fpn, rpn, roi_heads)"
+            )
+        for variable, value in copies:
+            variable.assign(value)
+        return rows
+
+    @staticmethod
+    def format_table(rows: Sequence[tuple[str, str, str]]) -> str:
+        """A per-stage count of loaded / re-initialized / new weights, then one line for each
+        weight that was not loaded, with why."""
+        statuses = (LOADED, REINITIALIZED, NEW)
+        counts: dict[str, dict[str, int]] = {}
+        for name, status, _ in rows:
+            stage = counts.setdefault(name.split("/")[0], dict.fromkeys(statuses, 0))
+            stage[status] += 1
+        width = max([len("stage"), *map(len, counts)])
+        lines = [f"{'stage':<{width}}  " + "  ".join(f"{s:>14}" for s in statuses)]
+        for stage, by_status in counts.items():
+            lines.append(f"{stage:<{width}}  " + "  ".join(f"{by_status[s]:>14}" for s in statuses))
+        total = {s: sum(1 for row in rows if row[1] == s) for s in statuses}
+        lines.append(f"{'total':<{width}}  " + "  ".join(f"{total[s]:>14}" for s in statuses))
+        lines.extend(f"{status}: {name} ({why})" for name, status, why in rows if status != LOADED)
+        return "\n".join(lines)
