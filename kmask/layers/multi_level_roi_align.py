@@ -30,6 +30,16 @@ class MultiLevelROIAlign(keras.layers.Layer):
       aligned: half-pixel shift.
       implementation: "auto", "custom" or "tf".
       min_level, max_level: pyramid levels boxes are pooled from (P2..P5 in Mask R-CNN).
+
+    Reuse: per-box features from any pyramid, for a head of your own. Example::
+
+        >>> import keras, numpy as np
+        >>> from kmask.layers import MultiLevelROIAlign
+        >>> pyramid = {f"P{k}": keras.random.normal((1, 64 >> k, 64 >> k, 16)) for k in range(2, 6)}
+        >>> boxes = np.array([[[0, 0, 32, 32], [8, 8, 60, 40]]], "float32")  # [B, N, 4]
+        >>> align = MultiLevelROIAlign(7, sampling_ratio=2, implementation="tf")
+        >>> tuple(align(pyramid, boxes).shape)  # [B, N, 7, 7, C]
+        (1, 2, 7, 7, 16)
     """
 
     def __init__(

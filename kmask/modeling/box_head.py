@@ -40,6 +40,20 @@ class BoxHead(PooledHead):
 
     Call: ``(features {"Pk": [B, Hk, Wk, C]}, rois [B, R, 4] float32 (y1, x1, y2, x2)
     pixels)`` -> ``(class_logits [B, R, K + 1] float32, box_deltas [B, R, K, 4] float32)``.
+
+    Reuse: a box classifier on any pyramid and boxes; ``compute_losses`` and
+    ``postprocess`` give its losses and detections. Fine-tuning to other classes keeps
+    the trunk and re-initializes ``cls_score`` and ``bbox_pred`` only
+    (``kmask.training.WeightTransfer``). Example::
+
+        >>> import keras, numpy as np
+        >>> from kmask.modeling import BoxHead
+        >>> pyramid = {f"P{k}": keras.random.normal((1, 64 >> k, 64 >> k, 16)) for k in range(2, 6)}
+        >>> boxes = np.array([[[0, 0, 32, 32], [8, 8, 60, 40]]], "float32")
+        >>> head = BoxHead(num_classes=3, fc_dim=64, roi_align_implementation="tf")
+        >>> logits, deltas = head(pyramid, boxes)
+        >>> tuple(logits.shape), tuple(deltas.shape)
+        ((1, 2, 4), (1, 2, 3, 4))
     """
 
     loss_names = ("loss_cls", "loss_box")

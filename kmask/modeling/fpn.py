@@ -54,6 +54,22 @@ class FPN(keras.layers.Layer):
     Call: ``features {"C2": [B, H2, W2, c2], ..., "C5": [B, H5, W5, c5]}`` (extra keys are
     ignored) -> ``{"P2": [B, H2, W2, d], ..., "P5": [B, H5, W5, d],
     "P6": [B, ceil(H5 / 2), ceil(W5 / 2), d]}`` in the compute dtype.
+
+    Reuse: any ``{"C2".."C5"}`` dict (another backbone's maps) gives a pyramid for your own
+    heads; name the layer ``"fpn"`` to load a trained kmask FPN by name
+    (``kmask.training.WeightTransfer``). Example::
+
+        >>> import keras
+        >>> from kmask.modeling import FPN
+        >>> features = {f"C{k}": keras.random.normal((1, 64 >> k, 64 >> k, 8)) for k in range(2, 6)}
+        >>> pyramid = FPN(num_channels=32, name="fpn")(features)
+        >>> for key, value in pyramid.items():
+        ...     print(key, tuple(value.shape))
+        P2 (1, 16, 16, 32)
+        P3 (1, 8, 8, 32)
+        P4 (1, 4, 4, 32)
+        P5 (1, 2, 2, 32)
+        P6 (1, 1, 1, 32)
     """
 
     def __init__(

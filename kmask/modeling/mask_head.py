@@ -38,6 +38,17 @@ class MaskHead(PooledHead):
     Call: ``(features {"Pk": [B, Hk, Wk, C]}, boxes [B, R, 4] float32 (y1, x1, y2, x2)
     pixels)`` -> ``mask_logits [B, R, m, m, K]`` float32, ``m = output_size`` (a sigmoid
     gives probabilities in the box frame; only the class's own map is trained).
+
+    Reuse: per-box masks on any pyramid; fine-tuning to other classes re-initializes
+    ``predictor`` only (``kmask.training.WeightTransfer``). Example::
+
+        >>> import keras, numpy as np
+        >>> from kmask.modeling import MaskHead
+        >>> pyramid = {f"P{k}": keras.random.normal((1, 64 >> k, 64 >> k, 16)) for k in range(2, 6)}
+        >>> boxes = np.array([[[0, 0, 32, 32], [8, 8, 60, 40]]], "float32")
+        >>> head = MaskHead(num_classes=3, conv_dim=16, num_conv=1, roi_align_implementation="tf")
+        >>> tuple(head(pyramid, boxes).shape)
+        (1, 2, 28, 28, 3)
     """
 
     loss_names = ("loss_mask",)

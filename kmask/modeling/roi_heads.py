@@ -42,6 +42,25 @@ class ROIHeads(keras.layers.Layer):
     the losses ``{name: float32 scalar}`` of all heads; without, the detections:
     ``detection_boxes [B, N, 4]``, ``detection_scores [B, N]``, ``detection_classes [B, N]``
     int32 0-based, ``num_detections [B]`` int32, plus the instance heads' outputs.
+
+    Reuse: the whole second stage on proposals of any origin. Example::
+
+        >>> import keras, numpy as np
+        >>> from kmask.modeling import BoxHead, MaskHead, ROIHeads
+        >>> pyramid = {f"P{k}": keras.random.normal((1, 64 >> k, 64 >> k, 16)) for k in range(2, 6)}
+        >>> proposals = np.array([[[0, 0, 32, 32], [8, 8, 60, 40]]], "float32")
+        >>> heads = ROIHeads(
+        ...     BoxHead(3, fc_dim=64, roi_align_implementation="tf", name="box_head"),
+        ...     [MaskHead(3, conv_dim=16, num_conv=1, roi_align_implementation="tf")],
+        ... )
+        >>> detections = heads(pyramid, proposals, np.ones((1, 2), bool), np.array([[64, 64]]))
+        >>> for key, value in sorted(detections.items()):
+        ...     print(key, tuple(value.shape))
+        detection_boxes (1, 100, 4)
+        detection_classes (1, 100)
+        detection_masks (1, 100, 28, 28)
+        detection_scores (1, 100)
+        num_detections (1,)
     """
 
     def __init__(

@@ -39,6 +39,17 @@ class RPN(keras.layers.Layer):
     "proposal_valid" [B, P] bool}`` (P = ``post_nms_topk_train`` when ``training`` else
     ``post_nms_topk_test``; no gradient) and ``losses`` the two float32 scalars when ground
     truth is given, else ``{}``.
+
+    Reuse: proposals (class-agnostic boxes) on any ``{"P2".."P6"}`` pyramid, for example
+    as region candidates of a model of your own. Example::
+
+        >>> import keras, numpy as np
+        >>> from kmask.modeling import RPN
+        >>> pyramid = {f"P{k}": keras.random.normal((1, 64 >> k, 64 >> k, 16)) for k in range(2, 7)}
+        >>> rpn = RPN(pre_nms_topk_test=50, post_nms_topk_test=20, name="rpn")
+        >>> proposals, losses = rpn(pyramid, np.array([[64, 64]], "int32"))
+        >>> tuple(proposals["proposals"].shape), tuple(proposals["proposal_scores"].shape), losses
+        ((1, 20, 4), (1, 20), {})
     """
 
     loss_names = ("loss_rpn_cls", "loss_rpn_box")

@@ -221,6 +221,17 @@ class ResNet(Backbone):
       ValueError: for an unsupported argument value, for ``weights`` with another layout, or
         when the weights file does not fit (the message names the file).
       FileNotFoundError: when the weights file does not exist.
+
+    Reuse: any model of yours can take the C2..C5 maps (segmentation, detection heads); a
+    trained kmask backbone loads into it by name with ``kmask.training.WeightTransfer``
+    when the layer is named ``"backbone"``. Example::
+
+        >>> import keras
+        >>> from kmask.modeling import ResNet
+        >>> backbone = ResNet(depth=50, norm="gn", freeze_at=0, name="backbone")
+        >>> features = backbone(keras.random.normal((1, 64, 64, 3)))
+        >>> {key: tuple(value.shape) for key, value in features.items()}
+        {'C2': (1, 16, 16, 256), 'C3': (1, 8, 8, 512), 'C4': (1, 4, 4, 1024), 'C5': (1, 2, 2, 2048)}
     """
 
     def __init__(
