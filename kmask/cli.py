@@ -716,6 +716,7 @@ def _run_export(args: argparse.Namespace) -> int:
                 full_masks=args.full_masks,
                 overwrite=args.overwrite,
                 mask_threshold=config.eval.mask_threshold,
+                mask_paste=config.eval.mask_paste,
             )
     except FileExistsError as error:
         return _fail("export", f"{error}", 2)

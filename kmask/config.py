@@ -192,6 +192,10 @@ class BoxHeadConfig:
     score_threshold: float = 0.05
     nms_threshold: float = 0.5
     detections_per_image: int = 100
+    # Detections whose clipped height or width is below this (pixels) are dropped before
+    # NMS (0 keeps all; torchvision: 1e-2; detectron2 drops empty boxes from its results:
+    # 1e-6).
+    min_box_size: float = 0.0
 
     def __post_init__(self) -> None:
         _check_pooler(self, "model.box_head")
@@ -289,6 +293,9 @@ class DataConfig:
     min_size: tuple[int, ...] = (800,)
     # Upper bound of the longer side after resizing (the shorter side gives way).
     max_size: int = 1333
+    # Resized side = side * scale rounded ("round": detectron2) or floored ("floor":
+    # torchvision's interpolate).
+    resize_rounding: str = "round"
     # Images are zero-padded at the bottom/right to a multiple of this (FPN strides up to 32).
     size_divisibility: int = 32
     # Fixed padded (height, width) for static shapes (TPU/XLA); images are then also shrunk
@@ -334,6 +341,10 @@ class DataConfig:
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) <= 0):
             raise ConfigError(
                 f"data.image_size: expected (height, width) or null, got {self.image_size!r}"
+            )
+        if self.resize_rounding not in ("round", "floor"):
+            raise ConfigError(
+                f"data.resize_rounding: expected round or floor, got {self.resize_rounding!r}"
             )
         for name in ("max_size", "size_divisibility", "max_instances", "mask_size"):
             if getattr(self, name) <= 0:
@@ -474,6 +485,10 @@ class EvalConfig:
     max_images: int | None = None
     # Pasted mask probabilities >= this are foreground (the paper: 0.5).
     mask_threshold: float = 0.5
+    # How box-frame masks are pasted into the image (kmask.ops.masks.paste_masks): "exact"
+    # (detectron2's sub-pixel geometry) or "torchvision" (whole-pixel boxes, one padding
+    # cell; what models converted from torchvision were evaluated with).
+    mask_paste: str = "exact"
     # Detections below this score are not drawn by ``kmask predict`` (all are evaluated).
     visualization_score_threshold: float = 0.5
 
@@ -485,6 +500,10 @@ class EvalConfig:
         for name in ("mask_threshold", "visualization_score_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"eval.{name}: expected a value in [0, 1]")
+        if self.mask_paste not in ("exact", "torchvision"):
+            raise ConfigError(
+                f"eval.mask_paste: expected exact or torchvision, got {self.mask_paste!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

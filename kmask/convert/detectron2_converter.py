@@ -41,7 +41,8 @@ def _model(depth: int, resnext: bool = False, masks: bool = True) -> dict[str, A
             "post_nms_topk_train": 1000,
             "smooth_l1_beta": 0.0,
         },
-        "box_head": {**pooler, "smooth_l1_beta": 0.0},
+        # detectron2 drops empty boxes (after clipping) from its results; kmask before NMS.
+        "box_head": {**pooler, "smooth_l1_beta": 0.0, "min_box_size": 1e-6},
         "mask_head": dict(pooler) if masks else None,
     }
     return {"model": model, "data": dict(_DATA)}

@@ -23,7 +23,7 @@ _INPUT = {
     "pixel_std": [0.229, 0.224, 0.225],
 }
 _BACKBONE = {"norm": "frozen_bn", "stride_in_1x1": False, "conv_bias": False}
-_DATA = {"min_size": [800], "max_size": 1333, "size_divisibility": 32}
+_DATA = {"min_size": [800], "max_size": 1333, "size_divisibility": 32, "resize_rounding": "floor"}
 
 
 def _detector(version: int, masks: bool) -> dict[str, Any]:
@@ -50,10 +50,12 @@ def _detector(version: int, masks: bool) -> dict[str, Any]:
             "num_fc": 1 if v2 else 2,
             "predict_background": True,
             "smooth_l1_beta": 1.0 / 9.0,
+            "min_box_size": 1e-2,
         },
         "mask_head": {**pooler, **head_norm, "predict_background": True} if masks else None,
     }
-    return {"model": model, "data": dict(_DATA)}
+    # Masks are pasted as torchvision does (kmask.ops.masks.paste_masks).
+    return {"model": model, "data": dict(_DATA), "eval": {"mask_paste": "torchvision"}}
 
 
 def _backbone(depth: int, groups: int = 1, width_per_group: int = 64) -> dict[str, Any]:
@@ -98,15 +100,16 @@ class TorchvisionConverter(Converter):
     ``resnet50``, ``resnet101``, ``resnext101_32x8d`` (ImageNet backbones).
 
     torchvision's conventions, reproduced in the config (``ARCHITECTURES``): RGB input
-    scaled to 0..1 with the ImageNet mean and std; stride on the 3x3 conv ("v1.5"), convs
-    without bias; frozen BN with eps 0 for the v1 COCO weights; anchors at offset 0 and
-    rounded to whole pixels; RPN box weights (1, 1, 1, 1), 1000 proposals per level
-    before and 1000 per image after NMS at test time, proposals smaller than 1e-3 px
-    dropped; RoIAlign with ``aligned=False`` and 2 samples per bin; box and mask
-    predictors with a background slot (first); the v2 model's BN in FPN and heads, two
-    RPN convs and the 4-conv + 1-fc box head. The first fc reads NCHW-flattened
-    features: its input rows are reordered to NHWC. Box deltas are reordered from
-    (dx, dy, dw, dh) to (dy, dx, dh, dw).
+    scaled to 0..1 with the ImageNet mean and std; resized sides floored; stride on the
+    3x3 conv ("v1.5"), convs without bias; frozen BN with eps 0 for the v1 COCO weights;
+    anchors at offset 0 and rounded to whole pixels; RPN box weights (1, 1, 1, 1), 1000
+    proposals per level before and 1000 per image after NMS at test time, proposals
+    smaller than 1e-3 px dropped; RoIAlign with ``aligned=False`` and 2 samples per bin;
+    box and mask predictors with a background slot (first); detections under 1e-2 px
+    dropped; masks pasted into whole-pixel boxes (``eval.mask_paste``); the v2 model's BN
+    in FPN and heads, two RPN convs and the 4-conv + 1-fc box head. The first fc reads
+    NCHW-flattened features: its input rows are reordered to NHWC. Box deltas are
+    reordered from (dx, dy, dw, dh) to (dy, dx, dh, dw).
 
     Classes: a COCO checkpoint has 91 slots (slot = COCO id, 0 background, 10 ids unused);
     kmask keeps the background and the 80 used slots, in COCO id order. Dropping the

@@ -36,25 +36,29 @@ def resized_size(
     min_size: tf.Tensor | int,
     max_size: int,
     fixed_size: Sequence[int] | None = None,
+    rounding: str = "round",
 ) -> tf.Tensor:
     """Size after scaling the shorter side to ``min_size``, the longer to at most ``max_size``.
 
     One scale for both sides: ``s = min(min_size / short, max_size / long)`` (and, with
     ``fixed_size = (fh, fw)``, also ``<= fh / height`` and ``<= fw / width`` so that the
-    image fits the fixed canvas). Each side is ``round(side * s)``, at least 1.
+    image fits the fixed canvas), computed in float64 as Python does. Each side is
+    ``round(side * s)`` (detectron2; ``rounding="floor"``: ``floor(side * s)``,
+    torchvision), at least 1.
 
     Returns:
       int32 ``[2]`` ``(new_height, new_width)``.
     """
-    size = tf.cast(tf.stack([height, width]), tf.float32)
+    size = tf.cast(tf.stack([height, width]), tf.float64)
     short = tf.reduce_min(size)
     long = tf.reduce_max(size)
-    scale = tf.minimum(tf.cast(min_size, tf.float32) / short, float(max_size) / long)
+    scale = tf.minimum(tf.cast(min_size, tf.float64) / short, float(max_size) / long)
     limit = None
     if fixed_size is not None:
-        limit = tf.constant(fixed_size, tf.float32)
+        limit = tf.constant(fixed_size, tf.float64)
         scale = tf.minimum(scale, tf.reduce_min(limit / size))
-    new_size = tf.maximum(tf.floor(size * scale + 0.5), 1.0)
+    offset = 0.5 if rounding == "round" else 0.0
+    new_size = tf.maximum(tf.floor(size * scale + offset), 1.0)
     if limit is not None:
         new_size = tf.minimum(new_size, limit)
     return tf.cast(new_size, tf.int32)
@@ -202,7 +206,12 @@ def preprocess(
     else:
         min_size = max(config.min_size)
     size = resized_size(
-        original_size[0], original_size[1], min_size, config.max_size, config.image_size
+        original_size[0],
+        original_size[1],
+        min_size,
+        config.max_size,
+        config.image_size,
+        config.resize_rounding,
     )
     resized = tf.image.resize(image, size, method="bilinear")
     scale_yx = tf.cast(size, tf.float32) / tf.cast(original_size, tf.float32)

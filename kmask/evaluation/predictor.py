@@ -40,14 +40,21 @@ class Predictor:
         resizing of ``kmask.data``: shorter side ``max(min_size)``, longer side at most
         ``max_size``.
       mask_threshold: pasted mask probabilities ``>=`` this are foreground.
+      mask_paste: ``kmask.ops.masks.paste_masks`` method ("exact", or "torchvision" for
+        models converted from torchvision).
     """
 
     def __init__(
-        self, model: keras.Model, data_config: DataConfig, mask_threshold: float = 0.5
+        self,
+        model: keras.Model,
+        data_config: DataConfig,
+        mask_threshold: float = 0.5,
+        mask_paste: str = "exact",
     ) -> None:
         self.model = model
         self.data_config = data_config
         self.mask_threshold = mask_threshold
+        self.mask_paste = mask_paste
         self._predict = tf.function(model.predict_step, reduce_retracing=True)
 
     @classmethod
@@ -78,7 +85,7 @@ class Predictor:
                 f"{path}: cannot load into the configured model ({error}); does the "
                 f"configuration match the one the checkpoint was trained with?"
             ) from None
-        return cls(model, config.data, config.eval.mask_threshold)
+        return cls(model, config.data, config.eval.mask_threshold, config.eval.mask_paste)
 
     def predict_batch(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
         """``model.predict_step`` on a features batch, as NumPy arrays.
@@ -158,7 +165,11 @@ class Predictor:
             if mode.has_masks:
                 masks = outputs["detection_masks"][index : index + 1, :count]
                 pasted = paste_masks(
-                    masks, boxes[None], (height, width), threshold=self.mask_threshold
+                    masks,
+                    boxes[None],
+                    (height, width),
+                    threshold=self.mask_threshold,
+                    method=self.mask_paste,
                 )
                 result["masks"] = np.asarray(pasted[0])
         if "proposals" in outputs:

@@ -62,6 +62,7 @@ class InferenceGraph:
       categories: the training categories; ``detection_classes`` are their ids. ``None``
         gives ids ``1..num_classes``.
       mask_threshold: ``detection_full_masks`` are pasted probabilities ``>=`` this.
+      mask_paste: how they are pasted (``kmask.ops.masks.paste_masks``; ``config.eval``).
 
     Outputs (``outputs``), all boxes float32 ``(y1, x1, y2, x2)`` in source-image pixels,
     clipped to the image; entries past the count are zero (classes ``-1``):
@@ -81,6 +82,7 @@ class InferenceGraph:
         data_config: DataConfig,
         categories: CategoryMap | None = None,
         mask_threshold: float = 0.5,
+        mask_paste: str = "exact",
     ) -> None:
         num_classes = None if model.roi_heads is None else model.roi_heads.box_head.num_classes
         if categories is None and num_classes is not None:
@@ -96,6 +98,7 @@ class InferenceGraph:
         self.data_config = data_config
         self.categories = categories
         self.mask_threshold = mask_threshold
+        self.mask_paste = mask_paste
 
     def input_signature(self, input_type: str) -> tf.TensorSpec:
         """The serving input of ``input_type``: string ``[B]`` for ``image_bytes`` (JPEG, PNG,
@@ -134,6 +137,7 @@ class InferenceGraph:
             max(config.min_size),
             config.max_size,
             config.image_size,
+            config.resize_rounding,
         )
 
     def _canvas(self) -> tuple[int, int]:
@@ -233,7 +237,9 @@ class InferenceGraph:
             result["detection_masks"] = masks
             if full_masks:
                 canvas = tf.reduce_max(tf.concat([original_size, [[1, 1]]], 0), axis=0)
-                pasted = paste_masks(masks, boxes, canvas, threshold=self.mask_threshold)
+                pasted = paste_masks(
+                    masks, boxes, canvas, threshold=self.mask_threshold, method=self.mask_paste
+                )
                 pasted = tf.logical_and(pasted, valid[..., None, None])
                 result["detection_full_masks"] = tf.cast(pasted, tf.uint8)
         return result

@@ -88,6 +88,8 @@ class SavedModelExporter:
       categories: the training categories (ids for ``detection_classes``, the label map);
         ``None`` gives ids ``1..num_classes``.
       mask_threshold: binarization of ``detection_full_masks`` (``config.eval``).
+      mask_paste: how they are pasted (``config.eval``; "torchvision" for converted
+        torchvision models).
       roi_align_implementation: ``"tf"`` (stock ops, default) or ``"custom"`` for a server
         built with the kmask op (the stock-op check is skipped then).
     """
@@ -99,6 +101,7 @@ class SavedModelExporter:
         categories: CategoryMap | None = None,
         mask_threshold: float = 0.5,
         roi_align_implementation: str = "tf",
+        mask_paste: str = "exact",
     ) -> None:
         if roi_align_implementation not in ("tf", "custom"):
             raise ValueError(
@@ -111,6 +114,7 @@ class SavedModelExporter:
             data_config,
             categories,
             mask_threshold,
+            mask_paste,
         )
 
     def serving_module(self, input_type: str, full_masks: bool = False) -> tf.Module:
@@ -267,8 +271,11 @@ def export_saved_model(
     full_masks: bool = False,
     overwrite: bool = False,
     mask_threshold: float = 0.5,
+    mask_paste: str = "exact",
 ) -> Path:
-    """``SavedModelExporter(model, data_config, categories, mask_threshold).export(...)``;
-    returns ``EXPORT_DIR/<version>``."""
-    exporter = SavedModelExporter(model, data_config, categories, mask_threshold)
+    """``SavedModelExporter(model, data_config, categories, mask_threshold,
+    mask_paste=mask_paste).export(...)``; returns ``EXPORT_DIR/<version>``."""
+    exporter = SavedModelExporter(
+        model, data_config, categories, mask_threshold, mask_paste=mask_paste
+    )
     return exporter.export(export_dir, input_type, version, full_masks, overwrite)

@@ -77,6 +77,7 @@ class BoxHead(PooledHead):
         score_threshold: float = 0.05,
         nms_threshold: float = 0.5,
         detections_per_image: int = 100,
+        min_box_size: float = 0.0,
         pooler_levels: Sequence[int] = (2, 5),
         roi_align_implementation: str = "auto",
         **kwargs: Any,
@@ -126,6 +127,7 @@ class BoxHead(PooledHead):
             score_threshold,
             nms_threshold,
             detections_per_image,
+            min_box_size,
             name="postprocess",
         )
 

@@ -26,6 +26,8 @@ class Postprocess(keras.layers.Layer):
       score_threshold: 0.05.
       nms_threshold: per-class NMS IoU (0.5).
       detections_per_image: detections kept per image (100).
+      min_box_size: smallest kept height and width in pixels after clipping (0 keeps all;
+        torchvision drops boxes under 1e-2, detectron2 empty ones).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call: ``(class_logits [B, R, K + 1], box_deltas [B, R, K, 4], proposals [B, R, 4],
@@ -41,6 +43,7 @@ class Postprocess(keras.layers.Layer):
         score_threshold: float = 0.05,
         nms_threshold: float = 0.5,
         detections_per_image: int = 100,
+        min_box_size: float = 0.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
@@ -50,6 +53,7 @@ class Postprocess(keras.layers.Layer):
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.detections_per_image = detections_per_image
+        self.min_box_size = float(min_box_size)
 
     def call(
         self,
@@ -65,6 +69,11 @@ class Postprocess(keras.layers.Layer):
             box_deltas, tf.cast(proposals, tf.float32)[:, :, None, :], self.box_weights
         )
         boxes = box_ops.clip_boxes(boxes, image_size)
+        if self.min_box_size > 0.0:
+            large = (boxes[..., 2] - boxes[..., 0] >= self.min_box_size) & (
+                boxes[..., 3] - boxes[..., 1] >= self.min_box_size
+            )
+            scores = tf.where(large, scores, 0.0)
         boxes, scores, classes, num = batched_multiclass_nms(
             boxes,
             scores,

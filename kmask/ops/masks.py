@@ -117,34 +117,73 @@ def _interpolation_weights(
     return tf.maximum(1.0 - tf.abs(t[..., :, None] - cells), 0.0)
 
 
+def _torchvision_weights(
+    start: tf.Tensor, end: tf.Tensor, mask_size: int, length: tf.Tensor | int
+) -> tf.Tensor:
+    """torchvision's pasting as weights [..., length, mask_size] (``paste_masks_in_image``).
+
+    The mask is padded by one zero cell on each side and its box scaled by ``(m + 2) / m``
+    about its centre; the scaled box is truncated to whole pixels ``b0 .. b1`` (inclusive),
+    and the padded mask resized to ``b1 - b0 + 1`` pixels by half-pixel bilinear
+    interpolation with edge clamping (``F.interpolate``, ``align_corners=False``).
+    """
+    padded = mask_size + 2
+    center = (start + end) * 0.5
+    half = (end - start) * 0.5 * (padded / mask_size)  # torchvision's float32 rounding
+    first = tf.cast(tf.cast(center - half, tf.int64), tf.float32)  # truncation, as int64()
+    size = tf.maximum(tf.cast(tf.cast(center + half, tf.int64), tf.float32) - first + 1.0, 1.0)
+    offset = tf.cast(tf.range(length), tf.float32) - first[..., None]  # [..., length]
+    inside = (offset >= 0.0) & (offset < size[..., None])
+    source = tf.maximum((offset + 0.5) * padded / size[..., None] - 0.5, 0.0)
+    low = tf.floor(source)
+    high = tf.minimum(low + 1.0, padded - 1.0)
+    fraction = source - low
+    cells = tf.range(1, mask_size + 1, dtype=tf.float32)  # padded index of each mask cell
+    weights = (1.0 - fraction)[..., None] * tf.cast(
+        tf.equal(low[..., None], cells), tf.float32
+    ) + fraction[..., None] * tf.cast(tf.equal(high[..., None], cells), tf.float32)
+    return tf.where(inside[..., None], weights, 0.0)
+
+
+PASTE_METHODS = ("exact", "torchvision")
+
+
 def paste_masks(
     masks: tf.Tensor,
     boxes: tf.Tensor,
     image_shape: tuple[int, int] | tf.Tensor,
     threshold: float = 0.5,
+    method: str = "exact",
 ) -> tf.Tensor:
     """Pastes box-frame mask probabilities into full images and binarizes them.
 
-    Each ``m x m`` mask is resampled bilinearly (half-pixel geometry: cell ``k`` is centred at
-    ``y1 + (k + 0.5) * (y2 - y1) / m``, pixel ``p`` at ``p + 0.5``, zero outside the mask) onto
-    the image grid and thresholded at ``>= threshold``.
+    ``method="exact"`` (detectron2's geometry): each ``m x m`` mask is resampled bilinearly
+    (cell ``k`` is centred at ``y1 + (k + 0.5) * (y2 - y1) / m``, pixel ``p`` at
+    ``p + 0.5``, zero outside the mask) onto the image grid. ``method="torchvision"``:
+    torchvision's whole-pixel pasting of the mask padded by one cell
+    (``_torchvision_weights``), for models converted from torchvision. Either is
+    thresholded at ``>= threshold``.
 
     Args:
       masks: [B, N, m, m] float probabilities in the frames of ``boxes``.
       boxes: [B, N, 4] float32 ``(y1, x1, y2, x2)`` in pixels of the target image.
       image_shape: ``(height, width)`` of the target image.
       threshold: binarization threshold (0.5 in the paper).
+      method: one of ``PASTE_METHODS``.
 
     Returns:
       [B, N, height, width] bool.
     """
+    if method not in PASTE_METHODS:
+        raise ValueError(f"paste_masks: method must be one of {PASTE_METHODS}, got {method!r}")
+    weights = _interpolation_weights if method == "exact" else _torchvision_weights
     masks = tf.cast(masks, tf.float32)
     boxes = tf.cast(boxes, tf.float32)
     mask_size = masks.shape[-1]
     height, width = image_shape[0], image_shape[1]
     y1, x1, y2, x2 = tf.unstack(boxes, axis=-1)
-    weights_y = _interpolation_weights(y1, y2, mask_size, height)  # [B, N, H, m]
-    weights_x = _interpolation_weights(x1, x2, mask_size, width)  # [B, N, W, m]
+    weights_y = weights(y1, y2, mask_size, height)  # [B, N, H, m]
+    weights_x = weights(x1, x2, mask_size, width)  # [B, N, W, m]
     rows = tf.matmul(weights_y, masks)  # [B, N, H, m]
     pasted = tf.matmul(rows, weights_x, transpose_b=True)  # [B, N, H, W]
     return pasted >= threshold

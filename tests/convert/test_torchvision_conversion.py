@@ -15,6 +15,8 @@ masks IoU >= 0.99, for the detections both keep.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -63,7 +65,13 @@ def _torch_inputs(reference, image: np.ndarray):
     return images
 
 
+def _relative(got: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
 def test_stage_by_stage(converted):
+    """Each stage on the same input; errors relative to the stage's largest magnitude
+    (printed: ``pytest tests/convert -s -k stage``)."""
     arch, reference, config, model = converted
     height, width = 192, 256
     image = np.random.default_rng(0).uniform(0, 255, (height, width, 3)).astype(np.float32)
@@ -75,66 +83,77 @@ def test_stage_by_stage(converted):
         proposals, _ = reference.rpn(images, pyramid)
     size = tf.constant([[height, width]])
     normalized = model.normalizer(tf.constant(image[None]), size)
-    np.testing.assert_allclose(
-        normalized.numpy()[0], images.tensors[0].numpy().transpose(1, 2, 0), atol=1e-5
-    )
     features = model.backbone(normalized)
-    for i, key in enumerate(("C2", "C3", "C4", "C5")):
-        assert _relative_error(features[key].numpy(), body[str(i)].numpy()) < 1e-4, key
     pyramid_k = model.fpn(features)
-    for key, torch_key in zip(LEVELS, TORCH_LEVELS):
-        assert _relative_error(pyramid_k[key].numpy(), pyramid[torch_key].numpy()) < 1e-4, key
-
     objectness_k, deltas_k = model.rpn.head(pyramid_k)
+    errors = {
+        "input": _relative(normalized.numpy()[0], images.tensors[0].numpy().transpose(1, 2, 0)),
+        "C2..C5": max(
+            _relative_error(features[f"C{i + 2}"].numpy(), body[str(i)].numpy()) for i in range(4)
+        ),
+        "P2..P6": max(
+            _relative_error(pyramid_k[key].numpy(), pyramid[torch_key].numpy())
+            for key, torch_key in zip(LEVELS, TORCH_LEVELS)
+        ),
+    }
+    rpn_logits, rpn_deltas = [], []
     for i, key in enumerate(LEVELS):
         expected = objectness[i].numpy()[0].transpose(1, 2, 0).reshape(-1)
-        np.testing.assert_allclose(objectness_k[key].numpy()[0], expected, atol=2e-4)
+        rpn_logits.append(_relative(objectness_k[key].numpy()[0], expected))
         raw = deltas[i].numpy()[0]
         anchors = raw.shape[0] // 4
         raw = raw.reshape(anchors, 4, *raw.shape[1:]).transpose(2, 3, 0, 1).reshape(-1, 4)
-        np.testing.assert_allclose(deltas_k[key].numpy()[0], raw[:, XYXY_TO_YXYX], atol=2e-4)
+        rpn_deltas.append(_relative(deltas_k[key].numpy()[0], raw[:, XYXY_TO_YXYX]))
+    errors["RPN logits"], errors["RPN deltas"] = max(rpn_logits), max(rpn_deltas)
 
     outputs = model({"images": tf.constant(image[None]), "image_size": size}, training=False)
     expected_proposals = proposals[0].numpy()[:, XYXY_TO_YXYX]
     count = int(outputs["num_proposals"][0])
     assert count == len(expected_proposals)
     got = outputs["proposals"].numpy()[0, :count]
-    distance = np.abs(expected_proposals[:, None] - got[None]).max(-1).min(1)
-    assert (distance < 0.05).all(), f"{(distance >= 0.05).sum()} proposals differ"
+    # Proposals in pixels: each torchvision proposal's nearest kmask one (order can swap
+    # between near-equal scores).
+    proposal_px = float(np.abs(expected_proposals[:, None] - got[None]).max(-1).min(1).max())
 
     # Heads on the same (torchvision's) proposals.
     rois = tf.constant(expected_proposals[None])
     with torch.no_grad():
         pooled = reference.roi_heads.box_roi_pool(pyramid, proposals, images.image_sizes)
         logits, regression = reference.roi_heads.box_predictor(reference.roi_heads.box_head(pooled))
-    logits_k, deltas_k = model.roi_heads.box_head(pyramid_k, rois)
-    scale = np.abs(logits.numpy()).max()
-    assert np.abs(logits_k.numpy()[0] - logits.numpy()[:, ROWS]).max() < 1e-4 * scale
+    logits_k, box_deltas_k = model.roi_heads.box_head(pyramid_k, rois)
+    errors["box logits"] = _relative(logits_k.numpy()[0], logits.numpy()[:, ROWS])
     regression = regression.numpy().reshape(-1, 91, 4)[:, TORCHVISION_SLOTS][..., XYXY_TO_YXYX]
-    assert np.abs(deltas_k.numpy()[0] - regression).max() < 1e-4 * np.abs(regression).max()
+    errors["box deltas"] = _relative(box_deltas_k.numpy()[0], regression)
     if config.model.mask_head is not None:
         with torch.no_grad():
             pooled = reference.roi_heads.mask_roi_pool(pyramid, proposals, images.image_sizes)
             masks = reference.roi_heads.mask_predictor(reference.roi_heads.mask_head(pooled))
         masks = masks.numpy()[:, TORCHVISION_SLOTS].transpose(0, 2, 3, 1)
-        masks_k = model.roi_heads.instance_heads[0](pyramid_k, rois).numpy()[0]
-        assert np.abs(masks_k - masks).max() < 1e-4 * np.abs(masks).max()
+        errors["mask logits"] = _relative(
+            model.roi_heads.instance_heads[0](pyramid_k, rois).numpy()[0], masks
+        )
+    print(f"\n{arch}: proposals within {proposal_px:.1e} px; relative errors", end=" ")
+    print(", ".join(f"{name} {value:.1e}" for name, value in errors.items()))
+    assert proposal_px < 0.05
+    assert max(errors.values()) < 1e-4, errors
 
 
 def test_final_detections_from_the_original_image(converted):
     arch, reference, config, model = converted
-    # 160x240 resized by 1.2 to 192x288: both libraries agree on the resized size.
+    # 160x243 resized by 1.2 to 192x291.6: torchvision floors to 291 (rounding gives 292);
+    # the converted config's data.resize_rounding=floor does the same.
     rng = np.random.default_rng(1)
-    image = rng.integers(0, 256, (160, 240, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (160, 243, 3), dtype=np.uint8)
     reference.transform.min_size = (192,)
     reference.transform.max_size = 1333
     with torch.no_grad():
         expected = reference([torch.from_numpy(image.transpose(2, 0, 1) / 255.0).float()])[0]
-    data_config = type(config.data)(min_size=(192,), max_size=1333)
-    predictor = Predictor(model, data_config)
-    got = predictor.image_detections(
-        predictor.predict_batch(predictor.features_for_image(image)), 0
+    predictor = Predictor(
+        model, dataclasses.replace(config.data, min_size=(192,)), mask_paste="torchvision"
     )
+    features = predictor.features_for_image(image)
+    assert features["image_size"].numpy().tolist() == [[192, 291]]
+    got = predictor.image_detections(predictor.predict_batch(features), 0)
 
     boxes = expected["boxes"].numpy()[:, XYXY_TO_YXYX]
     classes = np.array([ROWS.index(int(label)) - 1 for label in expected["labels"]])
@@ -152,31 +171,32 @@ def test_final_detections_from_the_original_image(converted):
     # Detections at the score threshold or the 100th place may differ; nearly all must pair.
     assert paired.mean() >= 0.95, f"only {paired.mean():.2%} of detections agree"
     if config.model.mask_head is not None:
-        _check_masks(reference, image, expected, got, partner, paired)
+        _check_masks(image, expected, paired)
 
 
-def _check_masks(reference, image, expected, got, partner, paired) -> None:
-    """Pasted masks of paired detections.
+def _check_masks(image, expected, paired) -> None:
+    """Pasted masks of paired detections, IoU >= 0.99.
 
-    Random weights give speckled box-frame masks (logits of +-300) on which any two
-    pasting methods disagree at every speckle edge; the released models predict smooth
-    masks. So the pasting is compared on smooth masks (an ellipse filling each box frame)
-    pasted by torchvision's ``paste_masks_in_image`` and by kmask's ``Predictor`` path,
-    at the paired detections' boxes, in original-image pixels. The methods differ:
-    torchvision truncates the box to whole pixels and pads the mask by one cell before
-    resizing; kmask resamples at the exact sub-pixel box (detectron2's method). Measured
-    here: IoU 0.83..0.96 for masks of 400+ px, so the bound is a mean IoU of 0.9; the
-    box-frame masks themselves are equal (``test_stage_by_stage``).
+    Random weights give speckled box-frame masks (logits of +-300) on which a sub-pixel
+    difference in the box flips whole speckles; the released models predict smooth masks.
+    So the pasting is compared on smooth masks (an elliptic blob filling each box frame),
+    pasted by torchvision's ``paste_masks_in_image`` and by kmask's ``paste_masks`` with
+    the converted config's method (``eval.mask_paste: torchvision``), at the paired
+    detections' boxes (torchvision's: the libraries' boxes differ by up to 0.5 px, checked
+    above, which can move a truncated box edge by a pixel), in original-image pixels. The box-frame
+    masks themselves are compared in ``test_stage_by_stage``.
     """
     from torchvision.models.detection.roi_heads import paste_masks_in_image
 
     from kmask.ops.masks import paste_masks
 
+    # A smooth elliptic blob: no interpolated value sits exactly on the 0.5 threshold
+    # (a 0/1 mask would put whole edges there, where float rounding decides).
     grid = (np.arange(28) + 0.5) / 28 - 0.5
-    ellipse = ((grid[:, None] / 0.45) ** 2 + (grid[None, :] / 0.4) ** 2 <= 1.0).astype(np.float32)
+    radius = np.sqrt((grid[:, None] / 0.45) ** 2 + (grid[None, :] / 0.4) ** 2)
+    ellipse = (1.0 / (1.0 + np.exp(8.0 * (radius - 1.0)))).astype(np.float32)
     boxes = expected["boxes"].numpy()[paired]
-    count = len(boxes)
-    probabilities = np.broadcast_to(ellipse, (count, 1, 28, 28)).copy()
+    probabilities = np.broadcast_to(ellipse, (len(boxes), 1, 28, 28)).copy()
     theirs = (
         paste_masks_in_image(
             torch.from_numpy(probabilities), torch.from_numpy(boxes), image.shape[:2]
@@ -184,10 +204,11 @@ def _check_masks(reference, image, expected, got, partner, paired) -> None:
         >= 0.5
     )
     mine = paste_masks(
-        probabilities[None, :, 0], got["boxes"][partner[paired]][None], image.shape[:2]
+        probabilities[None, :, 0],
+        boxes[None, :, [1, 0, 3, 2]],
+        image.shape[:2],
+        method="torchvision",
     ).numpy()[0]
     union = np.logical_or(mine, theirs).sum((1, 2))
     iou = np.logical_and(mine, theirs).sum((1, 2)) / np.maximum(union, 1)
-    large = theirs.sum((1, 2)) >= 400  # >= 20x20 px: one pixel of border is < 1%
-    assert large.any()
-    assert iou[large].mean() >= 0.9 and iou[large].min() >= 0.8, iou[large]
+    assert (iou[union > 0] >= 0.99).all(), np.sort(iou)[:5]

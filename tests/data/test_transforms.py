@@ -187,3 +187,11 @@ def test_preprocess_without_instances():
     _, targets = _run(example, config, True, 0)
     np.testing.assert_array_equal(targets["gt_classes"], [-1, -1, -1])
     assert not targets["gt_masks"].any() and not targets["gt_boxes"].any()
+
+
+def test_resized_size_floor_rounding_as_torchvision():
+    # 160x243 at scale 1.2: 291.6 -> 292 rounded (detectron2), 291 floored (torchvision).
+    rounded = transforms.resized_size(160, 243, 192, 1333)
+    floored = transforms.resized_size(160, 243, 192, 1333, rounding="floor")
+    assert rounded.numpy().tolist() == [192, 292]
+    assert floored.numpy().tolist() == [192, 291]

@@ -87,3 +87,18 @@ def test_traces_with_dynamic_shapes():
         tf.fill([1, 2], 10),
     )
     assert out["detection_scores"].shape == (1, 7)
+
+
+def test_min_box_size_drops_boxes_clipped_to_nothing():
+    """torchvision drops detections under 1e-2 px after clipping; 0 keeps them
+    (detectron2)."""
+    proposals = np.array([[[10, 10, 50, 50], [0, 0, 20, 20]]], np.float32)
+    logits = _logits([[0.1, 0.9], [0.2, 0.8]])[None]
+    deltas = np.zeros((1, 2, 1, 4), np.float32)
+    deltas[0, 1, 0] = [-10, 0, 0, 0]  # up 20 px: clipped to height 0
+    inputs = (logits, deltas, proposals, np.ones((1, 2), bool), np.array([[96, 128]]))
+    kept = Postprocess(detections_per_image=2)(*inputs)
+    dropped = Postprocess(detections_per_image=2, min_box_size=1e-2)(*inputs)
+    assert int(kept["num_detections"][0]) == 2
+    assert int(dropped["num_detections"][0]) == 1
+    np.testing.assert_allclose(dropped["detection_boxes"][0, 0], [10, 10, 50, 50], atol=1e-4)
