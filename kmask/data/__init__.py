@@ -11,7 +11,10 @@ Building a pipeline::
 
 Either call gives one epoch (``model.fit`` re-iterates it every epoch, reshuffled; add
 ``.repeat()`` for step-based loops). With ``config.data.seed`` set, the order and every
-random choice are the same on every run.
+random choice are the same on every run. ``source.training_stream(config.data,
+batch_size=..., start=StreamPosition(...))`` is the endless stream ``kmask train`` reads:
+a pure function of the data and ``config.data.seed`` that resumes at any position with
+the very batches of the uninterrupted stream (``pipeline.training_stream``).
 
 Element ``(features, targets)``, ``B`` = batch size, ``N`` = ``data.max_instances`` (100),
 ``M`` = ``data.mask_size`` (112); unbatched elements have the same keys without ``B``:
@@ -42,6 +45,11 @@ targets
   resized-image pixels (continuous: COCO's integer pixel index + 0.5), ``v`` the COCO
   visibility 0/1/2, ``(0, 0, 0)`` when unlabelled; left/right swapped on flip. Only when
   the dataset's categories define keypoints.
+  ``seed`` int64 ``[B]`` (training only): the image's random seed. Its scale choice and
+  flip were drawn from it, and the model's anchor and RoI sampling draw from it
+  (stateless, ``kmask.ops.sampling``).
+  ``stream_position`` int64 ``[B]`` (``training_stream`` only): ``StreamPosition.key``
+  of the image in the stream.
 
 Crowd instances never appear in the targets. Ground truth beyond ``N`` instances is cut.
 Training draws the shorter side from ``data.min_size`` (evaluation uses the largest) and
@@ -51,7 +59,8 @@ flips with probability 0.5; images without non-crowd instances are dropped in tr
 Modules: ``coco_dataset.CocoDataset`` (JSON + images), ``shard_dataset.ShardDataset``
 (TFRecords), ``shard_writer.ShardWriter`` (``kmask convert-coco``),
 ``shapes_dataset.ShapesDataset`` (``kmask make-shapes``), ``transforms`` (tf ops),
-``pipeline`` (batching), ``category_map.CategoryMap``, ``bad_input_report.BadInputReport``.
+``pipeline`` (batching, the training stream), ``stream_position.StreamPosition``,
+``category_map.CategoryMap``, ``bad_input_report.BadInputReport``.
 """
 
 from kmask.data.bad_input_report import BadInputReport
@@ -63,6 +72,7 @@ from kmask.data.image_record import ImageRecord
 from kmask.data.shapes_dataset import ShapesDataset
 from kmask.data.shard_dataset import ShardDataset
 from kmask.data.shard_writer import ShardWriter
+from kmask.data.stream_position import StreamPosition
 
 __all__ = [
     "BadInputReport",
@@ -73,6 +83,7 @@ __all__ = [
     "ShapesDataset",
     "ShardDataset",
     "ShardWriter",
+    "StreamPosition",
     "build_dataset",
     "open_dataset",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from kmask.data.bad_input_report import BadInputReport
 from kmask.data.category_map import CategoryMap
 from kmask.data.data_error import DataError
 from kmask.data.image_record import ImageRecord
+from kmask.data.stream_position import STREAM_START, StreamPosition
 
 
 class CocoDataset:
@@ -413,12 +415,58 @@ class CocoDataset:
           drop_empty: leave out images without non-crowd instances.
           num_parallel_calls: parallel readers (-1 = autotune).
         """
+        indices = self._record_indices(drop_empty)
+        dataset = tf.data.Dataset.from_tensor_slices({"record": np.asarray(indices, np.int64)})
+        if shuffle:
+            dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        return self._read(dataset, len(indices), num_parallel_calls)
+
+    def pass_examples(
+        self,
+        order_seed: tf.Tensor,
+        first: tf.Tensor,
+        *,
+        drop_empty: bool = False,
+        num_parallel_calls: int = tf.data.AUTOTUNE,
+    ) -> tf.data.Dataset:
+        """Decoded examples of one pass of ``pipeline.training_stream``, from item ``first``.
+
+        Item ``k`` of the pass is the image at position
+        ``tf.random.experimental.index_shuffle(k, order_seed, n - 1)`` of the ``n``
+        images: a stateless permutation, so a pass starts at any item without reading the
+        ones before. Each example has its item index under ``pipeline.INDEX_KEY``.
+
+        Args:
+          order_seed: int64 ``[2]``, the seed of the pass's order.
+          first: int64 ``[]``, the first item.
+          drop_empty: leave out images without non-crowd instances.
+          num_parallel_calls: parallel readers (-1 = autotune).
+        """
+        indices = self._record_indices(drop_empty)
+        records = tf.constant(indices, tf.int64)
+        last = len(indices) - 1
+        dataset = tf.data.Dataset.range(first, len(indices)).map(
+            lambda k: {
+                "record": tf.gather(
+                    records, tf.random.experimental.index_shuffle(k, order_seed, last)
+                ),
+                pipeline.INDEX_KEY: k,
+            }
+        )
+        return self._read(dataset, len(indices), num_parallel_calls)
+
+    def _record_indices(self, drop_empty: bool) -> list[int]:
+        """Positions in ``records`` of the images to read (``DataError`` when none)."""
         indices = [
             i for i, record in enumerate(self.records) if not drop_empty or record.num_instances
         ]
         if not indices:
             raise DataError(f"{self.json_path}: no images with annotations to read")
-        total = len(indices)
+        return indices
+
+    def _read(self, items: tf.data.Dataset, total: int, num_parallel_calls: int) -> tf.data.Dataset:
+        """``{"record": index into records, ...}`` items -> decoded examples that keep the
+        items' other keys; unusable images are skipped."""
         num_keypoints = self.categories.num_keypoints
 
         def read(index: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -448,10 +496,10 @@ class CocoDataset:
                 np.bool_(True),
             )
 
-        def read_tf(index: tf.Tensor) -> dict[str, tf.Tensor]:
+        def read_tf(item: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
             image, image_id, boxes, classes, masks, keypoints, valid = tf.numpy_function(
                 read,
-                [index],
+                [item["record"]],
                 [tf.uint8, tf.int64, tf.float32, tf.int32, tf.uint8, tf.float32, tf.bool],
                 stateful=False,
             )
@@ -472,12 +520,10 @@ class CocoDataset:
             }
             if num_keypoints:
                 example["keypoints"] = keypoints
+            example.update({key: value for key, value in item.items() if key != "record"})
             return example
 
-        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64))
-        if shuffle:
-            dataset = dataset.shuffle(total, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.map(read_tf, num_parallel_calls=num_parallel_calls)
+        dataset = items.map(read_tf, num_parallel_calls=num_parallel_calls)
         dataset = dataset.filter(lambda example: example["valid"])
         return dataset.map(lambda example: {k: v for k, v in example.items() if k != "valid"})
 
@@ -494,6 +540,27 @@ class CocoDataset:
             config,
             training=training,
             batch_size=batch_size,
+            flip_permutation=self.categories.flip_permutation(),
+        )
+
+    def training_stream(
+        self,
+        config: DataConfig,
+        *,
+        batch_size: int,
+        start: StreamPosition = STREAM_START,
+    ) -> tf.data.Dataset:
+        """The endless training batches from ``start`` (``pipeline.training_stream``):
+        passes ordered by ``config.seed`` (which must be set) and the pass number."""
+        return pipeline.training_stream(
+            functools.partial(
+                self.pass_examples,
+                drop_empty=config.drop_images_without_annotations,
+                num_parallel_calls=config.num_parallel_calls,
+            ),
+            config,
+            batch_size=batch_size,
+            start=start,
             flip_permutation=self.categories.flip_permutation(),
         )
 

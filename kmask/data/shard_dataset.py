@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from kmask.config import DataConfig
 from kmask.data import pipeline
 from kmask.data.category_map import CategoryMap
 from kmask.data.data_error import DataError
+from kmask.data.stream_position import STREAM_START, StreamPosition
 
 # File beside the shards that holds the COCO ``categories`` list (written by ShardWriter).
 CATEGORIES_FILE = "categories.json"
@@ -224,18 +226,78 @@ class ShardDataset:
         files = tf.data.Dataset.from_tensor_slices(list(self.files))
         if shuffle:
             files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
-        records = files.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(self.files), 16),
-            block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        records = self._interleave(files)
         if shuffle:
             record_seed = None if seed is None else seed + 1
             records = records.shuffle(
                 shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True
             )
-        dataset = records.map(self._decoder(), num_parallel_calls=num_parallel_calls)
+        return self._decode(
+            records.map(lambda record: {"record": record}), drop_empty, num_parallel_calls
+        )
+
+    def pass_examples(
+        self,
+        order_seed: tf.Tensor,
+        first: tf.Tensor,
+        *,
+        drop_empty: bool = False,
+        shuffle_buffer: int = 1024,
+        num_parallel_calls: int = tf.data.AUTOTUNE,
+    ) -> tf.data.Dataset:
+        """Decoded examples of one pass of ``pipeline.training_stream``, from item ``first``.
+
+        The pass reads the shards in the order of a stateless permutation by
+        ``order_seed``, interleaved, through a shuffle buffer seeded by ``order_seed``
+        (not reshuffled: the same seed gives the same order); item ``k`` is the ``k``-th
+        record out of the buffer. Starting at ``first`` reads, without decoding, the
+        ``first`` records before it. Each example has its item index under
+        ``pipeline.INDEX_KEY``.
+
+        Args:
+          order_seed: int64 ``[2]``, the seed of the pass's order.
+          first: int64 ``[]``, the first item.
+          drop_empty: leave out images without non-crowd instances.
+          shuffle_buffer: records held for shuffling.
+          num_parallel_calls: parallel decoders (-1 = autotune).
+        """
+        paths = tf.constant(self.files)
+        last = len(self.files) - 1
+        files = tf.data.Dataset.range(len(self.files)).map(
+            lambda i: tf.gather(paths, tf.random.experimental.index_shuffle(i, order_seed, last))
+        )
+        buffer_seed = tf.random.stateless_uniform(
+            [], order_seed, minval=None, maxval=None, dtype=tf.int64
+        )
+        records = self._interleave(files).shuffle(
+            shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
+        )
+        items = records.enumerate().skip(first)
+        items = items.map(lambda k, record: {"record": record, pipeline.INDEX_KEY: k})
+        return self._decode(items, drop_empty, num_parallel_calls)
+
+    def _interleave(self, files: tf.data.Dataset) -> tf.data.Dataset:
+        """The records of ``files``, read in parallel, one from each in turn."""
+        return files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(self.files), 16),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+    def _decode(
+        self, items: tf.data.Dataset, drop_empty: bool, num_parallel_calls: int
+    ) -> tf.data.Dataset:
+        """``{"record": serialized, ...}`` items -> decoded examples that keep the items'
+        other keys; undecodable records skipped unless ``strict``."""
+        decoder = self._decoder()
+        dataset = items.map(
+            lambda item: {
+                **decoder(item["record"]),
+                **{key: value for key, value in item.items() if key != "record"},
+            },
+            num_parallel_calls=num_parallel_calls,
+        )
         if not self.strict:
             dataset = dataset.ignore_errors(log_warning=True)
         if drop_empty:
@@ -256,6 +318,28 @@ class ShardDataset:
             config,
             training=training,
             batch_size=batch_size,
+            flip_permutation=self.categories.flip_permutation(),
+        )
+
+    def training_stream(
+        self,
+        config: DataConfig,
+        *,
+        batch_size: int,
+        start: StreamPosition = STREAM_START,
+    ) -> tf.data.Dataset:
+        """The endless training batches from ``start`` (``pipeline.training_stream``):
+        passes ordered by ``config.seed`` (which must be set) and the pass number."""
+        return pipeline.training_stream(
+            functools.partial(
+                self.pass_examples,
+                drop_empty=config.drop_images_without_annotations,
+                shuffle_buffer=config.shuffle_buffer,
+                num_parallel_calls=config.num_parallel_calls,
+            ),
+            config,
+            batch_size=batch_size,
+            start=start,
             flip_permutation=self.categories.flip_permutation(),
         )
 

@@ -29,12 +29,16 @@ class ROISampler(keras.layers.Layer):
       **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call: ``(proposals [B, P, 4], proposal_valid [B, P] bool, gt_boxes [B, G, 4],
-    gt_classes [B, G] int32 0-based (-1 padding))`` -> dict with ``S = batch_size_per_image``:
+    gt_classes [B, G] int32 0-based (-1 padding), seeds=None)`` with ``seeds`` int64 [B]
+    per-image seeds (stateless sampling with salt ``SEED_SALT``, see
+    ``kmask.ops.sampling``; None: stateful) -> dict with ``S = batch_size_per_image``:
       ``rois [B, S, 4]`` float32 (y1, x1, y2, x2) pixels (zeros for padding);
       ``class_targets [B, S]`` int32: 1..K foreground class + 1, 0 background, -1 padding;
       ``matched_index [B, S]`` int32 index of the matched ground truth (meaningful for
       foreground RoIs, which the heads encode their targets from).
     """
+
+    SEED_SALT = 3
 
     def __init__(
         self,
@@ -62,6 +66,7 @@ class ROISampler(keras.layers.Layer):
         proposal_valid: tf.Tensor,
         gt_boxes: tf.Tensor,
         gt_classes: tf.Tensor,
+        seeds: tf.Tensor | None = None,
     ) -> dict[str, tf.Tensor]:
         proposals = tf.cast(proposals, tf.float32)
         gt_boxes = tf.cast(gt_boxes, tf.float32)
@@ -75,7 +80,7 @@ class ROISampler(keras.layers.Layer):
         matched, labels = match(iou, gt_valid, self.fg_iou_threshold, self.fg_iou_threshold)
         labels = tf.where(candidate_valid, labels, -1)
         indices, sampled = sample_balanced(
-            labels, self.batch_size_per_image, self.positive_fraction
+            labels, self.batch_size_per_image, self.positive_fraction, seeds, self.SEED_SALT
         )
         rois = tf.gather(candidates, indices, batch_dims=1)
         rois = tf.where((sampled >= 0)[..., None], rois, 0.0)

@@ -29,10 +29,14 @@ class RPNTargetAssigner(keras.layers.Layer):
       box_weights: delta weights (dy, dx, dh, dw) of the RPN parameterization.
       **kwargs: base ``keras.layers.Layer`` arguments.
 
-    Call: ``(anchors [A, 4], gt_boxes [B, G, 4], gt_classes [B, G] int32 (-1 padding))`` ->
+    Call: ``(anchors [A, 4], gt_boxes [B, G, 4], gt_classes [B, G] int32 (-1 padding),
+    seeds=None)`` with ``seeds`` int64 [B] per-image seeds (stateless sampling with salt
+    ``SEED_SALT``, see ``kmask.ops.sampling``; None: stateful) ->
     ``(indices [B, S] int32 anchor indices, labels [B, S] int32 1/0/-1 (padding),
     box_targets [B, S, 4] float32 encoded deltas)`` with ``S = batch_size_per_image``.
     """
+
+    SEED_SALT = 2
 
     def __init__(
         self,
@@ -52,7 +56,11 @@ class RPNTargetAssigner(keras.layers.Layer):
         self.box_weights = tuple(float(w) for w in box_weights)
 
     def call(
-        self, anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor
+        self,
+        anchors: tf.Tensor,
+        gt_boxes: tf.Tensor,
+        gt_classes: tf.Tensor,
+        seeds: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         gt_boxes = tf.cast(gt_boxes, tf.float32)
         gt_valid = gt_classes >= 0
@@ -65,7 +73,7 @@ class RPNTargetAssigner(keras.layers.Layer):
             allow_low_quality_matches=True,
         )
         indices, sampled_labels = sample_balanced(
-            labels, self.batch_size_per_image, self.positive_fraction
+            labels, self.batch_size_per_image, self.positive_fraction, seeds, self.SEED_SALT
         )
         sampled_anchors = tf.gather(anchors, indices)
         sampled_gt = tf.gather(gt_boxes, tf.gather(matched, indices, batch_dims=1), batch_dims=1)

@@ -7,8 +7,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-# Target keys of the data pipeline's batches (everything else is a model input).
-TARGET_KEYS = ("gt_boxes", "gt_classes", "gt_masks", "gt_keypoints")
+# Target keys of the data pipeline's batches (everything else is a model input); "seed"
+# is each image's random seed, which the stages' sampling is a stateless function of.
+TARGET_KEYS = ("gt_boxes", "gt_classes", "gt_masks", "gt_keypoints", "seed")
 # Feature keys passed through ``predict`` next to the detections.
 PASSTHROUGH_KEYS = ("image_id", "image_size", "original_size")
 _STAGES = ("normalizer", "backbone", "fpn", "rpn", "roi_heads")
@@ -29,7 +30,11 @@ class MaskRCNN(keras.Model):
     {"images" [B, H, W, 3] float32 RGB 0..255 (padded bottom/right), "image_size" [B, 2]
     int32 (h, w) of the valid area, "original_size", "image_id"}`` and ``targets =
     {"gt_boxes" [B, G, 4] float32 (y1, x1, y2, x2) pixels, "gt_classes" [B, G] int32
-    0-based (-1 padding), "gt_masks" [B, G, M, M] uint8 box-frame masks}``.
+    0-based (-1 padding), "gt_masks" [B, G, M, M] uint8 box-frame masks, "seed" [B] int64
+    (optional)}``. With ``seed`` (the pipeline's training batches have it) the RPN's and
+    the RoI stage's random sampling is a stateless function of each image's seed, so
+    training is a pure function of the data; without it the sampling draws from
+    TensorFlow's stateful random ops.
 
     Args:
       normalizer, backbone, fpn, rpn: the stages (layers; ``from_config`` deserializes them).

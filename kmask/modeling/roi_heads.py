@@ -38,7 +38,9 @@ class ROIHeads(keras.layers.Layer):
     Call: ``(features {"Pk": [B, Hk, Wk, C]}, proposals [B, P, 4] float32 (y1, x1, y2, x2)
     pixels, proposal_valid [B, P] bool, image_size [B, 2] int32 (h, w), targets=None,
     training=None)``. With ``targets`` (``gt_boxes [B, G, 4]``, ``gt_classes [B, G]`` int32
-    0-based with -1 padding, and what the instance heads read, e.g. ``gt_masks``) it returns
+    0-based with -1 padding, ``seed [B]`` int64 when present (the RoI sampling is then a
+    stateless function of each image's seed), and what the instance heads read, e.g.
+    ``gt_masks``) it returns
     the losses ``{name: float32 scalar}`` of all heads; without, the detections:
     ``detection_boxes [B, N, 4]``, ``detection_scores [B, N]``, ``detection_classes [B, N]``
     int32 0-based, ``num_detections [B]`` int32, plus the instance heads' outputs.
@@ -134,7 +136,9 @@ class ROIHeads(keras.layers.Layer):
         training: bool | None,
     ) -> dict[str, tf.Tensor]:
         gt_boxes = tf.cast(targets["gt_boxes"], tf.float32)
-        sampled = self.sampler(proposals, proposal_valid, gt_boxes, targets["gt_classes"])
+        sampled = self.sampler(
+            proposals, proposal_valid, gt_boxes, targets["gt_classes"], seeds=targets.get("seed")
+        )
         rois, class_targets = sampled["rois"], sampled["class_targets"]
         matched_index = sampled["matched_index"]
         class_logits, box_deltas = self.box_head(features, rois, training=training)

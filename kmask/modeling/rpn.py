@@ -33,7 +33,9 @@ class RPN(keras.layers.Layer):
 
     Call: ``(features {"Pk": [B, Hk, Wk, C]}, image_size [B, 2] int32 (h, w), targets=None,
     training=None)`` with ``targets`` the batch's ground truth (reads ``gt_boxes [B, G, 4]``
-    float32 (y1, x1, y2, x2) pixels and ``gt_classes [B, G]`` int32, -1 padding) ->
+    float32 (y1, x1, y2, x2) pixels and ``gt_classes [B, G]`` int32, -1 padding, and
+    ``seed [B]`` int64 when present: the anchor sampling is then a stateless function of
+    each image's seed) ->
     ``(proposals, losses)`` with ``proposals = {"proposals" [B, P, 4]
     float32 pixels best first, "proposal_scores" [B, P] objectness probabilities,
     "proposal_valid" [B, P] bool}`` (P = ``post_nms_topk_train`` when ``training`` else
@@ -147,6 +149,7 @@ class RPN(keras.layers.Layer):
             tf.concat([anchors[key] for key in keys], axis=0),
             tf.cast(targets["gt_boxes"], tf.float32),
             tf.cast(targets["gt_classes"], tf.int32),
+            seeds=targets.get("seed"),
         )
         logits = tf.gather(tf.concat([objectness[k] for k in keys], axis=1), indices, batch_dims=1)
         sampled_deltas = tf.gather(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
 
@@ -17,6 +19,8 @@ from kmask.training.run_directory import atomic_write_json
 
 _NAME = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
 POINTER = "checkpoint"
+# Attribute of a checkpoint file's root group that holds the ``state`` JSON.
+STATE_ATTRIBUTE = "kmask_state"
 
 
 def checkpoint_name(step: int) -> str:
@@ -44,12 +48,19 @@ class CheckpointCallback(keras.callbacks.Callback):
     next start) and never a pointer to an incomplete file. Weights that are not finite are
     never written: the save raises ``NonFiniteLossError`` instead.
 
+    ``state``, when given, is called at each save; what it returns (JSON) is written into
+    the same file, as the ``kmask_state`` attribute of its root group, before the file is
+    renamed into place, so it is always that of the checkpoint's step (the ``Trainer``
+    keeps its input stream position there). ``read_state`` reads it back; Keras'
+    ``load_weights`` ignores it.
+
     Args:
       directory: where the checkpoints go (created when needed).
       every_steps: save when the optimizer step is a multiple of this.
       keep: how many of the newest checkpoints to keep.
       save_on_train_end: also save the final step when ``fit`` ends normally.
       is_chief: only the chief writes (multi-worker training); the others do nothing.
+      state: returns the JSON-serializable state saved with each checkpoint.
     """
 
     def __init__(
@@ -59,6 +70,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         keep: int = 3,
         save_on_train_end: bool = True,
         is_chief: bool = True,
+        state: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         if every_steps <= 0 or keep <= 0:
@@ -68,6 +80,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.keep = keep
         self.save_on_train_end = save_on_train_end
         self.is_chief = is_chief
+        self.state = state
         self.last_saved_step: int | None = None
 
     # ------------------------------------------------------------------ reading
@@ -96,6 +109,23 @@ class CheckpointCallback(keras.callbacks.Callback):
                 pass
         found = CheckpointCallback.all_checkpoints(directory)
         return found[-1] if found else None
+
+    @staticmethod
+    def read_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The ``state`` saved in the checkpoint ``path``; None when it has none.
+
+        Raises:
+          OSError: the file cannot be read as HDF5.
+          ValueError: the state is not a JSON object.
+        """
+        with h5py.File(path, "r") as handle:
+            text = handle.attrs.get(STATE_ATTRIBUTE)
+        if text is None:
+            return None
+        state = json.loads(text)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: the saved state is not a JSON object")
+        return state
 
     # ------------------------------------------------------------------ writing
 
@@ -131,6 +161,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         temporary = self.directory / f".tmp-{os.getpid()}-{final.name}"
         try:
             self.model.save_weights(temporary)
+            if self.state is not None:
+                with h5py.File(temporary, "a") as handle:
+                    handle.attrs[STATE_ATTRIBUTE] = json.dumps(dict(self.state()))
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, final)

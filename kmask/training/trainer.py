@@ -16,6 +16,8 @@ from kmask.config import Config, ConfigError
 from kmask.data.builder import open_dataset
 from kmask.data.category_map import CategoryMap
 from kmask.data.data_error import DataError
+from kmask.data.pipeline import POSITION_KEY
+from kmask.data.stream_position import STREAM_START, StreamPosition
 from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches
 from kmask.evaluation.predictor import Predictor
 from kmask.modeling.factory import build_mask_rcnn
@@ -73,10 +75,16 @@ class Trainer:
     stages that train (``TrainablePreset``) and ``train.heads_first_steps`` trains the
     heads alone first (``TrainablePhaseCallback``).
 
-    Data order: the pipeline is seeded with ``data.seed`` (or ``train.seed``) plus the
-    step at which a ``fit`` call starts, so a run is repeatable and a resumed run does not
-    replay the images its first part already saw (it does not replay the interrupted
-    run's exact order either).
+    Exact resume: training is a pure function of the configuration and the data. The
+    input is the source's endless ``training_stream`` (``kmask.data.pipeline``): passes
+    over the data in an order fixed by ``data.seed`` (or ``train.seed``) and the pass
+    number, each image's augmentation and the model's anchor and RoI sampling stateless
+    functions of a seed derived from the image's position in the stream. Every checkpoint
+    holds, besides the weights and the optimizer (step, momentum, loss scale), the stream
+    position after the last batch trained on (``CheckpointCallback.read_state``). A run
+    killed at any moment (SIGKILL included, during a step or a checkpoint write) and
+    resumed therefore ends, on the CPU, with weights bit-identical to the uninterrupted
+    run's (see docs/training.md for the limits).
 
     Args:
       config: the experiment; ``train.json_path``/``images_dir`` or
@@ -190,26 +198,27 @@ class Trainer:
             keras.mixed_precision.set_global_policy(previous)
         return model
 
-    def dataset(self, start_step: int = 0) -> tf.data.Dataset:
-        """The repeated training pipeline ``fit`` gets when a call starts at ``start_step``.
+    def dataset(self, start: StreamPosition = STREAM_START) -> tf.data.Dataset:
+        """The endless training stream ``fit`` gets, from the position ``start``.
 
-        Batches of ``train.batch_size`` (global) images, seeded with ``data.seed`` (or
-        ``train.seed``) + ``start_step``, with the DATA auto-shard policy: every worker
-        reads the whole list and keeps its share of each global batch, which is right for
-        JSON sources and any number of TFRecord files.
+        Batches of ``train.batch_size`` (global) images of the source's
+        ``training_stream`` seeded with ``data.seed`` (or ``train.seed``), with the DATA
+        auto-shard policy: every worker reads the whole stream and keeps its share of each
+        global batch, which is right for JSON sources and any number of TFRecord files.
         """
-        base_seed = self.config.data.seed
-        if base_seed is None:
-            base_seed = self.config.train.seed
-        data_config = dataclasses.replace(self.config.data, seed=base_seed + start_step)
-        dataset = self.source.build(
-            data_config, training=True, batch_size=self._global_batch_size()
+        seed = self.config.data.seed
+        if seed is None:
+            seed = self.config.train.seed
+        dataset = self.source.training_stream(
+            dataclasses.replace(self.config.data, seed=seed),
+            batch_size=self._global_batch_size(),
+            start=start,
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
         )
-        return dataset.repeat().with_options(options)
+        return dataset.with_options(options)
 
     def _callbacks(
         self, model: MaskRCNN, categories: CategoryMap, checkpoints: CheckpointCallback
@@ -304,9 +313,9 @@ class Trainer:
         except ValueError as error:  # an argument the model's layers refuse
             raise ConfigError(f"model: {error}") from None
         self.model = model
-        step = 0
+        step, start = 0, STREAM_START
         if resume and latest is not None:
-            step = self._restore(model, latest)
+            step, start = self._restore(model, latest)
         elif resume:
             print(f"no checkpoint in {self.run.checkpoints_dir}; starting from step 0", flush=True)
         if latest is None and config.train.init_from:
@@ -318,6 +327,19 @@ class Trainer:
             print(f"already trained to step {step} (train.max_steps={config.train.max_steps})")
             return self.history
 
+        # The stream position after the last batch trained on, kept by the train step.
+        with self.strategy.scope():
+            position = tf.Variable(
+                start.key,
+                dtype=tf.int64,
+                trainable=False,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+        model.train_step = _recording_position(model.train_step, position)
+
+        def stream_position() -> StreamPosition:
+            return StreamPosition.from_key(int(position.numpy()))
+
         # Saved at the end of the whole run, not at the end of each fit call.
         checkpoints = CheckpointCallback(
             self.run.checkpoints_dir,
@@ -325,6 +347,7 @@ class Trainer:
             keep=config.train.keep_checkpoints,
             save_on_train_end=False,
             is_chief=self.is_chief,
+            state=lambda: {"stream_position": stream_position().to_dict()},
         )
         counter = _BatchCounter()
         callbacks = [
@@ -336,11 +359,10 @@ class Trainer:
             for initial_epoch, epochs, steps in epoch_plan(
                 step, config.train.max_steps, config.train.steps_per_epoch
             ):
-                start = optimizer_step(model)
                 counter.batches = 0
                 try:
                     history = model.fit(
-                        self.dataset(start),
+                        self.dataset(stream_position()),
                         initial_epoch=initial_epoch,
                         epochs=epochs,
                         steps_per_epoch=steps,
@@ -360,11 +382,14 @@ class Trainer:
         checkpoints.save(optimizer_step(model))
         return self.history
 
-    def _restore(self, model: MaskRCNN, latest: os.PathLike[str]) -> int:
-        """Loads the newest intact checkpoint, ``latest`` first, and returns its step.
+    def _restore(self, model: MaskRCNN, latest: os.PathLike[str]) -> tuple[int, StreamPosition]:
+        """Loads the newest intact checkpoint, ``latest`` first; returns its step and the
+        stream position it saved.
 
         A checkpoint that cannot be read (truncated, damaged) or whose optimizer step
-        differs from its name is skipped with a warning naming it.
+        differs from its name is skipped with a warning naming it. One without a stream
+        position (written before kmask saved it) resumes the stream from its start, with
+        a warning that the run will not match an uninterrupted one.
 
         Raises:
           FileNotFoundError: no checkpoint of the run could be loaded.
@@ -383,6 +408,10 @@ class Trainer:
                     raise ValueError(
                         f"holds optimizer step {step}, its name says {checkpoint_step(path)}"
                     )
+                state = CheckpointCallback.read_state(path)
+                start = STREAM_START
+                if state is not None:
+                    start = StreamPosition.from_dict(state.get("stream_position"))
             except (OSError, ValueError, KeyError, RuntimeError) as error:
                 problem = str(error).splitlines()[0] if str(error) else type(error).__name__
                 problems.append(f"{path}: {problem}")
@@ -393,8 +422,16 @@ class Trainer:
                     flush=True,
                 )
                 continue
+            if state is None:
+                print(
+                    f"kmask: warning: {path} holds no input stream position (an older "
+                    "kmask wrote it); the data restart from the beginning of the stream, so "
+                    "the run will not match an uninterrupted one",
+                    file=sys.stderr,
+                    flush=True,
+                )
             print(f"resuming from {path} at step {step}", flush=True)
-            return step
+            return step, start
         raise FileNotFoundError(
             f"no intact checkpoint in {self.run.checkpoints_dir}: " + "; ".join(problems)
         )
@@ -450,6 +487,23 @@ class _BatchCounter(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.batches += 1
+
+
+def _recording_position(train_step: Any, position: tf.Variable) -> Any:
+    """``train_step`` that also stores in ``position`` the stream position after its
+    global batch: one past the largest ``POSITION_KEY`` of the targets over all replicas
+    (each replica holds a slice of the batch, in stream order)."""
+
+    def step(data: Any) -> dict[str, tf.Tensor]:
+        _, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
+        last = tf.reduce_max(targets[POSITION_KEY])
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            last = tf.reduce_max(context.all_gather(last[tf.newaxis], axis=0))
+        position.assign(last + 1)
+        return train_step(data)
+
+    return step
 
 
 def _rank_one_logs(train_step: Any) -> Any:

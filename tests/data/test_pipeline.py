@@ -41,6 +41,7 @@ def test_element_format(shapes):
         "gt_boxes": (tf.float32, [3, 6, 4]),
         "gt_classes": (tf.int32, [3, 6]),
         "gt_masks": (tf.uint8, [3, 6, 14, 14]),
+        "seed": (tf.int64, [3]),  # training only: the images' seeds, for the model's sampling
     }
     batches = _collect(dataset)
     assert len(batches) == 2  # 8 images, training drops the partial batch

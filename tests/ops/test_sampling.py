@@ -1,4 +1,4 @@
-"""Balanced sampler: proportions, order, padding, uniformity."""
+"""Balanced sampler: proportions, order, padding, uniformity, stateless per-image seeds."""
 
 import numpy as np
 import tensorflow as tf
@@ -46,4 +46,29 @@ def test_positives_are_drawn_uniformly():
         indices, _ = sample_balanced(labels, 8, 0.5)  # 4 of 20 positives each time
         counts[indices.numpy()[0, :4]] += 1
     # Each row is expected 200 * 4 / 20 = 40 times; a sampler stuck on a subset fails.
+    assert counts.min() > 15 and counts.max() < 70
+
+
+def test_seeded_sampling_is_a_function_of_each_images_seed():
+    labels = np.zeros((3, 500), np.int32)
+    labels[:, :100] = 1
+    seeds = np.array([5, 6, 5], np.int64)
+
+    def sample(seeds, salt=2):
+        return sample_balanced(labels, 32, 0.25, seeds, salt)[0].numpy()
+
+    first = sample(seeds)
+    tf.random.uniform([7])  # stateful draws in between change nothing
+    np.testing.assert_array_equal(sample(seeds), first)
+    np.testing.assert_array_equal(first[0], first[2])  # same seed, same labels, same sample
+    assert not np.array_equal(first[0], first[1])
+    # Image 0's sample does not depend on the other images of the batch.
+    np.testing.assert_array_equal(sample(np.array([5, 9, 1], np.int64))[0], first[0])
+    assert not np.array_equal(sample(seeds, salt=3)[0], first[0])
+
+
+def test_seeded_positives_are_drawn_uniformly():
+    labels = np.ones((200, 20), np.int32)
+    indices, _ = sample_balanced(labels, 8, 0.5, np.arange(200, dtype=np.int64), 2)
+    counts = np.bincount(indices.numpy()[:, :4].ravel(), minlength=20)
     assert counts.min() > 15 and counts.max() < 70

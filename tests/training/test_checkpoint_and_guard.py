@@ -91,6 +91,23 @@ def test_latest_falls_back_when_pointer_is_missing_or_stale(tmp_path):
         checkpoint_step("model.weights.h5")
 
 
+def test_state_is_saved_in_the_checkpoint_file(tmp_path):
+    directory = tmp_path / "checkpoints"
+    model = _model()
+    steps = iter(range(10))
+    callback = CheckpointCallback(
+        directory, every_steps=1, state=lambda: {"position": next(steps), "name": "x"}
+    )
+    callback.set_model(model)
+    first, second = callback.save(1), callback.save(2)
+    assert CheckpointCallback.read_state(first) == {"position": 0, "name": "x"}
+    assert CheckpointCallback.read_state(second) == {"position": 1, "name": "x"}
+    _model(seed=1).load_weights(second)  # Keras ignores the state
+    plain = CheckpointCallback(tmp_path / "plain", every_steps=1)
+    plain.set_model(model)
+    assert CheckpointCallback.read_state(plain.save(1)) is None
+
+
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     directory = tmp_path / "checkpoints"
     model = _model()

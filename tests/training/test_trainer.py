@@ -1,6 +1,6 @@
 """Trainer on tiny shapes data: the loss goes down, a resumed run matches an uninterrupted
-one step for step (count and learning rate), the run directory is complete, and misuse
-fails with clear errors."""
+one step for step (count and learning rate) and bit for bit (weights and optimizer), the
+run directory is complete, and misuse fails with clear errors."""
 
 import json
 from pathlib import Path
@@ -55,7 +55,8 @@ class _StopAt(keras.callbacks.Callback):
 def test_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     config = tiny_config(shapes)  # 6 steps, epochs of 3, checkpoints every 2, lr step at 4
     straight = tmp_path / "straight"
-    Trainer(config, straight, verbose=0).train()
+    uninterrupted = Trainer(config, straight, verbose=0)
+    uninterrupted.train()
 
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
@@ -67,6 +68,13 @@ def test_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     trainer.train(resume=True)  # from step 2, in the middle of the first epoch
 
     assert int(trainer.model.optimizer.iterations.numpy()) == 6
+    state = CheckpointCallback.read_state(resumed / "checkpoints" / "ckpt-00000006.weights.h5")
+    assert set(state) == {"stream_position"}
+    ours, theirs = trainer.model, uninterrupted.model
+    for a, b in zip(
+        ours.weights + ours.optimizer.variables, theirs.weights + theirs.optimizer.variables
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
     for run in (straight, resumed):
         names = sorted(p.name for p in (run / "checkpoints").iterdir())
         assert names == [
