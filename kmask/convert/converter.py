@@ -96,8 +96,8 @@ class Converter:
           ConversionError: naming the file and the key for missing, unused or misshapen
             arrays.
         """
-        from kmask.modeling import build_mask_rcnn
         from kmask.modeling.backbones import build_backbone
+        from kmask.modeling.factory import build_float32_model
 
         mapping = WeightMapping(self.rename(arrays), source, self.IGNORED_KEYS)
         values = self.config_values(mapping)
@@ -115,13 +115,7 @@ class Converter:
             self.assign_backbone(mapping, backbone)
             mapping.finish()
             return config, backbone
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("float32")
-        try:
-            model = build_mask_rcnn(config.model)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
-        model.build({"images": (None, None, None, 3)})
+        model = build_float32_model(config.model)
         self.assign_backbone(mapping, model.backbone)
         self.assign_fpn(mapping, model.fpn)
         self.assign_rpn_head(mapping, model.rpn.head)

@@ -66,18 +66,12 @@ class Predictor:
           FileNotFoundError: naming the checkpoint when it does not exist.
           ValueError: naming the checkpoint when its weights do not fit the model.
         """
-        from kmask.modeling.factory import build_mask_rcnn
+        from kmask.modeling.factory import build_float32_model
 
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("float32")
-        try:
-            model = build_mask_rcnn(config.model)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
-        model.build({"images": (None, None, None, 3)})
+        model = build_float32_model(config.model)
         try:
             model.load_weights(path)
         except (ValueError, KeyError, OSError) as error:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
+
 from kmask.config import ModelConfig
 from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling.backbones import build_backbone
@@ -84,3 +86,17 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
         roi_heads=roi_heads,
         name="mask_rcnn",
     )
+
+
+def build_float32_model(config: ModelConfig) -> MaskRCNN:
+    """``build_mask_rcnn`` in float32 whatever the global dtype policy, with its weights
+    created: the model that checkpoints and converted weights are loaded into for
+    inference."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = build_mask_rcnn(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    model.build({"images": (None, None, None, 3)})
+    return model
