@@ -52,6 +52,14 @@ def _detectron2_key(key: str) -> str:
         ),
         (r"^roi_heads\.mask_predictor\.conv5_mask\.", lambda m: "roi_heads.mask_head.deconv."),
         (
+            r"^roi_heads\.keypoint_head\.(\d+)\.",
+            lambda m: f"roi_heads.keypoint_head.conv_fcn{int(m[1]) // 2 + 1}.",
+        ),
+        (
+            r"^roi_heads\.keypoint_predictor\.kps_score_lowres\.",
+            lambda m: "roi_heads.keypoint_head.score_lowres.",
+        ),
+        (
             r"^roi_heads\.mask_predictor\.mask_fcn_logits\.",
             lambda m: "roi_heads.mask_head.predictor.",
         ),
@@ -63,9 +71,10 @@ def _detectron2_key(key: str) -> str:
 
 
 def _detectron2_arrays(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The same weights in detectron2's layout: 80 classes, background score last, no
-    background deltas or mask."""
-    slots = list(TORCHVISION_SLOTS)
+    """The same weights in detectron2's layout: 80 classes (or the keypoint model's one),
+    background score last, no background deltas or mask."""
+    rows = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
+    slots = list(TORCHVISION_SLOTS) if rows == 91 else list(range(1, rows))
     arrays = {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
@@ -73,39 +82,45 @@ def _detectron2_arrays(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if key.startswith("roi_heads.box_predictor.cls_score."):
             value = value[[*slots, 0]]
         elif key.startswith("roi_heads.box_predictor.bbox_pred."):
-            value = value.reshape(91, 4, *value.shape[1:])[slots].reshape(320, *value.shape[1:])
+            value = value.reshape(rows, 4, *value.shape[1:])[slots]
+            value = value.reshape(4 * len(slots), *value.shape[2:])
         elif key.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
             value = value[slots]
         arrays[_detectron2_key(key)] = value
     return arrays
 
 
-@pytest.fixture(scope="module")
-def torchvision_state():
-    model = random_torchvision_model("maskrcnn_resnet50_fpn")
-    return {k: v.numpy() for k, v in model.state_dict().items()}
-
-
 def _weights(model) -> dict[str, np.ndarray]:
     return {v.path: np.asarray(v) for v in model.weights}
 
 
-def test_detectron2_pickle_fills_the_same_weights(torchvision_state, tmp_path):
+@pytest.mark.parametrize(
+    "torchvision_arch, detectron2_arch, num_classes",
+    [
+        ("maskrcnn_resnet50_fpn", "mask_rcnn_R_50_FPN_1x", 80),
+        ("keypointrcnn_resnet50_fpn", "keypoint_rcnn_R_50_FPN_3x", 1),
+    ],
+)
+def test_detectron2_pickle_fills_the_same_weights(
+    torchvision_arch, detectron2_arch, num_classes, tmp_path
+):
     """A model-zoo style .pkl holding torchvision's weights in detectron2's layout gives
     kmask weights equal to the torchvision conversion (checked against torchvision's
     outputs in test_torchvision_conversion); every key is consumed."""
+    state = {
+        k: v.numpy() for k, v in random_torchvision_model(torchvision_arch).state_dict().items()
+    }
     path = tmp_path / "model_final.pkl"
-    arrays = _detectron2_arrays(torchvision_state)
     with open(path, "wb") as handle:
-        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, handle)
+        pickle.dump({"model": _detectron2_arrays(state), "__author__": "Detectron2"}, handle)
     from kmask.convert.checkpoint_reader import read_detectron2_pickle
 
-    config, model = Detectron2Converter("mask_rcnn_R_50_FPN_1x").convert(
+    config, model = Detectron2Converter(detectron2_arch).convert(
         read_detectron2_pickle(path), str(path)
     )
-    _, reference = TorchvisionConverter("maskrcnn_resnet50_fpn").convert(torchvision_state, "tv")
+    _, reference = TorchvisionConverter(torchvision_arch).convert(state, "tv")
     mine, theirs = _weights(model), _weights(reference)
-    assert config.model.num_classes == 80 and config.model.box_head.pooler_aligned
+    assert config.model.num_classes == num_classes and config.model.box_head.pooler_aligned
     for name, value in mine.items():
         expected = theirs[name]
         if name.endswith(("bbox_pred/kernel", "bbox_pred/bias")):
