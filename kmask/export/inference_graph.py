@@ -71,7 +71,9 @@ class InferenceGraph:
       ``detection_classes [B, N]`` int32 category ids, ``num_detections [B]`` int32;
       Mask R-CNN adds ``detection_masks [B, N, M, M]`` float32 probabilities in the box
       frame and, with ``full_masks``, ``detection_full_masks [B, N, H, W]`` uint8 {0, 1}
-      pasted into a canvas of the largest source image of the batch (``H x W``);
+      pasted into a canvas of the largest source image of the batch (``H x W``); with a
+      keypoint head ``detection_keypoints [B, N, K, 3]`` float32 (x, y, score), x and y in
+      source-image pixels;
     - RPN only: ``proposals [B, P, 4]``, ``proposal_scores [B, P]``, ``num_proposals [B]``;
     - always ``original_size [B, 2]`` int32 ``(height, width)`` of each source image.
     """
@@ -242,4 +244,10 @@ class InferenceGraph:
                 )
                 pasted = tf.logical_and(pasted, valid[..., None, None])
                 result["detection_full_masks"] = tf.cast(pasted, tf.uint8)
+        if "detection_keypoints" in outputs:
+            # (x, y, score) in resized pixels -> source pixels; the score is kept.
+            xy_scale = tf.reverse(source / resized, axis=[1])[:, None, None, :]  # [B,1,1,2]
+            keypoints = outputs["detection_keypoints"]
+            keypoints = tf.concat([keypoints[..., :2] * xy_scale, keypoints[..., 2:]], -1)
+            result["detection_keypoints"] = tf.where(valid[..., None, None], keypoints, 0.0)
         return result

@@ -9,13 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from kmask.evaluation import Predictor
 from kmask.export import SavedModelExporter, export_saved_model
 from kmask.export.saved_model_exporter import WARMUP_PATH, non_stock_ops
+from kmask.modeling.factory import build_mask_rcnn
 from tests.export.conftest import (
     CATEGORIES,
     assert_same_detections,
@@ -23,6 +26,7 @@ from tests.export.conftest import (
     reference,
     shapes_image,
 )
+from tests.toy_data import tiny_config
 
 SERVE_ISOLATED = Path(__file__).with_name("serve_isolated.py")
 
@@ -188,3 +192,35 @@ def test_versions_overwrite_interruption_and_image_tensor(
     for image in decoded_images[:2]:  # one size per image_tensor batch
         got = {k: v.numpy() for k, v in serve(image_tensor=tf.constant(image[None])).items()}
         assert_same_detections(got, 0, reference(model, config, [image])[0])
+
+
+def test_keypoints_in_source_pixels(images, tmp_path):
+    """A Keypoint R-CNN exports ``detection_keypoints`` (x, y, score) in source-image pixels,
+    equal to ``Predictor``'s."""
+    config = tiny_config(
+        tmp_path / "unused",
+        "data.min_size=[64]",
+        "data.max_size=96",
+        "model.keypoint_head={num_keypoints: 4, num_conv: 1, conv_dim: 16}",
+    )
+    keras.utils.set_random_seed(3)
+    model = build_mask_rcnn(config.model)
+    model.build({"images": (None, None, None, 3)})
+    cls_score = model.roi_heads.box_head.cls_score
+    kernel, bias = cls_score.get_weights()
+    cls_score.set_weights([kernel * 300.0, bias])
+    image = images[3]  # 120x100, resized down
+    path = export_saved_model(model, tmp_path / "export", config.data, CATEGORIES, "image_tensor")
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    got = {k: v.numpy() for k, v in serve(image_tensor=tf.constant(image[None])).items()}
+    predictor = Predictor(model, config.data)
+    want = predictor.image_detections(
+        predictor.predict_batch(predictor.features_for_image(image)), 0
+    )
+    count = int(got["num_detections"][0])
+    assert count == len(want["scores"]) > 0
+    keypoints = got["detection_keypoints"][0]
+    assert keypoints.shape[1:] == (4, 3)
+    np.testing.assert_allclose(keypoints[:count, :, :2], want["keypoints"][..., :2], atol=0.5)
+    np.testing.assert_allclose(keypoints[:count, :, 2], want["keypoints"][..., 2], atol=1e-4)
+    assert not keypoints[count:].any()
