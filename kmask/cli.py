@@ -343,6 +343,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from kmask.config import ConfigError
     from kmask.data import DataError
     from kmask.training import (
+        CheckpointWriteError,
         NonFiniteLossError,
         RunDirectory,
         RunLockedError,
@@ -372,6 +373,13 @@ def _run_train(args: argparse.Namespace) -> int:
             f"or set train.grad_clip_norm",
             1,
         )
+    except CheckpointWriteError as error:
+        _fail("train", str(error), 1)
+        # HDF5 may be left broken by the failed write and crash at interpreter exit: leave
+        # now, after the message (every other file was written whole, by rename).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except (
         ConfigError,
         DataError,

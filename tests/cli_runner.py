@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 
 
-def run_kmask(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``kmask ARGS`` in ``cwd`` with this Python; output captured as text."""
+def run_kmask(
+    *args: str, cwd: Path, timeout: float = 600, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess:
+    """``kmask ARGS`` in ``cwd`` with this Python; output captured as text; ``preexec_fn``
+    runs in the child before it starts (e.g. to set resource limits)."""
     return subprocess.run(
         [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())", *args],
         cwd=cwd,
@@ -20,6 +24,7 @@ def run_kmask(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Complet
         text=True,
         timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        preexec_fn=preexec_fn,
     )
 
 

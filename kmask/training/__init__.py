@@ -26,6 +26,7 @@ Modules: ``trainer.Trainer``, ``optimizer.build_optimizer``,
 """
 
 from kmask.training.checkpoint_callback import CheckpointCallback
+from kmask.training.checkpoint_write_error import CheckpointWriteError
 from kmask.training.coupled_weight_decay_sgd import CoupledWeightDecaySGD
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
@@ -44,6 +45,7 @@ from kmask.training.weight_transfer_error import WeightTransferError
 
 __all__ = [
     "CheckpointCallback",
+    "CheckpointWriteError",
     "CoupledWeightDecaySGD",
     "EvaluationCallback",
     "NonFiniteGuard",

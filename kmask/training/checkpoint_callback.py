@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,15 @@ import h5py
 import keras
 import numpy as np
 
+from kmask.training.checkpoint_write_error import CheckpointWriteError
 from kmask.training.non_finite_loss_error import NonFiniteLossError
 from kmask.training.optimizer import optimizer_step
 from kmask.training.run_directory import atomic_write_json
 
 _NAME = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
 POINTER = "checkpoint"
+# Free space kept beyond the variables' bytes (HDF5 metadata, the pointer file).
+_HEADROOM = 16 * 2**20
 # Attribute of a checkpoint file's root group that holds the ``state`` JSON.
 STATE_ATTRIBUTE = "kmask_state"
 
@@ -129,6 +134,11 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ writing
 
+    def _saved(self) -> list[Any]:
+        """The variables a checkpoint holds: the model's and its optimizer's."""
+        optimizer = getattr(self.model, "optimizer", None)
+        return [*self.model.weights, *(optimizer.variables if optimizer is not None else [])]
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self.is_chief:
             return
@@ -150,6 +160,8 @@ class CheckpointCallback(keras.callbacks.Callback):
 
         Raises:
           NonFiniteLossError: when a model weight is NaN or infinite (nothing is written).
+          CheckpointWriteError: when the file cannot be written (no space left, ...);
+            nothing half-written is left and the previous checkpoint stays the latest.
         """
         if not self.is_chief or step == self.last_saved_step:
             return None
@@ -159,6 +171,15 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / checkpoint_name(step)
         temporary = self.directory / f".tmp-{os.getpid()}-{final.name}"
+        older = [p for p in self.all_checkpoints(self.directory) if p != final]
+        kept = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [final]
+        # A write that fails half-way leaves HDF5 in a state that can crash the process at
+        # exit: refuse up front when the disk cannot hold the checkpoint.
+        needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in self._saved())
+        free = shutil.disk_usage(self.directory).free
+        if free < needed + _HEADROOM:
+            error = OSError(errno.ENOSPC, f"{free} bytes free, about {needed} needed")
+            raise CheckpointWriteError(final, error, self.latest(self.directory))
         try:
             self.model.save_weights(temporary)
             if self.state is not None:
@@ -167,14 +188,14 @@ class CheckpointCallback(keras.callbacks.Callback):
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, final)
+            atomic_write_json(
+                self.directory / POINTER,
+                {"latest": final.name, "step": step, "checkpoints": [p.name for p in kept]},
+            )
+        except OSError as error:  # a full disk, a file size limit, ...
+            raise CheckpointWriteError(final, error, self.latest(self.directory)) from None
         finally:
             temporary.unlink(missing_ok=True)
-        older = [p for p in self.all_checkpoints(self.directory) if p != final]
-        kept = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [final]
-        atomic_write_json(
-            self.directory / POINTER,
-            {"latest": final.name, "step": step, "checkpoints": [p.name for p in kept]},
-        )
         for old in older:
             if old not in kept:
                 old.unlink(missing_ok=True)
