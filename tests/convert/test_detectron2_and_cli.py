@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import kmask
+from kmask.cli import main
 from kmask.convert import ConversionError, Detectron2Converter, TorchvisionConverter
 from kmask.convert.coco_categories import TORCHVISION_SLOTS
 from tests.cli_runner import assert_ok, run_kmask
@@ -228,7 +229,7 @@ def test_torchvision_imagenet_backbone_trains_from_its_npz(tmp_path):
     assert np.abs(got - expected.numpy()).max() < 1e-4 * np.abs(expected.numpy()).max()
 
 
-def test_command_writes_a_run_that_loads_and_refuses_bad_input(tmp_path):
+def test_command_writes_a_run_that_loads_and_refuses_bad_input(tmp_path, capfd):
     model = random_torchvision_model("fasterrcnn_resnet50_fpn")
     pth = tmp_path / "faster.pth"
     torch.save(model.state_dict(), pth)
@@ -259,49 +260,21 @@ def test_command_writes_a_run_that_loads_and_refuses_bad_input(tmp_path):
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs), err_msg=mine.path)
     assert not list(tmp_path.glob(".tmp-*"))
 
-    # An existing --out is kept unless --overwrite.
-    refused = run_kmask(
-        "convert-weights",
-        "--from",
-        "torchvision",
-        "--input",
-        str(pth),
-        "--arch",
-        "fasterrcnn_resnet50_fpn",
-        "--out",
-        str(out),
-        cwd=tmp_path,
-    )
-    assert refused.returncode == 2 and "exists; pass --overwrite" in refused.stderr
-    # Another architecture's checkpoint: the unused keys are named, nothing is written.
-    wrong = run_kmask(
-        "convert-weights",
-        "--from",
-        "torchvision",
-        "--input",
-        str(pth),
-        "--arch",
-        "maskrcnn_resnet50_fpn",
-        "--out",
-        str(tmp_path / "wrong"),
-        cwd=tmp_path,
-    )
-    assert wrong.returncode == 2
-    assert "missing key 'roi_heads.mask_head.0.0.weight'" in wrong.stderr
+    # The error cases run in this process (kmask.cli.main), the success above as a user
+    # would. An existing --out is kept unless --overwrite.
+    args = ["convert-weights", "--from", "torchvision", "--input", str(pth), "--arch"]
+    assert main([*args, "fasterrcnn_resnet50_fpn", "--out", str(out)]) == 2
+    assert "exists; pass --overwrite" in capfd.readouterr().err
+    # Another architecture's checkpoint: the missing key is named, nothing is written.
+    assert main([*args, "maskrcnn_resnet50_fpn", "--out", str(tmp_path / "wrong")]) == 2
+    assert "missing key 'roi_heads.mask_head.0.0.weight'" in capfd.readouterr().err
     assert not (tmp_path / "wrong").exists()
     # Not a checkpoint at all.
     text = tmp_path / "notes.pth"
     text.write_text("hello")
-    bad = run_kmask(
-        "convert-weights",
-        "--from",
-        "detectron2",
-        "--input",
-        str(text),
-        "--arch",
-        "mask_rcnn_R_50_FPN_3x",
-        "--out",
-        str(tmp_path / "bad"),
-        cwd=tmp_path,
-    )
-    assert bad.returncode == 2 and f"{text}: not a detectron2 .pkl file" in bad.stderr
+    bad = [
+        "convert-weights", "--from", "detectron2", "--input", str(text),
+        "--arch", "mask_rcnn_R_50_FPN_3x", "--out", str(tmp_path / "bad"),
+    ]  # fmt: skip
+    assert main(bad) == 2
+    assert f"{text}: not a detectron2 .pkl file" in capfd.readouterr().err

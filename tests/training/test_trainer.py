@@ -52,6 +52,7 @@ class _StopAt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # test_exact_resume kills and resumes real runs in the default suite
 def test_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     config = tiny_config(shapes)  # 6 steps, epochs of 3, checkpoints every 2, lr step at 4
     straight = tmp_path / "straight"
