@@ -1,9 +1,10 @@
 """kmask vs torchvision inference on the same converted model, same image, same run.
 
 Builds torchvision's ``maskrcnn_resnet50_fpn`` (random weights unless ``--pth`` names a
-downloaded checkpoint), converts it to kmask, and times both on one image at the
-papers' test size (shorter side 800). Prints conversion time and the median seconds per
-image of each library (CPU threads as the machine gives them).
+downloaded checkpoint), saves it as a ``.pth``, runs ``kmask convert-weights``' code on it
+(file in, run directory out), and times both libraries on one image at the papers' test
+size (shorter side 800). Prints the conversion time, the run directory's size and the
+median seconds per image of each library (CPU threads as the machine gives them).
 
     python benchmarks/converted_inference.py [--arch maskrcnn_resnet50_fpn] [--repeats 3]
 """
@@ -12,13 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: F401  (before TensorFlow: torchvision after TF crashes)
 
-from kmask.convert import TorchvisionConverter  # noqa: E402
+import kmask  # noqa: E402
+from kmask.config import load_config  # noqa: E402
+from kmask.convert import convert_weights  # noqa: E402
 from kmask.evaluation import Predictor  # noqa: E402
 
 
@@ -45,12 +50,18 @@ def main() -> None:
     ).eval()
     if args.pth:
         reference.load_state_dict(torch.load(args.pth, map_location="cpu", weights_only=True))
-    state = {k: v.numpy() for k, v in reference.state_dict().items()}
-    start = time.perf_counter()
-    config, model = TorchvisionConverter(args.arch).convert(state, args.pth or "random")
-    print(f"conversion (in memory): {time.perf_counter() - start:.1f} s")
+    with tempfile.TemporaryDirectory() as work:
+        pth = Path(work) / f"{args.arch}.pth"
+        torch.save(reference.state_dict(), pth)
+        start = time.perf_counter()
+        out = convert_weights("torchvision", pth, args.arch, Path(work) / "run")
+        seconds = time.perf_counter() - start
+        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        print(f"convert-weights {args.arch}: {seconds:.1f} s, run directory {size / 2**20:.0f} MiB")
+        config = load_config(out / "config.yaml")
+        model = kmask.load_model(out)
     parameters = sum(int(np.prod(v.shape)) for v in model.weights)
-    print(f"converted parameters: {parameters:,} ({parameters * 4 / 2**20:.0f} MiB float32)")
+    print(f"converted parameters: {parameters:,}")
 
     image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
     predictor = Predictor(model, config.data)
