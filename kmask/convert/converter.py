@@ -182,7 +182,7 @@ class Converter:
             values.append(mapping.take(keys[1]))
         if out_rows is not None:
             values = [values[0][..., out_rows], *(v[out_rows] for v in values[1:])]
-        mapping.assign(conv, keys, values=values)
+        mapping.assign(conv, keys, values)
 
     def _norm(self, mapping: WeightMapping, norm: Any, prefix: str) -> None:
         if norm is None:
@@ -191,7 +191,7 @@ class Converter:
         keys = [f"{prefix}.{suffix}" for suffix in _NORM_SUFFIXES]
         if len(norm.weights) == 2:  # GroupNormalization: gamma, beta
             values, keys = values[:2], keys[:2]
-        mapping.assign(norm, keys, values=values)
+        mapping.assign(norm, keys, values)
 
     def _dense(
         self,
@@ -211,7 +211,7 @@ class Converter:
                 )
             weight, bias = weight[rows], bias[rows]
         kernel = dense_kernel(weight) if pooled is None else nchw_dense_kernel(weight, *pooled)
-        mapping.assign(dense, [f"{prefix}.weight", f"{prefix}.bias"], values=[kernel, bias])
+        mapping.assign(dense, [f"{prefix}.weight", f"{prefix}.bias"], [kernel, bias])
 
     def _conv_stack(
         self, mapping: WeightMapping, stack: keras.layers.Layer, keys: Sequence[tuple[str, str]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -83,24 +83,11 @@ class WeightMapping:
         return np.asarray(self.arrays[key], dtype=np.float32)
 
     def assign(
-        self,
-        layer: keras.layers.Layer,
-        keys: Sequence[str],
-        convert: Callable[[str, np.ndarray], np.ndarray] | None = None,
-        values: Sequence[np.ndarray] | None = None,
+        self, layer: keras.layers.Layer, keys: Sequence[str], values: Sequence[np.ndarray]
     ) -> None:
-        """Sets ``layer``'s weights, in ``layer.weights`` order, from ``keys``.
-
-        Args:
-          layer: a built Keras layer.
-          keys: one source key per weight of the layer.
-          convert: ``(key, array) -> array`` to the Keras layout (identity by default).
-          values: arrays already taken and converted (then ``keys`` only name them).
+        """Sets ``layer``'s weights, in ``layer.weights`` order, to ``values``: the arrays of
+        ``keys`` (one per weight, named in errors), taken and converted to Keras layouts.
         """
-        if values is None:
-            values = [self.take(key) for key in keys]
-            if convert is not None:
-                values = [convert(key, value) for key, value in zip(keys, values)]
         if len(values) != len(layer.weights):
             raise ConversionError(
                 f"{self.source}: {len(values)} arrays ({list(keys)}) for the "
