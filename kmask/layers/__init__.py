@@ -1,6 +1,7 @@
 """Reusable Keras layers."""
 
 from kmask.layers.anchor_generator import AnchorGenerator
+from kmask.layers.bottleneck import Bottleneck
 from kmask.layers.conv_stack import ConvStack
 from kmask.layers.frozen_batch_norm import FrozenBatchNorm
 from kmask.layers.image_normalization import ImageNormalization
@@ -12,6 +13,7 @@ from kmask.layers.rpn_target_assigner import RPNTargetAssigner
 
 __all__ = [
     "AnchorGenerator",
+    "Bottleneck",
     "ConvStack",
     "FrozenBatchNorm",
     "ImageNormalization",

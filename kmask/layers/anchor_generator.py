@@ -13,10 +13,12 @@ from kmask.ops import anchors as anchor_ops
 
 @keras.saving.register_keras_serializable(package="kmask")
 class AnchorGenerator(keras.layers.Layer):
-    """Anchors for pyramid levels P{min}..P{max}: one size per level, shared aspect ratios.
+    """Anchors for the levels of a pyramid: sizes per level, shared aspect ratios.
 
     Args:
-      sizes: sqrt of the anchor area per level, finest level first (32 .. 512 on P2 .. P6).
+      sizes: sqrt of the anchor area per level, finest level first: a number per level
+        (32 .. 512 on P2 .. P6) or a sequence per level (``[[32, 64, 128, 256, 512]]`` on
+        the single C4 map of the ResNet-C4 models; ``kmask.ops.anchors.level_sizes``).
       aspect_ratios: height / width ratios (0.5, 1, 2).
       offset: anchor centre inside its cell, in cells (0.5 = centre; detectron2 and
         torchvision: 0.0).
@@ -30,7 +32,7 @@ class AnchorGenerator(keras.layers.Layer):
 
     def __init__(
         self,
-        sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0, 512.0),
+        sizes: Sequence[float | Sequence[float]] = (32.0, 64.0, 128.0, 256.0, 512.0),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.5,
         rounded: bool = False,
@@ -38,14 +40,14 @@ class AnchorGenerator(keras.layers.Layer):
     ) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        self.sizes = tuple(float(s) for s in sizes)
+        self.sizes = anchor_ops.level_sizes(sizes)
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.offset = float(offset)
         self.rounded = bool(rounded)
 
     @property
     def num_anchors_per_location(self) -> int:
-        return len(self.aspect_ratios)
+        return len(self.sizes[0]) * len(self.aspect_ratios)
 
     def call(self, features: dict[str, Any]) -> dict[str, tf.Tensor]:
         shapes = {}
@@ -69,7 +71,7 @@ class AnchorGenerator(keras.layers.Layer):
             count = (
                 None
                 if height is None or width is None
-                else height * width * len(self.aspect_ratios)
+                else height * width * self.num_anchors_per_location
             )
             result[key] = (count, 4)
         return result

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from kmask.ops.levels import level_of
 from kmask.ops.roi_align import (
     multilevel_roi_align,
     output_size_pair,
@@ -20,7 +21,8 @@ class MultiLevelROIAlign(keras.layers.Layer):
     """RoIAlign of each box on its FPN level (FPN paper eq. 1, k0 = 4, canonical 224).
 
     Call: ``layer(features, boxes)`` with features a dict {"P2": [B, H/4, W/4, C], ...}
-    (extra levels outside [min_level, max_level], e.g. the RPN-only P6, are ignored) and
+    (extra levels outside [min_level, max_level], e.g. the RPN-only P6, are ignored; a
+    backbone's ``"C4"`` serves a single-level ResNet-C4 model, min = max = 4) and
     boxes [B, N, 4] float32 (y1, x1, y2, x2) in input pixels; returns
     [B, N, out_h, out_w, C] in input order, in the features' dtype. Boxes stay float32.
 
@@ -67,11 +69,15 @@ class MultiLevelROIAlign(keras.layers.Layer):
         self.supports_jit = resolve_implementation(implementation) == "tf"
 
     def _levels(self, features: Mapping[str, Any]) -> dict[str, Any]:
-        keys = [f"P{level}" for level in range(self.min_level, self.max_level + 1)]
-        missing = [key for key in keys if key not in features]
+        by_level = {level_of(key): key for key in features}
+        wanted = range(self.min_level, self.max_level + 1)
+        missing = [level for level in wanted if level not in by_level]
         if missing:
-            raise ValueError(f"MultiLevelROIAlign needs features {keys}; missing {missing}")
-        return {key: features[key] for key in keys}
+            raise ValueError(
+                f"MultiLevelROIAlign needs the feature levels {list(wanted)} ('P<k>' or "
+                f"'C<k>' keys); got {sorted(features)}"
+            )
+        return {by_level[level]: features[by_level[level]] for level in wanted}
 
     def call(self, features: Mapping[str, tf.Tensor], boxes: tf.Tensor) -> tf.Tensor:
         return multilevel_roi_align(
@@ -86,5 +92,5 @@ class MultiLevelROIAlign(keras.layers.Layer):
     def compute_output_shape(
         self, features_shape: Mapping[str, tuple], boxes_shape: tuple
     ) -> tuple:
-        channels = self._levels(features_shape)[f"P{self.min_level}"][-1]
+        channels = next(iter(self._levels(features_shape).values()))[-1]
         return (boxes_shape[0], boxes_shape[1], *self.output_size, channels)

@@ -7,6 +7,7 @@ from kmask.modeling.fpn import FPN
 from kmask.modeling.keypoint_head import KeypointHead
 from kmask.modeling.mask_head import MaskHead
 from kmask.modeling.mask_rcnn import MaskRCNN
+from kmask.modeling.res5_head import Res5Head
 from kmask.modeling.roi_heads import ROIHeads
 from kmask.modeling.rpn import RPN
 from kmask.modeling.rpn_head import RPNHead
@@ -19,6 +20,7 @@ __all__ = [
     "MaskHead",
     "MaskRCNN",
     "ROIHeads",
+    "Res5Head",
     "RPNHead",
     "ResNet",
     "build_mask_rcnn",

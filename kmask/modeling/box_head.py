@@ -25,7 +25,10 @@ class BoxHead(PooledHead):
     predictors are ``cls_score`` (K + 1 logits, column 0 background) and ``bbox_pred``
     ((dy, dx, dh, dw) per foreground class, or per class and background with
     ``predict_background``, torchvision's layout, whose background deltas are unused).
-    Features are flattened in NHWC order. Initialization as the reference implementations:
+    Features are flattened in NHWC order (``pool="flatten"``, the FPN head) or averaged over
+    the RoI's cells (``pool="average"``, the ResNet-C4 head of Mask R-CNN figure 3, which has
+    no fc layers and runs without a pooler on ``Res5Head``'s maps, see ``PooledHead``).
+    Initialization as the reference implementations:
     fc Caffe2 "XavierFill", cls_score normal(0.01), bbox_pred normal(0.001), zero biases.
 
     The head owns its loss (``losses``) and its inference (``postprocess``, a
@@ -34,12 +37,14 @@ class BoxHead(PooledHead):
 
     Args:
       num_classes: foreground classes K.
-      pooler_levels: (min, max) FPN levels RoIs are pooled from (2, 5).
+      pooler_levels: (min, max) FPN levels RoIs are pooled from (2, 5); ``None``: the
+        features arrive pooled (``PooledHead``).
       roi_align_implementation: "auto" | "custom" | "tf" (``kmask.ops.roi_align``).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call: ``(features {"Pk": [B, Hk, Wk, C]}, rois [B, R, 4] float32 (y1, x1, y2, x2)
     pixels)`` -> ``(class_logits [B, R, K + 1] float32, box_deltas [B, R, K, 4] float32)``.
+    Without a pooler ``features`` is ``[B, R, S, S, C]``, the RoIs' pooled maps.
 
     Reuse: a box classifier on any pyramid and boxes; ``compute_losses`` and
     ``postprocess`` give its losses and detections. Fine-tuning to other classes keeps
@@ -69,6 +74,7 @@ class BoxHead(PooledHead):
         norm: str = "none",
         num_fc: int = 2,
         fc_dim: int = 1024,
+        pool: str = "flatten",
         predict_background: bool = False,
         box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
         smooth_l1_beta: float = 1.0,
@@ -78,10 +84,12 @@ class BoxHead(PooledHead):
         nms_threshold: float = 0.5,
         detections_per_image: int = 100,
         min_box_size: float = 0.0,
-        pooler_levels: Sequence[int] = (2, 5),
+        pooler_levels: Sequence[int] | None = (2, 5),
         roi_align_implementation: str = "auto",
         **kwargs: Any,
     ) -> None:
+        if pool not in ("flatten", "average"):
+            raise ValueError(f"BoxHead pool must be 'flatten' or 'average', got {pool!r}")
         super().__init__(
             pooler_resolution,
             pooler_sampling_ratio,
@@ -94,6 +102,7 @@ class BoxHead(PooledHead):
             **kwargs,
         )
         self.num_classes = num_classes
+        self.pool = pool
         self.predict_background = bool(predict_background)
         self.box_weights = tuple(float(w) for w in box_weights)
         self.smooth_l1_beta = float(smooth_l1_beta)
@@ -136,8 +145,9 @@ class BoxHead(PooledHead):
         features_shape: dict[str, tuple[int | None, ...]],
         rois_shape: tuple[int | None, ...] | None = None,
     ) -> None:
-        height, width = self.pooler.output_size
-        features = height * width * self.build_trunk(features_shape)
+        features = self.build_trunk(features_shape)
+        if self.pool == "flatten":
+            features *= self.pooler_resolution**2
         for fc in self.fcs:
             fc.build((None, features))
             features = fc.units
@@ -148,7 +158,10 @@ class BoxHead(PooledHead):
         self, features: dict[str, tf.Tensor], rois: tf.Tensor, training: bool | None = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
         x, batch, num = self.trunk(features, rois, training)
-        x = tf.reshape(x, [batch * num, x.shape[1] * x.shape[2] * x.shape[3]])
+        if self.pool == "average":
+            x = tf.reduce_mean(x, axis=(1, 2))
+        else:
+            x = tf.reshape(x, [batch * num, x.shape[1] * x.shape[2] * x.shape[3]])
         for fc in self.fcs:
             x = fc(x)
         logits = tf.cast(self.cls_score(x), tf.float32)

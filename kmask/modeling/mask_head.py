@@ -31,7 +31,10 @@ class MaskHead(PooledHead):
 
     Args:
       num_classes: foreground classes K.
-      pooler_levels: (min, max) FPN levels RoIs are pooled from (2, 5).
+      pooler_levels: (min, max) FPN levels RoIs are pooled from (2, 5); ``None``: the
+        features arrive pooled, ``[B, R, pooler_resolution, pooler_resolution, C]``
+        (``PooledHead``; the ResNet-C4 mask branch of figure 3, left: ``num_conv=0`` on the
+        res5 maps of ``Res5Head``).
       roi_align_implementation: "auto" | "custom" | "tf" (``kmask.ops.roi_align``).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
@@ -64,7 +67,7 @@ class MaskHead(PooledHead):
         norm: str = "none",
         predict_background: bool = False,
         loss_weight: float = 1.0,
-        pooler_levels: Sequence[int] = (2, 5),
+        pooler_levels: Sequence[int] | None = (2, 5),
         roi_align_implementation: str = "auto",
         **kwargs: Any,
     ) -> None:

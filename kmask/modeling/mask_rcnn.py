@@ -24,7 +24,10 @@ class MaskRCNN(keras.Model):
     ``normalizer`` (``ImageNormalization``) -> ``backbone`` (``{"C2".."C5"}``) -> ``fpn``
     (``{"P2".."P6"}``) -> ``rpn`` (``RPN``: proposals and its losses) -> ``roi_heads``
     (``ROIHeads``: detections and its heads' losses; ``None`` for an RPN-only model).
-    Without a mask head it is Faster R-CNN with FPN.
+    Without a mask head it is Faster R-CNN with FPN. Without ``fpn`` (``None``) the
+    backbone's maps go straight to the RPN and the RoI stage: the ResNet-C4 models (Mask
+    R-CNN figure 3, left), whose backbone returns ``{"C4"}`` and whose ``ROIHeads`` run
+    conv5 per RoI (``Res5Head``).
 
     Batches are those of ``kmask.data``: ``(features, targets)`` with ``features =
     {"images" [B, H, W, 3] float32 RGB 0..255 (padded bottom/right), "image_size" [B, 2]
@@ -37,7 +40,8 @@ class MaskRCNN(keras.Model):
     TensorFlow's stateful random ops.
 
     Args:
-      normalizer, backbone, fpn, rpn: the stages (layers; ``from_config`` deserializes them).
+      normalizer, backbone, fpn, rpn: the stages (layers; ``from_config`` deserializes them);
+        ``fpn`` may be ``None`` (a single-level ResNet-C4 model).
       roi_heads: ``ROIHeads`` or ``None`` (RPN only).
       **kwargs: base ``keras.Model`` arguments (``name``, ...).
 
@@ -59,7 +63,7 @@ class MaskRCNN(keras.Model):
         self,
         normalizer: keras.layers.Layer,
         backbone: keras.layers.Layer,
-        fpn: keras.layers.Layer,
+        fpn: keras.layers.Layer | None,
         rpn: keras.layers.Layer,
         roi_heads: keras.layers.Layer | None = None,
         **kwargs: Any,
@@ -87,7 +91,9 @@ class MaskRCNN(keras.Model):
         """Creates every weight from the shape of ``inputs_shape["images"]`` (no forward)."""
         images_shape = tuple(inputs_shape["images"])
         backbone_shape = self.backbone.compute_output_shape(images_shape)
-        pyramid_shape = self.fpn.compute_output_shape(backbone_shape)
+        pyramid_shape = (
+            backbone_shape if self.fpn is None else self.fpn.compute_output_shape(backbone_shape)
+        )
         stages = [
             (self.backbone, images_shape),
             (self.fpn, backbone_shape),
@@ -105,7 +111,9 @@ class MaskRCNN(keras.Model):
     ) -> dict[str, tf.Tensor]:
         image_size = tf.cast(inputs["image_size"], tf.int32)
         images = self.normalizer(inputs["images"], image_size)
-        pyramid = self.fpn(self.backbone(images, training=training), training=training)
+        pyramid = self.backbone(images, training=training)
+        if self.fpn is not None:
+            pyramid = self.fpn(pyramid, training=training)
         targets = {key: inputs[key] for key in TARGET_KEYS if key in inputs} or None
         proposals, losses = self.rpn(pyramid, image_size, targets=targets, training=training)
         if targets is not None:

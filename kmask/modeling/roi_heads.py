@@ -22,6 +22,12 @@ class ROIHeads(keras.layers.Layer):
     proposals and its ``postprocess`` keeps the top detections; each instance head then runs
     on those boxes and adds its outputs (``detection_masks``, ...).
 
+    With a ``shared_head`` (``Res5Head``, the ResNet-C4 models of Mask R-CNN figure 3, left)
+    the RoIs are pooled once by it and every head runs, without a pooler of its own, on its
+    output ``[B, R, S, S, C]`` instead of the pyramid; in training the instance heads take the
+    foreground slots of the maps the box head ran on (as detectron2's ``Res5ROIHeads``), at
+    inference the shared head runs again on the detected boxes.
+
     An instance head is a layer with ``loss_names``, ``compute_losses(features, rois
     [B, Q, 4], classes [B, Q] (0-based, -1 none), matched_index [B, Q], targets,
     training)`` -> ``{loss: scalar}`` and ``inference(features, detections)`` -> ``{output:
@@ -31,6 +37,8 @@ class ROIHeads(keras.layers.Layer):
       box_head: ``BoxHead``.
       instance_heads: heads run on foreground RoIs / detections, e.g. ``[MaskHead]``; empty
         for Faster R-CNN.
+      shared_head: ``None`` (FPN: each head pools for itself) or the layer that pools
+        ``(features, boxes) -> [B, R, S, S, C]`` for all heads (``Res5Head``).
       batch_size_per_image, positive_fraction, fg_iou_threshold, add_gt_to_proposals: the
         ``ROISampler`` settings, fields of ``kmask.config.ROIHeadsConfig``.
       **kwargs: base ``keras.layers.Layer`` arguments.
@@ -73,6 +81,7 @@ class ROIHeads(keras.layers.Layer):
         positive_fraction: float = 0.25,
         fg_iou_threshold: float = 0.5,
         add_gt_to_proposals: bool = True,
+        shared_head: keras.layers.Layer | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("autocast", False)  # boxes stay float32; the heads cast themselves
@@ -80,6 +89,7 @@ class ROIHeads(keras.layers.Layer):
         self.supports_jit = False  # NMS (and the RoIAlign custom op) cannot be XLA-compiled
         self.box_head = box_head
         self.instance_heads = list(instance_heads)
+        self.shared_head = shared_head
         self.sampler = ROISampler(
             batch_size_per_image,
             positive_fraction,
@@ -104,9 +114,22 @@ class ROIHeads(keras.layers.Layer):
         targets_shape: dict[str, tuple[int | None, ...]] | None = None,
     ) -> None:
         # Heads passed in already built keep their weights.
+        head_shape = features_shape
+        if self.shared_head is not None:
+            if not self.shared_head.built:
+                self.shared_head.build(features_shape, (None, None, 4))
+            head_shape = self.shared_head.compute_output_shape(features_shape, (None, None, 4))
         for head in (self.box_head, *self.instance_heads):
             if not head.built:
-                head.build(features_shape, (None, None, 4))
+                head.build(head_shape, (None, None, 4))
+
+    def _head_features(
+        self, features: dict[str, tf.Tensor], boxes: tf.Tensor, training: bool | None = None
+    ) -> dict[str, tf.Tensor] | tf.Tensor:
+        """What the heads run on for ``boxes``: the pyramid, or the shared head's maps."""
+        if self.shared_head is None:
+            return features
+        return self.shared_head(features, boxes, training=training)
 
     def call(
         self,
@@ -119,12 +142,16 @@ class ROIHeads(keras.layers.Layer):
     ) -> dict[str, tf.Tensor]:
         if targets is not None:
             return self._training_losses(features, proposals, proposal_valid, targets, training)
-        class_logits, box_deltas = self.box_head(features, proposals)
+        class_logits, box_deltas = self.box_head(
+            self._head_features(features, proposals), proposals
+        )
         detections = self.box_head.postprocess(
             class_logits, box_deltas, proposals, proposal_valid, image_size
         )
-        for head in self.instance_heads:
-            detections.update(head.inference(features, detections))
+        if self.instance_heads:
+            head_features = self._head_features(features, detections["detection_boxes"])
+            for head in self.instance_heads:
+                detections.update(head.inference(head_features, detections))
         return detections
 
     def _training_losses(
@@ -141,7 +168,8 @@ class ROIHeads(keras.layers.Layer):
         )
         rois, class_targets = sampled["rois"], sampled["class_targets"]
         matched_index = sampled["matched_index"]
-        class_logits, box_deltas = self.box_head(features, rois, training=training)
+        head_features = self._head_features(features, rois, training)
+        class_logits, box_deltas = self.box_head(head_features, rois, training=training)
         losses = self.box_head.compute_losses(
             class_logits,
             box_deltas,
@@ -153,10 +181,12 @@ class ROIHeads(keras.layers.Layer):
         count = self.sampler.max_positives
         classes = class_targets[:, :count] - 1  # 0-based; background and padding -> -1
         classes = tf.where(classes >= 0, classes, -1)
+        if self.shared_head is not None:
+            head_features = head_features[:, :count]
         for head in self.instance_heads:
             losses.update(
                 head.compute_losses(
-                    features,
+                    head_features,
                     rois[:, :count],
                     classes,
                     matched_index[:, :count],
@@ -179,6 +209,9 @@ class ROIHeads(keras.layers.Layer):
                 "positive_fraction": sampler.positive_fraction,
                 "fg_iou_threshold": sampler.fg_iou_threshold,
                 "add_gt_to_proposals": sampler.add_gt_to_proposals,
+                "shared_head": None
+                if self.shared_head is None
+                else keras.saving.serialize_keras_object(self.shared_head),
             }
         )
         return config
@@ -190,4 +223,6 @@ class ROIHeads(keras.layers.Layer):
         config["instance_heads"] = [
             keras.saving.deserialize_keras_object(head) for head in config["instance_heads"]
         ]
+        if config.get("shared_head") is not None:
+            config["shared_head"] = keras.saving.deserialize_keras_object(config["shared_head"])
         return cls(**config)

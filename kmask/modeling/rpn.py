@@ -58,7 +58,7 @@ class RPN(keras.layers.Layer):
 
     def __init__(
         self,
-        anchor_sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0, 512.0),
+        anchor_sizes: Sequence[float | Sequence[float]] = (32.0, 64.0, 128.0, 256.0, 512.0),
         anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         anchor_offset: float = 0.5,
         anchor_rounding: bool = False,

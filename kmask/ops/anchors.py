@@ -1,9 +1,11 @@
 """Anchor boxes for a feature pyramid (FPN paper section 4.1).
 
 One anchor size per level (areas 32^2 .. 512^2 on P2 .. P6) times the aspect ratios
-(h/w = 0.5, 1, 2), centred on each feature-map cell: cell ``(i, j)`` of a stride-``s`` level
-has its centre at ``((i + offset) * s, (j + offset) * s)`` in image pixels, with
-``offset = 0.5`` the true centre of the cell (pixel ``p`` spans ``[p, p + 1)``).
+(h/w = 0.5, 1, 2), or several sizes on one level (the ResNet-C4 RPN: all five on C4, 15
+anchors per cell, Faster R-CNN section 3.1.1), centred on each feature-map cell: cell
+``(i, j)`` of a stride-``s`` level has its centre at ``((i + offset) * s, (j + offset) * s)``
+in image pixels, with ``offset = 0.5`` the true centre of the cell (pixel ``p`` spans
+``[p, p + 1)``).
 Anchors are float32 ``(y1, x1, y2, x2)`` in image pixels, ordered (row, column, anchor) so
 that they line up with a head output of shape [B, H, W, A] reshaped to [B, H*W*A].
 """
@@ -18,18 +20,39 @@ import tensorflow as tf
 from kmask.ops.levels import level_of, sorted_levels
 
 
-def cell_anchors(size: float, aspect_ratios: Sequence[float], rounded: bool = False) -> np.ndarray:
-    """Anchors centred on (0, 0) for one level -> [A, 4] float32.
+def level_sizes(sizes: Sequence[float | Sequence[float]]) -> tuple[tuple[float, ...], ...]:
+    """``sizes`` as one tuple of sizes per level: a number is a level with one size
+    (``(32, 64)`` -> ``((32.0,), (64.0,))``), a sequence a level with several.
 
-    Each anchor has area ``size**2`` and ``height / width = ratio``; ``rounded`` rounds the
+    Raises:
+      ValueError: when the levels hold different numbers of sizes (the RPN head predicts
+        the same number of anchors on every level).
+    """
+    levels = tuple(
+        (float(size),) if isinstance(size, (int, float)) else tuple(float(s) for s in size)
+        for size in sizes
+    )
+    if not levels or len({len(level) for level in levels}) != 1 or not levels[0]:
+        raise ValueError(f"anchor sizes must give every level the same number of sizes: {sizes}")
+    return levels
+
+
+def cell_anchors(
+    size: float | Sequence[float], aspect_ratios: Sequence[float], rounded: bool = False
+) -> np.ndarray:
+    """Anchors centred on (0, 0) for one level -> [A, 4] float32, A = sizes x ratios.
+
+    Each anchor has area ``size**2`` and ``height / width = ratio``, ordered size-major
+    (detectron2's order; one size per level in the FPN models); ``rounded`` rounds the
     corners to whole pixels as torchvision's ``AnchorGenerator`` does (half away from zero
     becomes half to even there too: ``torch.round``).
     """
     anchors = []
-    for ratio in aspect_ratios:
-        height = size * np.sqrt(ratio)
-        width = size / np.sqrt(ratio)
-        anchors.append([-height / 2.0, -width / 2.0, height / 2.0, width / 2.0])
+    for one_size in (size,) if isinstance(size, (int, float)) else size:
+        for ratio in aspect_ratios:
+            height = one_size * np.sqrt(ratio)
+            width = one_size / np.sqrt(ratio)
+            anchors.append([-height / 2.0, -width / 2.0, height / 2.0, width / 2.0])
     anchors = np.asarray(anchors, dtype=np.float32)
     return np.round(anchors) if rounded else anchors
 
@@ -38,7 +61,7 @@ def grid_anchors(
     height: tf.Tensor | int,
     width: tf.Tensor | int,
     stride: int,
-    size: float,
+    size: float | Sequence[float],
     aspect_ratios: Sequence[float],
     offset: float = 0.5,
     rounded: bool = False,
@@ -55,7 +78,7 @@ def grid_anchors(
 
 def pyramid_anchors(
     feature_shapes: dict[str, tuple[tf.Tensor | int, tf.Tensor | int]],
-    sizes: Sequence[float],
+    sizes: Sequence[float | Sequence[float]],
     aspect_ratios: Sequence[float],
     offset: float = 0.5,
     rounded: bool = False,
@@ -65,7 +88,8 @@ def pyramid_anchors(
     Args:
       feature_shapes: ``{"P2": (h, w), ...}`` feature-map sizes, levels in increasing order;
         level ``Pk`` has stride ``2**k``.
-      sizes: one anchor size (sqrt of the area) per level, same order as the levels.
+      sizes: the anchor sizes (sqrt of the area) of each level, same order as the levels:
+        a number per level (FPN), or a sequence per level (``level_sizes``).
       aspect_ratios: height / width ratios shared by all levels.
       offset: anchor centre within a cell, in cells (0.5 = cell centre; detectron2 and
         torchvision use 0.0).
@@ -75,6 +99,7 @@ def pyramid_anchors(
       ``{"Pk": [h*w*A, 4]}`` float32 anchors.
     """
     levels = sorted_levels(feature_shapes)
+    sizes = level_sizes(sizes)
     if len(levels) != len(sizes):
         raise ValueError(f"{len(levels)} levels {levels} but {len(sizes)} anchor sizes {sizes}")
     return {

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kmask.layers.normalization import build_norm, check_norm
+from kmask.layers.bottleneck import Bottleneck, conv_initializer, norm_layer, normalize
+from kmask.layers.normalization import check_norm
 from kmask.modeling.backbones.backbone import Backbone, FeatureSpec, register_backbone
 
 # Bottleneck blocks per stage conv2..conv5 (He et al., "Deep Residual Learning", Table 1).
@@ -32,121 +33,6 @@ _APPLICATIONS_LAYOUT = {
 }
 # Set by ResNet.from_config: rebuild the architecture without reading the weights file.
 _SKIP_WEIGHTS_FILE = contextvars.ContextVar("kmask_resnet_skip_weights_file", default=False)
-
-
-def _conv_initializer() -> keras.initializers.Initializer:
-    """He (MSRA) normal init with fan_out, as the reference implementations' ResNet convs."""
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
-    )
-
-
-def _norm_layer(norm: str, prefix: str, epsilon: float, dtype: Any) -> keras.layers.Layer | None:
-    """The normalization after conv ``prefix``: ``{prefix}_bn``, ``{prefix}_gn`` or None."""
-    suffix = "gn" if norm == "gn" else "bn"
-    return build_norm(norm, f"{prefix}_{suffix}", dtype=dtype, epsilon=epsilon)
-
-
-def _normalize(norm: keras.layers.Layer | None, x: Any) -> Any:
-    return x if norm is None else norm(x)
-
-
-class _Bottleneck(keras.layers.Layer):
-    """Bottleneck block ``1x1 -> 3x3 (groups) -> 1x1`` plus identity or projection shortcut.
-
-    ``width`` is the channel count of the two inner convolutions, ``out_channels`` that of
-    the block. The spatial ``stride`` sits on the first 1x1 convolution when
-    ``stride_in_1x1`` (MSRA / keras.applications / detectron2), else on the 3x3 (torchvision
-    "v1.5"); a strided 3x3 pads 1 pixel on every side, as PyTorch's ``padding=1`` does.
-    Sublayer names are keras.applications' (``{name}_{0..3}_conv`` and ``{name}_{0..3}_bn``
-    or ``_gn``); ``_0_`` is the projection shortcut of a stage's first block.
-    Input ``[B, H, W, C_in]``; output ``[B, ceil(H / stride), ceil(W / stride), out_channels]``.
-    """
-
-    def __init__(
-        self,
-        width: int,
-        out_channels: int,
-        stride: int,
-        projection: bool,
-        stride_in_1x1: bool,
-        groups: int,
-        norm: str,
-        norm_epsilon: float,
-        conv_bias: bool,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.width = width
-        self.out_channels = out_channels
-        self.stride = stride
-        dtype = self.dtype_policy
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-
-        def conv(out: int, size: int, index: int, stride: int = 1, groups: int = 1):
-            return keras.layers.Conv2D(
-                out,
-                size,
-                strides=stride,
-                padding="same" if size > 1 and stride == 1 else "valid",
-                groups=groups,
-                use_bias=conv_bias,
-                kernel_initializer=_conv_initializer(),
-                name=f"{self.name}_{index}_conv",
-                dtype=dtype,
-            )
-
-        def norm_layer(index: int) -> keras.layers.Layer | None:
-            return _norm_layer(norm, f"{self.name}_{index}", norm_epsilon, dtype)
-
-        self.shortcut_conv = conv(out_channels, 1, 0, stride) if projection else None
-        self.shortcut_norm = norm_layer(0) if projection else None
-        self.conv1 = conv(width, 1, 1, stride_1x1)
-        self.norm1 = norm_layer(1)
-        # TF's "same" padding of a strided 3x3 pads bottom/right only; pad 1 on every side.
-        self.pad_3x3 = stride_3x3 > 1
-        self.conv2 = conv(width, 3, 2, stride_3x3, groups)
-        self.norm2 = norm_layer(2)
-        self.conv3 = conv(out_channels, 1, 3)
-        self.norm3 = norm_layer(3)
-
-    def named_layers(self) -> list[keras.layers.Layer]:
-        """The block's convolutions and normalizations (the layers that hold weights)."""
-        layers = [self.conv1, self.norm1, self.conv2, self.norm2, self.conv3, self.norm3]
-        if self.shortcut_conv is not None:
-            layers = [self.shortcut_conv, self.shortcut_norm, *layers]
-        return [layer for layer in layers if layer is not None]
-
-    def build(self, input_shape: tuple[int | None, ...]) -> None:
-        channels = input_shape[-1]
-        pairs = [
-            (self.conv1, self.norm1, channels),
-            (self.conv2, self.norm2, self.width),
-            (self.conv3, self.norm3, self.width),
-        ]
-        if self.shortcut_conv is not None:
-            pairs.append((self.shortcut_conv, self.shortcut_norm, channels))
-        for conv, norm, in_channels in pairs:
-            conv.build((None, None, None, in_channels))
-            if norm is not None:
-                norm.build((None, None, None, conv.filters))
-
-    def call(self, inputs: Any) -> Any:
-        shortcut = inputs
-        if self.shortcut_conv is not None:
-            shortcut = _normalize(self.shortcut_norm, self.shortcut_conv(inputs))
-        x = ops.relu(_normalize(self.norm1, self.conv1(inputs)))
-        if self.pad_3x3:
-            x = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = ops.relu(_normalize(self.norm2, self.conv2(x)))
-        x = _normalize(self.norm3, self.conv3(x))
-        return ops.relu(x + shortcut)
-
-    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        def down(size: int | None) -> int | None:
-            return None if size is None else -(-size // self.stride)
-
-        return (input_shape[0], down(input_shape[1]), down(input_shape[2]), self.out_channels)
 
 
 @register_backbone("resnet")
@@ -204,6 +90,9 @@ class ResNet(Backbone):
         torchvision: no).
       groups: groups of the 3x3 convolutions (ResNeXt cardinality; 1 = ResNet).
       width_per_group: channels per group of stage conv2's 3x3 convolution (64 = ResNet).
+      out_levels: the levels returned, ascending in 2..5; stages above the highest are not
+        built. (2, 3, 4, 5) for an FPN; (4,) for the ResNet-C4 detectors, whose conv5 stage
+        runs per RoI in the box head (``kmask.modeling.Res5Head``; Mask R-CNN figure 3).
       weights: path (str) of a ``backbone.npz`` written by ``kmask convert-weights`` from
         a torchvision or detectron2 ImageNet backbone (any layout; shapes are checked), or
         of a keras.applications ResNet50/101/152 weights file matching ``depth``: a legacy
@@ -244,10 +133,20 @@ class ResNet(Backbone):
         conv_bias: bool = True,
         groups: int = 1,
         width_per_group: int = 64,
+        out_levels: tuple[int, ...] = _LEVELS,
         weights: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        out_levels = tuple(int(level) for level in out_levels)
+        if (
+            not out_levels
+            or list(out_levels) != sorted(set(out_levels))
+            or not set(out_levels) <= set(_LEVELS)
+        ):
+            raise ValueError(
+                f"ResNet out_levels must be ascending levels in 2..5, got {out_levels}"
+            )
         if depth not in _BLOCKS_PER_STAGE:
             raise ValueError(
                 f"ResNet depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}"
@@ -290,6 +189,7 @@ class ResNet(Backbone):
         self.conv_bias = conv_bias
         self.groups = groups
         self.width_per_group = width_per_group
+        self.out_levels = out_levels
         self.weights_path = weights
 
         dtype = self.dtype_policy
@@ -298,17 +198,19 @@ class ResNet(Backbone):
             7,
             strides=2,
             use_bias=conv_bias,
-            kernel_initializer=_conv_initializer(),
+            kernel_initializer=conv_initializer(),
             name="conv1_conv",
             dtype=dtype,
         )
-        self.stem_norm = _norm_layer(norm, "conv1", norm_epsilon, dtype)
+        self.stem_norm = norm_layer(norm, "conv1", norm_epsilon, dtype)
         self.blocks = []
         for level, count in zip(_LEVELS, _BLOCKS_PER_STAGE[depth], strict=True):
+            if level > out_levels[-1]:
+                break
             scale = 2 ** (level - 2)
             for index in range(count):
                 self.blocks.append(
-                    _Bottleneck(
+                    Bottleneck(
                         width=groups * width_per_group * scale,
                         out_channels=256 * scale,
                         stride=2 if level > 2 and index == 0 else 1,
@@ -327,7 +229,7 @@ class ResNet(Backbone):
             if not Path(weights).is_file():
                 raise FileNotFoundError(f"ResNet-{depth} weights file not found: {weights}")
             self.build((None, None, None, 3))
-            self._load_applications_weights(Path(weights))
+            load_resnet_weights(self._weighted_layers(), Path(weights), self.depth)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ResNet:
@@ -344,9 +246,11 @@ class ResNet(Backbone):
             _SKIP_WEIGHTS_FILE.reset(token)
 
     def output_specs(self) -> dict[str, FeatureSpec]:
-        """``{"C2": (256, 4), "C3": (512, 8), "C4": (1024, 16), "C5": (2048, 32)}``."""
+        """``{"C2": (256, 4), "C3": (512, 8), "C4": (1024, 16), "C5": (2048, 32)}``, the
+        ``out_levels`` of them."""
         return {
-            f"C{level}": FeatureSpec(channels=64 * 2**level, stride=2**level) for level in _LEVELS
+            f"C{level}": FeatureSpec(channels=64 * 2**level, stride=2**level)
+            for level in self.out_levels
         }
 
     def freeze(self, stages: int) -> None:
@@ -385,32 +289,6 @@ class ResNet(Backbone):
             layers.extend(block.named_layers())
         return {layer.name: layer for layer in layers if layer is not None}
 
-    def _load_applications_weights(self, path: Path) -> None:
-        """Copies the weights of a keras.applications ResNet file (or of a ``.npz`` file of
-        ``kmask convert-weights``) into the sublayers."""
-        if path.suffix == ".npz":
-            with np.load(path) as arrays:
-                source: dict[str, list[np.ndarray]] = {}
-                for key in arrays.files:
-                    name, _, index = key.rpartition("/")
-                    source.setdefault(name, []).append((int(index), arrays[key]))
-            source = {name: [a for _, a in sorted(pairs)] for name, pairs in source.items()}
-        else:
-            source = _read_applications_weights(path, self.depth)
-        for name, layer in self._weighted_layers().items():
-            if name not in source:
-                raise ValueError(
-                    f"ResNet-{self.depth} weights file {path} has no weights for layer {name!r}"
-                )
-            expected = [tuple(w.shape) for w in layer.weights]
-            found = [tuple(a.shape) for a in source[name]]
-            if expected != found:
-                raise ValueError(
-                    f"ResNet-{self.depth} weights file {path}: layer {name!r} has shapes "
-                    f"{found} but this ResNet's layer has {expected}"
-                )
-            layer.set_weights(source[name])
-
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         """Creates all weights for ``input_shape = [B, H, W, 3]``."""
         if input_shape[-1] != 3:
@@ -435,18 +313,54 @@ class ResNet(Backbone):
         """
         x = ops.cast(images, self.compute_dtype)
         x = ops.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        x = ops.relu(_normalize(self.stem_norm, self.stem_conv(x)))
+        x = ops.relu(normalize(self.stem_norm, self.stem_conv(x)))
         # Zero padding equals PyTorch's -inf padding here: the values are >= 0 after ReLU.
         x = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         x = ops.max_pool(x, pool_size=3, strides=2, padding="valid")
         features = {}
         start = 0
         for level, count in zip(_LEVELS, _BLOCKS_PER_STAGE[self.depth], strict=True):
+            if level > self.out_levels[-1]:
+                break
             for block in self.blocks[start : start + count]:
                 x = block(x)
             start += count
-            features[f"C{level}"] = x
+            if level in self.out_levels:
+                features[f"C{level}"] = x
         return features
+
+
+def load_resnet_weights(layers: dict[str, keras.layers.Layer], path: Path, depth: int) -> None:
+    """Copies the weights of a keras.applications ResNet file, or of a ``backbone.npz`` of
+    ``kmask convert-weights``, into ``layers`` (built, keyed by keras.applications name).
+
+    ``ResNet`` loads its stem and stages with it, ``Res5Head`` its conv5 blocks.
+
+    Raises:
+      ValueError: naming the file and the layer when a layer is missing or its shapes differ.
+    """
+    if path.suffix == ".npz":
+        with np.load(path) as arrays:
+            pairs: dict[str, list[tuple[int, np.ndarray]]] = {}
+            for key in arrays.files:
+                name, _, index = key.rpartition("/")
+                pairs.setdefault(name, []).append((int(index), arrays[key]))
+        source = {name: [a for _, a in sorted(items)] for name, items in pairs.items()}
+    else:
+        source = _read_applications_weights(path, depth)
+    for name, layer in layers.items():
+        if name not in source:
+            raise ValueError(
+                f"ResNet-{depth} weights file {path} has no weights for layer {name!r}"
+            )
+        expected = [tuple(w.shape) for w in layer.weights]
+        found = [tuple(a.shape) for a in source[name]]
+        if expected != found:
+            raise ValueError(
+                f"ResNet-{depth} weights file {path}: layer {name!r} has shapes "
+                f"{found} but this ResNet's layer has {expected}"
+            )
+        layer.set_weights(source[name])
 
 
 def _read_applications_weights(path: Path, depth: int) -> dict[str, list[np.ndarray]]:
