@@ -197,7 +197,10 @@ class CityscapesConverter:
             os.replace(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(previous, ignore_errors=True)
+            if previous.is_dir():
+                shutil.rmtree(previous)
+            else:
+                previous.unlink(missing_ok=True)
         return sorted(out.iterdir())
 
 
