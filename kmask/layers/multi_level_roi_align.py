@@ -74,8 +74,9 @@ class MultiLevelROIAlign(keras.layers.Layer):
         missing = [level for level in wanted if level not in by_level]
         if missing:
             raise ValueError(
-                f"MultiLevelROIAlign needs the feature levels {list(wanted)} ('P<k>' or "
-                f"'C<k>' keys); got {sorted(features)}"
+                f"MultiLevelROIAlign needs features {[f'P{level}' for level in wanted]} (or "
+                f"'C<k>' keys); missing {[f'P{level}' for level in missing]}, got "
+                f"{sorted(features)}"
             )
         return {by_level[level]: features[by_level[level]] for level in wanted}
 

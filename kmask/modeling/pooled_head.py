@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from kmask.layers.conv_stack import ConvStack
 from kmask.layers.multi_level_roi_align import MultiLevelROIAlign
+from kmask.ops.levels import sorted_levels
 
 
 class PooledHead(keras.layers.Layer):
@@ -71,7 +72,7 @@ class PooledHead(keras.layers.Layer):
         if self.pooler is None:
             channels = features_shape[-1]
         else:
-            channels = self.pooler.compute_output_shape(features_shape, (None, None, 4))[-1]
+            channels = features_shape[sorted_levels(features_shape)[0]][-1]
         side = self.pooler_resolution
         self.convs.build((None, side, side, channels))
         return self.convs.compute_output_shape((None, 1, 1, channels))[-1]
