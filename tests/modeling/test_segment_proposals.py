@@ -4,14 +4,16 @@ reference of the appendix's rules, the losses, inference, and the whole model in
 
 import json
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from kmask.config import ConfigError, ModelConfig, SegmentProposalsConfig, load_config
 from kmask.layers.image_normalization import ImageNormalization
-from kmask.modeling import FPN, MaskRCNN
+from kmask.modeling import FPN, MaskRCNN, build_mask_rcnn
 from kmask.modeling.segment_proposals import SegmentProposals
 from kmask.ops.masks import mask_targets
 from kmask.ops.segment_windows import assign_heads, head_scales, mask_boxes, segment_targets
@@ -413,3 +415,59 @@ def test_model_trains_predicts_and_survives_the_keras_round_trip(tmp_path):
 def test_layer_config_round_trip():
     stage = SegmentProposals(hidden_dim=8, num_proposals=20, nms_threshold=0.6, pre_nms_topk=50)
     assert_round_trip(stage, pyramid((64, 64)), tf.constant([[64, 64]]))
+
+
+# ------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    "name", ["segment_proposals_r50_fpn_1x_coco.yaml", "segment_proposals_shapes_tiny.yaml"]
+)
+def test_configs_build_the_segment_proposal_stage(name):
+    # No ImageNet weights file here.
+    config = load_config(
+        Path(__file__).parents[2] / "configs" / name, ["model.backbone.weights=null"]
+    )
+    model = build_mask_rcnn(config.model)
+    assert isinstance(model.rpn, SegmentProposals) and model.roi_heads is None
+    stage = config.model.segment_proposals
+    assert model.rpn.get_config()["window_sizes"] == stage.window_sizes
+    if name.endswith("coco.yaml"):  # the paper's settings
+        assert config.model.fpn.num_channels == 128
+        assert stage == SegmentProposalsConfig()
+        assert (stage.window_sizes, stage.hidden_dim, stage.mask_size) == ((5, 7), 512, 14)
+        assert (stage.batch_size_per_image, stage.positive_fraction) == (128, 0.25)
+        assert (stage.mask_loss_weight, stage.num_proposals, stage.nms_threshold) == (
+            10,
+            1000,
+            None,
+        )
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="model.segment_proposals replaces the RPN"):
+        ModelConfig(segment_proposals=SegmentProposalsConfig(), mask_head=None)
+    for key, value in [
+        ("window_sizes", "[0]"),
+        ("canonical_scales", "[64, 32, 128, 256, 512]"),
+        ("positive_fraction", "0"),
+        ("pre_nms_topk", "10"),
+        ("nms_threshold", "1.5"),
+    ]:
+        with pytest.raises(ConfigError, match=f"model.segment_proposals.{key}"):
+            load_config(
+                overrides=[
+                    "model.box_head=null",
+                    "model.mask_head=null",
+                    f"model.segment_proposals.{key}={value}",
+                ]
+            )
+    config = load_config(
+        overrides=[
+            "model.box_head=null",
+            "model.mask_head=null",
+            "model.segment_proposals.canonical_scales=[32, 64]",
+        ]
+    )
+    with pytest.raises(ValueError, match="model.segment_proposals.canonical_scales has 2"):
+        build_mask_rcnn(config.model)
