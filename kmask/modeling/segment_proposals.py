@@ -345,27 +345,6 @@ class SegmentProposals(keras.layers.Layer):
             "proposal_masks": (batch, count, size, size),
         }
 
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "canonical_scales": self.canonical_scales,
-                "window_sizes": self.window_sizes,
-                "padding": self.padding,
-                "hidden_dim": self.hidden_dim,
-                "mask_size": self.mask_size,
-                "center_radius": self.center_radius,
-                "batch_size_per_image": self.batch_size_per_image,
-                "positive_fraction": self.positive_fraction,
-                "score_loss_weight": self.score_loss_weight,
-                "mask_loss_weight": self.mask_loss_weight,
-                "num_proposals": self.num_proposals,
-                "nms_threshold": self.nms_threshold,
-                "pre_nms_topk": self.pre_nms_topk,
-            }
-        )
-        return config
-
 
 def _top_k(keys: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Indices [B, k] of the largest ``keys [B, N]`` (padded with 0 when N < k) and whether
