@@ -117,9 +117,12 @@ class Converter:
             return config, backbone
         model = build_float32_model(config.model)
         self.assign_backbone(mapping, model.backbone)
-        self.assign_fpn(mapping, model.fpn)
+        if model.fpn is not None:
+            self.assign_fpn(mapping, model.fpn)
         self.assign_rpn_head(mapping, model.rpn.head)
         if model.roi_heads is not None:
+            if model.roi_heads.shared_head is not None:
+                self.assign_res5_head(mapping, model.roi_heads.shared_head)
             self.assign_box_head(mapping, model.roi_heads.box_head)
             for head in model.roi_heads.instance_heads:
                 if isinstance(head, KeypointHead):
@@ -138,6 +141,11 @@ class Converter:
     def backbone_key(self, layer_name: str) -> str:
         """Source prefix of a ``ResNet`` sublayer (keras.applications names)."""
         raise NotImplementedError
+
+    def res5_head_key(self, layer_name: str) -> str:
+        """Source prefix of a ``Res5Head`` sublayer (``conv5_block1_1_conv``, ...) of a
+        ResNet-C4 model."""
+        raise NotImplementedError(f"{type(self).__name__} has no ResNet-C4 architectures")
 
     def fpn_keys(self, index: int, level: int, output: bool) -> tuple[str, str]:
         """Source prefixes of (conv, norm) of FPN lateral (``output=False``) or output conv."""
@@ -229,6 +237,16 @@ class Converter:
             else:
                 self._norm(mapping, layer, prefix)
 
+    def assign_res5_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
+        """Fills the conv5 blocks of a ResNet-C4 model's ``Res5Head``."""
+        for block in head.blocks:
+            for layer in block.named_layers():
+                prefix = self.res5_head_key(layer.name)
+                if isinstance(layer, keras.layers.Conv2D):
+                    self._conv(mapping, layer, prefix)
+                else:
+                    self._norm(mapping, layer, prefix)
+
     def assign_fpn(self, mapping: WeightMapping, fpn: keras.layers.Layer) -> None:
         """Fills the FPN's lateral and output convs (and their norms)."""
         for index, level in enumerate(fpn.backbone_levels):
@@ -251,10 +269,10 @@ class Converter:
         """Fills the box head: the first fc reads NCHW-flattened features in PyTorch."""
         convs, fcs = self.box_head_keys(head.convs.num_conv, len(head.fcs))
         self._conv_stack(mapping, head.convs, convs)
-        height, width = head.pooler.output_size
-        channels = head.fcs[0].kernel.shape[0] // (height * width)
+        side = head.pooler_resolution
         for i, (fc, key) in enumerate(zip(head.fcs, fcs)):
-            self._dense(mapping, fc, key, pooled=(channels, height, width) if i == 0 else None)
+            channels = fc.kernel.shape[0] // side**2
+            self._dense(mapping, fc, key, pooled=(channels, side, side) if i == 0 else None)
         scores, boxes, _ = self.class_rows(mapping)
         score_key, box_key = self.box_predictor_keys()
         self._dense(mapping, head.cls_score, score_key, rows=np.asarray(scores))

@@ -49,6 +49,38 @@ def _model(depth: int, resnext: bool = False, masks: bool = True) -> dict[str, A
     return {"model": model, "data": dict(_DATA)}
 
 
+def _c4_model(depth: int, masks: bool = True) -> dict[str, Any]:
+    """detectron2's Base-RCNN-C4 (``mask_rcnn_R_*_C4_*`` / ``faster_rcnn_R_*_C4_*``): the
+    backbone up to res4, the RPN on it with 15 anchors per position (sizes 32..512 x 3
+    ratios, 12000 / 6000 pre-NMS and 2000 / 1000 post-NMS proposals for training / test),
+    ``Res5ROIHeads``: ROIAlignV2 14x14 on res4, res5 with stride 2, average pool to the
+    predictors, the mask head a 2x2 deconv of 256 channels on the 7x7 res5 maps (14x14
+    masks)."""
+    values = _model(depth, masks=masks)
+    model = values["model"]
+    model["backbone"]["out_levels"] = [4]
+    model["fpn"] = None
+    model["rpn"] = {
+        "anchor_sizes": [[32.0, 64.0, 128.0, 256.0, 512.0]],
+        "anchor_offset": 0.0,
+        "smooth_l1_beta": 0.0,
+        "pre_nms_topk_train": 12000,
+        "post_nms_topk_train": 2000,
+        "pre_nms_topk_test": 6000,
+        "post_nms_topk_test": 1000,
+    }
+    model["res5_head"] = {
+        "pooler_resolution": 14,
+        "pooler_sampling_ratio": 0,
+        "pooler_aligned": True,
+        "stride": 2,
+    }
+    model["box_head"].update(pool="average", num_fc=0)
+    if masks:
+        model["mask_head"] = {"pooler_resolution": 7, "num_conv": 0}
+    return values
+
+
 def _keypoints(depth: int, resnext: bool = False) -> dict[str, Any]:
     """detectron2's Base-Keypoint-RCNN-FPN: one class (person), no masks, the keypoint head
     (ROIAlignV2 14x14, 8 convs of 512, deconv 4x4 s2 to 17 maps, 2x bilinear), box
@@ -77,6 +109,8 @@ class Detectron2Converter(Converter):
 
     Architectures (``--arch``), named as the model-zoo configs: ``mask_rcnn_R_50_FPN_1x``,
     ``mask_rcnn_R_50_FPN_3x``, ``mask_rcnn_R_101_FPN_3x``, ``mask_rcnn_X_101_32x8d_FPN_3x``,
+    the ResNet-C4 ``mask_rcnn_R_50_C4_1x``, ``mask_rcnn_R_50_C4_3x``,
+    ``mask_rcnn_R_101_C4_3x`` (``Res5ROIHeads``: conv5 in the RoI head, ``roi_heads.res5``),
     the ``faster_rcnn_*`` and ``keypoint_rcnn_*`` siblings (the person keypoint models:
     one class, COCO's 17 keypoints), and the ImageNet backbones ``R-50``, ``R-101`` (MSRA)
     and ``X-101-32x8d`` (FAIR), Caffe2 blob names.
@@ -100,6 +134,12 @@ class Detectron2Converter(Converter):
         "mask_rcnn_R_50_FPN_3x": _model(50),
         "mask_rcnn_R_101_FPN_3x": _model(101),
         "mask_rcnn_X_101_32x8d_FPN_3x": _model(101, resnext=True),
+        "mask_rcnn_R_50_C4_1x": _c4_model(50),
+        "mask_rcnn_R_50_C4_3x": _c4_model(50),
+        "mask_rcnn_R_101_C4_3x": _c4_model(101),
+        "faster_rcnn_R_50_C4_1x": _c4_model(50, masks=False),
+        "faster_rcnn_R_50_C4_3x": _c4_model(50, masks=False),
+        "faster_rcnn_R_101_C4_3x": _c4_model(101, masks=False),
         "faster_rcnn_R_50_FPN_1x": _model(50, masks=False),
         "faster_rcnn_R_50_FPN_3x": _model(50, masks=False),
         "faster_rcnn_R_101_FPN_3x": _model(101, masks=False),
@@ -121,6 +161,15 @@ class Detectron2Converter(Converter):
         "mask AP 38.6",
         "mask_rcnn_X_101_32x8d_FPN_3x": "model zoo 139653917/model_final_2d9806.pkl: box AP "
         "44.3, mask AP 39.5",
+        "mask_rcnn_R_50_C4_1x": "model zoo 137259246/model_final_9243eb.pkl: box AP 36.8, "
+        "mask AP 32.2",
+        "mask_rcnn_R_50_C4_3x": "model zoo 137849525/model_final_4ce675.pkl: box AP 39.8, "
+        "mask AP 34.4",
+        "mask_rcnn_R_101_C4_3x": "model zoo 138363239/model_final_a2914c.pkl: box AP 42.6, "
+        "mask AP 36.7",
+        "faster_rcnn_R_50_C4_1x": "model zoo 137257644/model_final_721ade.pkl: box AP 35.7",
+        "faster_rcnn_R_50_C4_3x": "model zoo 137849393/model_final_f97cb7.pkl: box AP 38.4",
+        "faster_rcnn_R_101_C4_3x": "model zoo 138204752/model_final_298dad.pkl: box AP 41.1",
         "faster_rcnn_R_50_FPN_1x": "model zoo 137257794/model_final_b275ba.pkl: box AP 37.9",
         "faster_rcnn_R_50_FPN_3x": "model zoo 137849458/model_final_280758.pkl: box AP 40.2",
         "faster_rcnn_R_101_FPN_3x": "model zoo 137851257/model_final_f6e8b1.pkl: box AP 42.0",
@@ -163,7 +212,9 @@ class Detectron2Converter(Converter):
     def backbone_key(self, layer_name: str) -> str:
         if self.backbone_only:
             return self._c2_backbone_key(layer_name)
-        prefix = "backbone.bottom_up."
+        # An FPN wraps the ResNet as its "bottom_up"; a C4 model's backbone is the ResNet.
+        c4 = self.ARCHITECTURES[self.arch]["model"].get("fpn", {}) is None
+        prefix = "backbone." if c4 else "backbone.bottom_up."
         if layer_name in ("conv1_conv", "conv1_bn"):
             return prefix + "stem.conv1" + (".norm" if layer_name.endswith("bn") else "")
         stage, block, index, kind = self._parse(layer_name)
@@ -195,6 +246,11 @@ class Detectron2Converter(Converter):
             re.sub(r"_w$", ".weight", key) if not key.startswith(("pred_", "fc1000_")) else key: v
             for key, v in arrays.items()
         }
+
+    def res5_head_key(self, layer_name: str) -> str:
+        stage, block, index, kind = self._parse(layer_name)
+        name = "shortcut" if index == 0 else f"conv{index}"
+        return f"roi_heads.res{stage}.{block - 1}.{name}" + ("" if kind == "conv" else ".norm")
 
     def fpn_keys(self, index: int, level: int, output: bool) -> tuple[str, str]:
         conv = f"backbone.fpn_{'output' if output else 'lateral'}{level}"
