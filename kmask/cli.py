@@ -198,6 +198,62 @@ def _add_convert_coco(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_convert_coco)
 
 
+def _run_convert_cityscapes(args: argparse.Namespace) -> int:
+    from kmask.data import DataError
+    from kmask.data.cityscapes_converter import CityscapesConverter
+
+    if args.num_shards is not None and not args.shards:
+        return _fail("convert-cityscapes", "--num-shards needs --shards", 2)
+    try:
+        converter = CityscapesConverter(args.root, progress=True)
+        paths = converter.write(
+            args.out,
+            args.splits,
+            shards=args.shards,
+            num_shards=args.num_shards,
+            overwrite=args.overwrite,
+        )
+    except FileExistsError as error:
+        return _fail("convert-cityscapes", str(error), 2)
+    except (DataError, OSError) as error:
+        return _fail("convert-cityscapes", str(error), 1)
+    except KeyboardInterrupt:
+        return _fail("convert-cityscapes", f"interrupted; {args.out} was not written", 130)
+    print(f"wrote {len(paths)} file(s) to {args.out}: {', '.join(p.name for p in paths[:4])}")
+    for split in args.splits:
+        print(
+            f"train or evaluate with --json {args.out}/instances_{split}.json --images "
+            f"{converter.images_dir(split)}"
+        )
+    return 0
+
+
+def _add_convert_cityscapes(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert-cityscapes",
+        help="convert Cityscapes gtFine instance annotations (instanceIds PNGs) to COCO JSON "
+        "(instances_<split>.json, exact-pixel RLE masks, group regions as iscrowd) and, with "
+        "--shards, TFRecord shards; atomically",
+    )
+    parser.add_argument(
+        "--root", required=True, help="the Cityscapes folder with leftImg8bit/ and gtFine/"
+    )
+    parser.add_argument("--out", required=True, help="output folder (must not exist)")
+    parser.add_argument(
+        "--splits", nargs="+", default=["train", "val"], help="splits to convert (train val)"
+    )
+    parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="also write the TFRecord shards of convert-coco (instances_<split>-*.tfrecord)",
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=None, help="shards per split (one per 1000 images)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.set_defaults(handler=_run_convert_cityscapes)
+
+
 def _run_convert_weights(args: argparse.Namespace) -> int:
     import time
 
@@ -810,6 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_build_ops,
         _add_make_shapes,
         _add_convert_coco,
+        _add_convert_cityscapes,
         _add_convert_weights,
         _add_train,
         _add_evaluate,

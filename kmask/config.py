@@ -94,6 +94,9 @@ class BackboneConfig:
     width_per_group: int = 64
     # Keras-applications ResNet weights file (.h5 / .weights.h5) on disk; None = random init.
     weights: str | None = None
+    # Levels returned: (2, 3, 4, 5) for an FPN; (4,) for the ResNet-C4 models, whose conv5
+    # runs per RoI in model.res5_head.
+    out_levels: tuple[int, ...] = (2, 3, 4, 5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +114,10 @@ class FPNConfig:
 class RPNConfig:
     """Region proposal network stage: anchors, head, proposals, targets and losses."""
 
-    # Square root of the anchor area on each level P2..P6: areas 32^2 .. 512^2.
-    anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    # Square root of the anchor area on each level P2..P6: areas 32^2 .. 512^2. An entry may
+    # be a list of sizes on one level: [[32, 64, 128, 256, 512]] is the single-level RPN of
+    # the ResNet-C4 models (Faster R-CNN's 15 anchors per position on C4).
+    anchor_sizes: tuple[float | tuple[float, ...], ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
     # Height / width: 1:2, 1:1, 2:1 (15 anchors over the pyramid).
     anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     # Anchor centre inside its feature cell, in cells (0.5 = the cell's centre; detectron2
@@ -180,6 +185,9 @@ class BoxHeadConfig:
     norm: str = "none"
     num_fc: int = 2
     fc_dim: int = 1024
+    # "flatten" the pooled RoI (FPN head) or "average" it over its cells (the ResNet-C4
+    # head of Mask R-CNN figure 3, left: res5 -> average pool -> class and box outputs).
+    pool: str = "flatten"
     # Predict deltas for the background slot too (torchvision's layout; never used).
     predict_background: bool = False
     # Delta weights (dy, dx, dh, dw) of the proposal -> box parameterization.
@@ -199,6 +207,35 @@ class BoxHeadConfig:
 
     def __post_init__(self) -> None:
         _check_pooler(self, "model.box_head")
+        if self.pool not in ("flatten", "average"):
+            raise ConfigError(
+                f"model.box_head.pool: expected flatten or average, got {self.pool!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Res5HeadConfig:
+    """The ResNet-C4 RoI trunk (Mask R-CNN figure 3, left; ``Res5Head``): RoIAlign on C4,
+    then the backbone's conv5 stage per RoI, 7x7x2048 maps shared by the box head (average
+    pool) and the mask head (deconv to 14x14). The paper: RoIAlign 7x7, conv5's first block
+    with stride 1. detectron2's ``Res5ROIHeads``: ``pooler_resolution: 14``, ``stride: 2``,
+    ``pooler_sampling_ratio: 0``. The conv5 layout (norm, strides, groups) is the backbone's.
+    """
+
+    pooler_resolution: int = 7
+    pooler_sampling_ratio: int = 2
+    pooler_aligned: bool = True
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        _check_pooler(self, "model.res5_head")
+        if self.stride not in (1, 2):
+            raise ConfigError(f"model.res5_head.stride: expected 1 or 2, got {self.stride}")
+
+    @property
+    def output_side(self) -> int:
+        """Side of the conv5 maps the heads receive: ``ceil(pooler_resolution / stride)``."""
+        return -(-self.pooler_resolution // self.stride)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,17 +282,78 @@ class KeypointHeadConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SegmentProposalsConfig:
+    """FPN segment proposals (FPN paper section 6 and appendix A; ``SegmentProposals``):
+    DeepMask-style MLPs on P2..P6 predicting a mask and an objectness score per window.
+    Replaces the RPN; needs ``box_head: null`` and ``mask_head: null``. The paper's FPN
+    has ``d = 128`` (``model.fpn.num_channels: 128``)."""
+
+    # Object scale (larger box side) of the first MLP on each level P2..P6.
+    canonical_scales: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    # Input window of each MLP per level: 5x5, and 7x7 (~5 sqrt 2) for the half octaves
+    # (scale x sqrt 2); one entry = one MLP per octave (Table 6's single-MLP rows).
+    window_sizes: tuple[int, ...] = (5, 7)
+    # Window side = (1 + padding) x canonical scale: 25% -> 40 .. 640 pixels (5x5 MLP).
+    padding: float = 0.25
+    # Hidden units of each MLP (its w x w conv) and side of the predicted masks.
+    hidden_dim: int = 512
+    mask_size: int = 14
+    # Positives: the object's centre within this many cells of the window's (+-1 cell).
+    center_radius: float = 1.0
+    # Windows sampled per image for the losses (128 per image), 1:3 positive:negative.
+    batch_size_per_image: int = 128
+    positive_fraction: float = 0.25
+    # "The mask loss is given 10x higher weight than the score loss."
+    score_loss_weight: float = 1.0
+    mask_loss_weight: float = 10.0
+    # Masks at the highest scoring windows: 1000 per image.
+    num_proposals: int = 1000
+    # The paper does no NMS (null). A value: greedy NMS at this IoU over the tight boxes of
+    # the masks of the pre_nms_topk best windows.
+    nms_threshold: float | None = None
+    pre_nms_topk: int = 2000
+
+    def __post_init__(self) -> None:
+        where = "model.segment_proposals"
+        if not self.canonical_scales or min(self.canonical_scales) <= 0:
+            raise ConfigError(f"{where}.canonical_scales: expected positive scales")
+        if list(self.canonical_scales) != sorted(set(self.canonical_scales)):
+            raise ConfigError(f"{where}.canonical_scales: expected increasing scales")
+        if not self.window_sizes or min(self.window_sizes) < 1:
+            raise ConfigError(f"{where}.window_sizes: expected positive window sizes")
+        for name in ("hidden_dim", "mask_size", "batch_size_per_image", "num_proposals"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name}: expected a positive integer")
+        if self.pre_nms_topk < self.num_proposals:
+            raise ConfigError(f"{where}.pre_nms_topk: expected at least num_proposals")
+        for name in ("padding", "score_loss_weight", "mask_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name}: expected a number >= 0")
+        if self.center_radius <= 0:
+            raise ConfigError(f"{where}.center_radius: expected a positive number of cells")
+        if not 0.0 < self.positive_fraction <= 1.0:
+            raise ConfigError(f"{where}.positive_fraction: expected a value in (0, 1]")
+        if self.nms_threshold is not None and not 0.0 < self.nms_threshold <= 1.0:
+            raise ConfigError(f"{where}.nms_threshold: expected a value in (0, 1] or null")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Mask R-CNN with ResNet-FPN. ``num_classes`` counts foreground classes only.
 
     Detector modes: Mask R-CNN (default); Faster R-CNN with FPN (``mask_head: null``); RPN
     only (``box_head: null`` and ``mask_head: null``, the FPN paper's proposal experiments).
+    Segment proposals (``segment_proposals`` set, ``box_head`` and ``mask_head`` null): the
+    FPN paper's section 6 mask proposals in place of the RPN.
+    ResNet-C4 (``fpn: null`` with ``res5_head``, ``backbone.out_levels: [4]``, one RPN
+    level): Mask R-CNN or Faster R-CNN whose heads share conv5 run per RoI.
     """
 
     num_classes: int = 80
     input: InputConfig = InputConfig()
     backbone: BackboneConfig = BackboneConfig()
-    fpn: FPNConfig = FPNConfig()
+    # null for the ResNet-C4 models (backbone maps go straight to the RPN and res5_head).
+    fpn: FPNConfig | None = FPNConfig()
     rpn: RPNConfig = RPNConfig()
     roi_heads: ROIHeadsConfig = ROIHeadsConfig()
     box_head: BoxHeadConfig | None = BoxHeadConfig()
@@ -263,6 +361,11 @@ class ModelConfig:
     # Keypoint R-CNN: set a section (``keypoint_head: {}`` for the paper's head) to predict
     # keypoints; ``mask_head: null`` with it is the paper's keypoint-only model.
     keypoint_head: KeypointHeadConfig | None = None
+    # ResNet-C4: the RoI trunk every head runs on (set with fpn: null).
+    res5_head: Res5HeadConfig | None = None
+    # FPN segment proposals (FPN section 6) in place of the RPN; needs box_head: null and
+    # mask_head: null.
+    segment_proposals: SegmentProposalsConfig | None = None
     # "auto" | "custom" | "tf": which RoIAlign kernel the model uses (see kmask.ops.roi_align).
     roi_align_implementation: str = "auto"
 
@@ -278,6 +381,40 @@ class ModelConfig:
             raise ConfigError(
                 "model.keypoint_head needs model.box_head (keypoints are predicted on the "
                 "detected boxes)"
+            )
+        if self.segment_proposals is not None and (
+            self.box_head is not None or self.mask_head is not None
+        ):
+            raise ConfigError(
+                "model.segment_proposals replaces the RPN of a proposal-only model: set "
+                "model.box_head: null and model.mask_head: null"
+            )
+        self._check_c4()
+
+    def _check_c4(self) -> None:
+        """A ResNet-C4 model: ``res5_head`` without FPN, on the backbone's C4 alone."""
+        if (self.fpn is None) != (self.res5_head is not None):
+            raise ConfigError(
+                "model.fpn: null and model.res5_head go together (the ResNet-C4 models); "
+                f"got fpn {'null' if self.fpn is None else 'set'} and res5_head "
+                f"{'null' if self.res5_head is None else 'set'}"
+            )
+        if self.res5_head is None:
+            return
+        if tuple(self.backbone.out_levels) != (4,):
+            raise ConfigError(
+                "model.backbone.out_levels: a ResNet-C4 model (model.res5_head) needs [4], "
+                f"got {list(self.backbone.out_levels)}"
+            )
+        if self.box_head is None or self.keypoint_head is not None:
+            raise ConfigError(
+                "model.res5_head: a ResNet-C4 model needs model.box_head and has no keypoint_head"
+            )
+        side = self.res5_head.output_side
+        if self.mask_head is not None and self.mask_head.pooler_resolution != side:
+            raise ConfigError(
+                f"model.mask_head.pooler_resolution: the C4 mask head runs on the {side}x{side} "
+                f"maps of model.res5_head, got {self.mask_head.pooler_resolution}"
             )
 
 
@@ -412,6 +549,15 @@ class TrainConfig:
     # .keras file. Weights are copied by name; the class-dependent layers are
     # re-initialized when the class count differs. Not used when resuming a checkpoint.
     init_from: str | None = None
+    # With init_from: {class of this run: class of the source}, by name (the training
+    # data's categories; the source run directory's categories.json). The per-class units
+    # of the class-dependent layers (box_head cls_score and bbox_pred, mask_head predictor;
+    # the background's too) are copied from the named source class, whatever the class
+    # counts; classes left out keep their fresh initialization. The Mask R-CNN paper's
+    # Cityscapes model from COCO: {person: person, car: car, ...}, rider new
+    # (configs/mask_rcnn_r50_fpn_cityscapes_from_coco.yaml). null = those layers are copied
+    # whole when their shapes match, else re-initialized.
+    init_class_map: dict[str, str] | None = None
     # Which backbone stages train: heads, 5+, 4+, 3+ or all (TRAINABLE_PRESETS above);
     # None = as model.backbone.freeze_at says.
     trainable: str | None = None
@@ -436,6 +582,10 @@ class TrainConfig:
                 f"train.trainable: expected one of {', '.join(TRAINABLE_PRESETS)} or null, "
                 f"got {self.trainable!r}"
             )
+        if self.init_class_map is not None and not all(
+            name and source for name, source in self.init_class_map.items()
+        ):
+            raise ConfigError("train.init_class_map: expected non-empty class names")
         if self.heads_first_steps and self.trainable is None:
             raise ConfigError(
                 "train.heads_first_steps needs train.trainable (what trains after the heads)"
@@ -540,6 +690,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError("; ".join(errors))
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {
+            _coerce(key, key_type, f"{where} (key {key!r})"): _coerce(
+                item, value_type, f"{where}.{key}"
+            )
+            for key, item in value.items()
+        }
     if origin is tuple:
         (item_type, *_rest) = typing.get_args(annotation)
         items = value if isinstance(value, (list, tuple)) else [value]

@@ -139,14 +139,14 @@ def draw_image_detections(
     - with ``keypoints`` (Keypoint R-CNN) also the keypoints joined by the ``skeleton``;
     - proposals only (RPN-only model): the ``max_proposals`` best proposals, whatever
       their score, labelled ``"proposal 0.97"`` (the objectness; no label without
-      ``proposal_scores``).
+      ``proposal_scores``), with their ``proposal_masks`` when present (segment proposals).
 
     Args:
       image: uint8 ``[H, W, 3]`` RGB; the detections must be in its pixels.
       detections: ``boxes [n, 4]`` ``(y1, x1, y2, x2)``, ``scores [n]``, ``classes [n]``
         0-based and optionally ``masks [n, H, W]`` bool and ``keypoints [n, K, 3]`` ``(x,
         y, score)``; or ``proposals [p, 4]`` best first and optionally ``proposal_scores
-        [p]``.
+        [p]`` and ``proposal_masks [p, H, W]`` bool.
       class_names: name of each class.
       score_threshold: detections below it are not drawn (not applied to proposals).
       max_proposals: proposals drawn for an RPN-only model.
@@ -169,6 +169,7 @@ def draw_image_detections(
         )
     proposals = np.asarray(detections.get("proposals", np.zeros((0, 4)))).reshape(-1, 4)
     proposals = proposals[:max_proposals]
+    masks = detections.get("proposal_masks")
     scores = detections.get("proposal_scores")
     labelled = scores is not None
     # Without objectness the order (best first) ranks the proposals.
@@ -182,7 +183,7 @@ def draw_image_detections(
         proposals,
         np.zeros(len(proposals), np.int32),
         scores,
-        None,
+        None if masks is None else np.asarray(masks)[: len(proposals)],
         ("proposal",),
         score_threshold=-np.inf,
         labelled=labelled,

@@ -10,6 +10,7 @@ MODULES = [
     "kmask.modeling.backbones.resnet",
     "kmask.modeling.fpn",
     "kmask.modeling.rpn",
+    "kmask.modeling.segment_proposals",
     "kmask.layers.multi_level_roi_align",
     "kmask.modeling.box_head",
     "kmask.modeling.mask_head",

@@ -58,6 +58,7 @@ flips with probability 0.5; images without non-crowd instances are dropped in tr
 
 Modules: ``coco_dataset.CocoDataset`` (JSON + images), ``shard_dataset.ShardDataset``
 (TFRecords), ``shard_writer.ShardWriter`` (``kmask convert-coco``),
+``cityscapes_converter.CityscapesConverter`` (``kmask convert-cityscapes``),
 ``shapes_dataset.ShapesDataset`` (``kmask make-shapes``), ``transforms`` (tf ops),
 ``pipeline`` (batching, the training stream), ``stream_position.StreamPosition``,
 ``category_map.CategoryMap``, ``bad_input_report.BadInputReport``.

@@ -24,6 +24,7 @@ from kmask.data.image_io import write_atomic
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor
 from kmask.evaluation.proposal_recall import ProposalRecall
+from kmask.evaluation.segment_recall import segment_recall, to_segment_results
 
 # COCOeval.stats entries 0..5 and the names they get in the flat metrics.
 _AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -133,6 +134,9 @@ class COCOEvaluator:
     - Mask R-CNN: COCOeval ``bbox`` and ``segm``;
     - Faster R-CNN (no masks): COCOeval ``bbox`` only;
     - RPN only (no detections): the proposal recall alone;
+    - segment proposals: the mask average recall through COCOeval segm IoU
+      (``segment_recall``: ``segm_AR@100, segm_ARs@100, ..., segm_ARl@1000``), not the
+      box recall of their windows;
     - in every mode the proposal recall too when the outputs carry proposals, and COCOeval
       ``keypoints`` (OKS) when the detections carry keypoints (Keypoint R-CNN), over the
       categories that define keypoints, with the categories' ``keypoint_sigmas`` or COCO's
@@ -200,9 +204,11 @@ class COCOEvaluator:
     def evaluated(self) -> tuple[str, ...]:
         """What ``evaluate`` computes for the images added so far: ``"bbox"``, ``"segm"``,
         ``"keypoints"`` (COCOeval iou types) and ``"proposals"`` (proposal recall), in that
-        order."""
+        order, or ``("segment_proposals",)`` (mask recall) for segment proposals."""
         if self.mode is None:
             return ()
+        if self.mode is DetectorMode.SEGMENT_PROPOSALS:
+            return ("segment_proposals",)
         keypoints = ("keypoints",) if self._has_keypoints else ()
         return self.mode.iou_types + keypoints + (("proposals",) if self._has_proposals else ())
 
@@ -228,7 +234,11 @@ class COCOEvaluator:
         if mode.has_detections:
             self.results.extend(to_coco_results(detections, self.categories))
             self._has_keypoints |= "keypoints" in detections
-        if "proposals" in detections:
+        if mode is DetectorMode.SEGMENT_PROPOSALS:
+            category_id = self.categories.to_original_id(0)
+            limit = max(self.proposal_limits)
+            self.results.extend(to_segment_results(detections, category_id, limit))
+        elif "proposals" in detections:
             self._has_proposals = True
             if mode is DetectorMode.RPN:
                 self.results.extend(to_proposal_results(detections, max(self.proposal_limits)))
@@ -275,6 +285,10 @@ class COCOEvaluator:
         if not self.image_ids:
             raise ValueError("no image was evaluated")
         metrics: dict[str, float] = {}
+        if self.mode is DetectorMode.SEGMENT_PROPOSALS:
+            metrics.update(
+                segment_recall(self.coco, self.results, self.image_ids, self.proposal_limits)
+            )
         for iou_type in self.mode.iou_types:
             metrics.update(self.coco_metrics(self.coco, self.results, iou_type, self.image_ids))
         if self._has_keypoints:
@@ -326,6 +340,18 @@ class COCOEvaluator:
             )
         elif "bbox_AP" in metrics:
             lines.append(f"box AP {metrics['bbox_AP']:.3f}  (COCO AP@[.5:.95], {count} images)")
+        elif f"segm_AR@{max(self.proposal_limits)}" in metrics:
+            limit = max(self.proposal_limits)
+            values = "  ".join(
+                f"{name} " + ("-" if metrics[key] < 0 else f"{metrics[key]:.3f}")
+                for name, key in [
+                    (f"mask AR@{limit}", f"segm_AR@{limit}"),
+                    ("AR_s", f"segm_ARs@{limit}"),
+                    ("AR_m", f"segm_ARm@{limit}"),
+                    ("AR_l", f"segm_ARl@{limit}"),
+                ]
+            )
+            lines.append(f"{values}  (segm IoU [.5:.95], {count} images)")
         else:
             key = f"AR@{max(self.proposal_limits)}"
             if key in metrics:
@@ -412,6 +438,7 @@ _GROUP_NAMES = {
     "segm": "mask AP (segm)",
     "keypoints": "keypoint AP (OKS)",
     "proposals": "proposal recall (AR)",
+    "segment_proposals": "mask recall (AR, segm IoU)",
 }
 
 
@@ -423,13 +450,15 @@ def _applies_line(mode: DetectorMode | None, evaluated: Sequence[str]) -> str:
         line += "; no masks, so no segm metrics"
     elif mode is DetectorMode.RPN:
         line += "; no detections, so no bbox/segm metrics"
+    elif mode is DetectorMode.SEGMENT_PROPOSALS:
+        line += "; no detections, so no bbox/segm AP"
     return line
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
     """A small table of the metrics present (values x100, as papers print AP): a ``bbox``
-    row, a ``segm`` row, a ``kpts`` row and an ``rpn`` row of proposal recall, each only
-    when its keys are in ``metrics``."""
+    row, a ``segm`` row, a ``kpts`` row, an ``rpn`` row of proposal recall and a ``mask``
+    row of segment proposals' mask recall, each only when its keys are in ``metrics``."""
     lines = []
     for prefix in IOU_TYPES:
         names = [n for n in _AP_NAMES if f"{prefix}_{n}" in metrics]
@@ -440,6 +469,12 @@ def format_metrics(metrics: dict[str, float]) -> str:
     recall = [k for k in metrics if k.startswith("AR")]
     if recall:
         lines.append("rpn   " + "  ".join(f"{k} {_percent(metrics[k])}" for k in recall))
+    mask_recall = [k for k in metrics if k.startswith("segm_AR")]
+    if mask_recall:
+        lines.append(
+            "mask  "
+            + "  ".join(f"{k.removeprefix('segm_')} {_percent(metrics[k])}" for k in mask_recall)
+        )
     return "\n".join(lines)
 
 

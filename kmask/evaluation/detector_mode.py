@@ -23,6 +23,9 @@ class DetectorMode(enum.Enum):
                    ``detection_masks``          ``classes``
     ``RPN``        ``proposals`` only (no       ``proposals``,              proposal AR
                    ``detection_boxes``)         ``proposal_scores``
+    ``SEGMENT_     ``proposal_masks`` (no       ``proposals``,              mask AR (segm
+    PROPOSALS``    ``detection_boxes``)         ``proposal_scores``,        IoU)
+                                                ``proposal_masks``
     ============== ============================ =========================== ===============
 
     Every mode may also carry the proposals (``proposals [B, P, 4]``,
@@ -33,6 +36,7 @@ class DetectorMode(enum.Enum):
     MASK_RCNN = "mask_rcnn"
     FASTER_RCNN = "faster_rcnn"
     RPN = "rpn"
+    SEGMENT_PROPOSALS = "segment_proposals"
 
     @classmethod
     def from_outputs(cls, outputs: Mapping[str, Any]) -> DetectorMode:
@@ -58,6 +62,8 @@ class DetectorMode(enum.Enum):
     ) -> DetectorMode:
         if boxes in values:
             return cls.MASK_RCNN if masks in values else cls.FASTER_RCNN
+        if "proposal_masks" in values:
+            return cls.SEGMENT_PROPOSALS
         if "proposals" in values:
             return cls.RPN
         raise ValueError(
@@ -68,7 +74,7 @@ class DetectorMode(enum.Enum):
     @property
     def has_detections(self) -> bool:
         """Whether the model outputs classified detections (boxes, scores, classes)."""
-        return self is not DetectorMode.RPN
+        return self not in (DetectorMode.RPN, DetectorMode.SEGMENT_PROPOSALS)
 
     @property
     def has_masks(self) -> bool:
@@ -78,8 +84,13 @@ class DetectorMode(enum.Enum):
     @property
     def iou_types(self) -> tuple[str, ...]:
         """The COCOeval ``iouType`` values that apply: ``("bbox", "segm")``, ``("bbox",)``
-        or ``()``."""
-        return {"mask_rcnn": ("bbox", "segm"), "faster_rcnn": ("bbox",), "rpn": ()}[self.value]
+        or ``()`` (segment proposals are evaluated by their mask recall instead)."""
+        return {
+            "mask_rcnn": ("bbox", "segm"),
+            "faster_rcnn": ("bbox",),
+            "rpn": (),
+            "segment_proposals": (),
+        }[self.value]
 
     @property
     def description(self) -> str:
@@ -88,4 +99,5 @@ class DetectorMode(enum.Enum):
             "mask_rcnn": "Mask R-CNN (boxes and masks)",
             "faster_rcnn": "Faster R-CNN (boxes, no masks)",
             "rpn": "RPN only (proposals, no detections)",
+            "segment_proposals": "segment proposals (class-agnostic masks, no detections)",
         }[self.value]

@@ -35,7 +35,8 @@ class PredictionWriter:
       RLE ``segmentation`` with masks, ``keypoints`` with keypoints) plus ``file_name``
       and ``category_name``;
     - RPN only: the ``num_proposals`` best proposals, whatever their objectness, are drawn
-      and listed in ``proposals.json`` (``image_id``, ``bbox``, ``score``, ``file_name``).
+      and listed in ``proposals.json`` (``image_id``, ``bbox``, ``score``, ``file_name``);
+    - segment proposals: the same with their masks drawn (the window boxes are listed).
 
     ``image_id`` is the image's 1-based position in ``paths``. Images that cannot be
     decoded are skipped (``skipped``; ``on_skip`` is told at once); an image without any
@@ -116,8 +117,9 @@ class PredictionWriter:
                 for key, value in detections.items()
                 if key not in drop
             }
+        ranked = ("proposals", "proposal_scores", "proposal_masks")
         return {
-            key: value[: self.num_proposals] if key in ("proposals", "proposal_scores") else value
+            key: value[: self.num_proposals] if key in ranked else value
             for key, value in detections.items()
         }
 
@@ -182,7 +184,8 @@ class PredictionWriter:
             write_atomic(self.out_dir / f"{name}.png", encode_png(picture))
             self.images_written += 1
             self.results.extend(self._results(selected, path))
-        name = "proposals.json" if self.mode is DetectorMode.RPN else "detections.json"
+        proposals_only = self.mode is not None and not self.mode.has_detections
+        name = "proposals.json" if proposals_only else "detections.json"
         self.results_path = self.out_dir / name
         write_atomic(self.results_path, (json.dumps(self.results) + "\n").encode())
         return self.results_path
@@ -200,7 +203,7 @@ class PredictionWriter:
         """One line on what the last ``write`` wrote."""
         where = self.results_path.parent if self.results_path else self.out_dir
         name = self.results_path.name if self.results_path else "detections.json"
-        if self.mode is DetectorMode.RPN:
+        if self.mode is not None and not self.mode.has_detections:
             what = f"{len(self.results)} proposals, the best {self.num_proposals} of each image"
         else:
             what = f"{len(self.results)} detections with score >= {self.score_threshold}"

@@ -16,6 +16,9 @@ from kmask.data import transforms
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.ops.masks import paste_masks
 
+# Segment proposal masks pasted per paste_masks call.
+_PASTE_CHUNK = 100
+
 
 class Predictor:
     """Runs ``model.predict_step`` in a ``tf.function`` and converts its outputs.
@@ -130,7 +133,9 @@ class Predictor:
             ``keypoints [n, K, 3]`` float32 ``(x, y, score)`` in the target pixels
             (continuous coordinates, not clipped);
           - with proposals: ``proposals [p, 4]``, best first, and ``proposal_scores [p]``
-            when the model returns them.
+            when the model returns them; segment proposals also ``proposal_masks [p, H, W]``
+            bool (each window's mask pasted through its unclipped window, thresholded at
+            ``mask_threshold``).
         """
         mode = DetectorMode.from_outputs(outputs)
         resized_h, resized_w = (float(v) for v in outputs["image_size"][index])
@@ -168,7 +173,12 @@ class Predictor:
                 result["masks"] = np.asarray(pasted[0])
         if "proposals" in outputs:
             count = _valid_count(outputs, "num_proposals", "proposals", index)
-            result["proposals"] = to_target(outputs["proposals"][index, :count])
+            windows = outputs["proposals"][index, :count].reshape(-1, 4).astype(np.float32)
+            result["proposals"] = to_target(windows)
+            if "proposal_masks" in outputs:
+                result["proposal_masks"] = self._paste(
+                    outputs["proposal_masks"][index, :count], windows * scale, (height, width)
+                )
             if "proposal_scores" in outputs:
                 result["proposal_scores"] = outputs["proposal_scores"][index, :count].astype(
                     np.float32
@@ -179,6 +189,24 @@ class Predictor:
             keypoints[..., :2] *= scale[[1, 0]]  # (x, y)
             result["keypoints"] = keypoints
         return result
+
+    def _paste(
+        self, masks: np.ndarray, boxes: np.ndarray, image_shape: tuple[int, int]
+    ) -> np.ndarray:
+        """``paste_masks`` of ``masks [n, m, m]`` in ``boxes [n, 4]`` -> ``[n, H, W]`` bool,
+        ``_PASTE_CHUNK`` masks at a time (a thousand proposals at once would need gigabytes
+        of float32 at COCO sizes)."""
+        pasted = [np.zeros((0, *image_shape), bool)]
+        for start in range(0, len(masks), _PASTE_CHUNK):
+            chunk = paste_masks(
+                masks[None, start : start + _PASTE_CHUNK],
+                boxes[None, start : start + _PASTE_CHUNK],
+                image_shape,
+                threshold=self.mask_threshold,
+                method=self.mask_paste,
+            )
+            pasted.append(np.asarray(chunk[0]))
+        return np.concatenate(pasted)
 
     def batch_detections(
         self, outputs: dict[str, np.ndarray], source_pixels: bool = True

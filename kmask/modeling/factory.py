@@ -14,8 +14,10 @@ from kmask.modeling.fpn import FPN
 from kmask.modeling.keypoint_head import KeypointHead
 from kmask.modeling.mask_head import MaskHead
 from kmask.modeling.mask_rcnn import MaskRCNN
+from kmask.modeling.res5_head import Res5Head
 from kmask.modeling.roi_heads import ROIHeads
 from kmask.modeling.rpn import RPN
+from kmask.modeling.segment_proposals import SegmentProposals
 
 # Levels the RoI heads pool from (FPN section 4.2: P2..P5; P6 serves the RPN only).
 _POOLER_LEVELS = (2, 5)
@@ -28,32 +30,50 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
     (``model.rpn`` to ``RPN``, ``model.box_head`` to ``BoxHead``, ...); ``model.backbone.type``
     picks the backbone from the registry (``kmask.modeling.backbones``). The detector mode
     follows the heads present: Mask R-CNN, Faster R-CNN (``mask_head: null``) or RPN only
-    (``box_head: null``).
+    (``box_head: null``); with ``fpn: null`` and ``res5_head`` it is the ResNet-C4 variant
+    (Mask R-CNN figure 3, left): RPN on C4, conv5 per RoI shared by the heads.
 
     The layers take the global Keras dtype policy at construction, so set
     ``keras.mixed_precision.set_global_policy("mixed_bfloat16")`` (or ``mixed_float16``)
     before calling this for mixed precision; boxes, anchors, deltas and losses stay float32.
 
     Raises:
-      ValueError: when the FPN levels and the anchor sizes disagree, or the FPN does not
+      ValueError: when the RPN's levels and the anchor sizes disagree, or the FPN does not
         cover the pooled levels P2..P5.
     """
-    fpn_levels = config.fpn.max_level - config.fpn.min_level + 1
-    if len(config.rpn.anchor_sizes) != fpn_levels:
+    if config.fpn is None:
+        levels = [f"C{level}" for level in config.backbone.out_levels]
+    else:
+        levels = [f"P{level}" for level in range(config.fpn.min_level, config.fpn.max_level + 1)]
+    if len(config.rpn.anchor_sizes) != len(levels):
         raise ValueError(
-            f"model.rpn.anchor_sizes has {len(config.rpn.anchor_sizes)} entries but the FPN "
-            f"has {fpn_levels} levels P{config.fpn.min_level}..P{config.fpn.max_level}"
+            f"model.rpn.anchor_sizes has {len(config.rpn.anchor_sizes)} entries but the RPN "
+            f"runs on {len(levels)} levels {levels} (one entry per level)"
         )
-    if config.fpn.min_level > _POOLER_LEVELS[0] or config.fpn.max_level < _POOLER_LEVELS[1]:
+    if config.fpn is not None and (
+        config.fpn.min_level > _POOLER_LEVELS[0] or config.fpn.max_level < _POOLER_LEVELS[1]
+    ):
         raise ValueError(
             f"the RoI heads pool from P{_POOLER_LEVELS[0]}..P{_POOLER_LEVELS[1]}; "
             f"model.fpn levels are P{config.fpn.min_level}..P{config.fpn.max_level}"
         )
     backbone_args = dataclasses.asdict(config.backbone)
     backbone = build_backbone(backbone_args.pop("type"), **backbone_args, name="backbone")
+    shared_head = None
+    if config.res5_head is not None:
+        layout = ("norm", "norm_epsilon", "stride_in_1x1", "conv_bias", "groups", "width_per_group")
+        shared_head = Res5Head(
+            **dataclasses.asdict(config.res5_head),
+            **{key: backbone_args[key] for key in layout},
+            roi_align_implementation=config.roi_align_implementation,
+            name="res5_head",
+        )
+        if config.backbone.weights is not None:
+            shared_head.load_backbone_weights(config.backbone.weights, config.backbone.depth)
     head_args = {
         "num_classes": config.num_classes,
-        "pooler_levels": _POOLER_LEVELS,
+        # Heads under a shared head run on its pooled maps (no pooler of their own).
+        "pooler_levels": None if shared_head is not None else _POOLER_LEVELS,
         "roi_align_implementation": config.roi_align_implementation,
     }
     roi_heads = None
@@ -76,15 +96,34 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
             BoxHead(**dataclasses.asdict(config.box_head), **head_args, name="box_head"),
             instance_heads,
             **dataclasses.asdict(config.roi_heads),
+            shared_head=shared_head,
             name="roi_heads",
         )
     return MaskRCNN(
         normalizer=ImageNormalization(**dataclasses.asdict(config.input), name="normalizer"),
         backbone=backbone,
-        fpn=FPN(**dataclasses.asdict(config.fpn), name="fpn"),
-        rpn=RPN(**dataclasses.asdict(config.rpn), name="rpn"),
+        fpn=None if config.fpn is None else FPN(**dataclasses.asdict(config.fpn), name="fpn"),
+        rpn=_proposal_stage(config),
         roi_heads=roi_heads,
         name="mask_rcnn",
+    )
+
+
+def _proposal_stage(config: ModelConfig) -> keras.layers.Layer:
+    """The RPN, or the FPN segment proposal stage in its place (``model.segment_proposals``,
+    one canonical scale per FPN level)."""
+    if config.segment_proposals is None:
+        return RPN(**dataclasses.asdict(config.rpn), name="rpn")
+    scales = config.segment_proposals.canonical_scales
+    fpn = config.fpn
+    if fpn is None or len(scales) != fpn.max_level - fpn.min_level + 1:
+        levels = "no FPN" if fpn is None else f"FPN levels P{fpn.min_level}..P{fpn.max_level}"
+        raise ValueError(
+            f"model.segment_proposals.canonical_scales has {len(scales)} entries, one per "
+            f"pyramid level, but the model has {levels}"
+        )
+    return SegmentProposals(
+        **dataclasses.asdict(config.segment_proposals), name="segment_proposals"
     )
 
 

@@ -4,7 +4,7 @@ Randomness is stateless when per-image seeds are given: image ``b``'s draw is
 ``tf.random.stateless_uniform`` seeded by ``(seeds[b], salt)``, so it depends on nothing
 but that image's seed (the data pipeline's, ``kmask.data.pipeline.SEED_KEY``) and the
 caller's salt. Salts in use: 0 and 1 the augmentation (``kmask.data.transforms``), 2 the
-RPN's anchor sampling, 3 the RoI sampling.
+RPN's anchor sampling, 3 the RoI sampling, 4 the segment proposals' windows.
 """
 
 from __future__ import annotations

@@ -305,6 +305,8 @@ class Trainer:
             )
         categories = self.source.categories
         self._check_categories(categories, resume)
+        if config.train.init_class_map is not None and not config.train.init_from:
+            raise ConfigError("train.init_class_map needs train.init_from (the source model)")
         global_batch_size = self._global_batch_size()
 
         keras.utils.set_random_seed(config.train.seed)
@@ -319,7 +321,7 @@ class Trainer:
         elif resume:
             print(f"no checkpoint in {self.run.checkpoints_dir}; starting from step 0", flush=True)
         if latest is None and config.train.init_from:
-            self._initialize_from(model, config.train.init_from)
+            self._initialize_from(model, config.train.init_from, categories)
         if self.is_chief:
             self.run.write_config(config)
             self.run.write_categories(categories)
@@ -436,10 +438,16 @@ class Trainer:
             f"no intact checkpoint in {self.run.checkpoints_dir}: " + "; ".join(problems)
         )
 
-    def _initialize_from(self, model: MaskRCNN, source: str) -> None:
+    def _initialize_from(self, model: MaskRCNN, source: str, categories: CategoryMap) -> None:
         """Copies the weights of ``source`` (``train.init_from``) into the new model by
-        name (``WeightTransfer``) and prints what was loaded, re-initialized and why."""
-        rows = WeightTransfer.from_path(source).load_into(model)
+        name (``WeightTransfer``; class by class with ``train.init_class_map``) and prints
+        what was loaded, re-initialized and why."""
+        transfer = WeightTransfer.from_path(source)
+        class_map = self.config.train.init_class_map
+        class_rows = None
+        if class_map is not None:
+            class_rows = transfer.class_rows(categories.category_names, class_map)
+        rows = transfer.load_into(model, class_rows=class_rows)
         if self.is_chief:
             print(f"initialized from {source}:\n{WeightTransfer.format_table(rows)}", flush=True)
 

@@ -22,9 +22,22 @@ CLASS_DEPENDENT_LAYERS = (
     "keypoint_head/deconv",
 )
 
+# The class-dependent layers whose output units are per class, as (units per class,
+# whether a background slot always comes first): with a class map (``class_rows``) each
+# class's units are copied from its source class. Units: cls_score one logit per class
+# after the background's; bbox_pred four deltas per class; the mask predictor one map per
+# class; bbox_pred and the mask predictor have a leading background slot when the model
+# predicts one (``predict_background``, recognized by one slot more than classes).
+CLASS_ROW_LAYERS = {
+    "box_head/cls_score": (1, True),
+    "box_head/bbox_pred": (4, False),
+    "mask_head/predictor": (1, False),
+}
+
 LOADED = "loaded"
 REINITIALIZED = "re-initialized"
 NEW = "new"
+CLASS_ROWS = "class rows"
 
 
 def weight_names(model: keras.layers.Layer) -> dict[str, keras.Variable]:
@@ -75,22 +88,45 @@ class WeightTransfer:
         rows = transfer.load_into(model)  # backbone/* and fpn/* loaded, the head new
         print(WeightTransfer.format_table(rows))
 
+    Class by class (``train.init_class_map``; the Mask R-CNN paper's Cityscapes model
+    initialized from COCO): ``class_rows`` names the source class of each class of the
+    target, and the per-class units of ``CLASS_ROW_LAYERS`` (the background's included)
+    are copied from their source class, whatever the class counts; a class without a
+    source class keeps its initialization::
+
+        transfer = WeightTransfer.from_path("runs/coco_model")  # its categories.json
+        rows = transfer.class_rows(("person", "rider", "car"), {"person": "person", "car": "car"})
+        transfer.load_into(model, class_rows=rows)  # rows == (0, None, 2): rider new
+
     Args:
       weights: ``{name: array}`` as ``weight_names`` names them.
       source: what the weights came from, for messages (a path).
+      class_names: the source model's class names in class order (its categories), for
+        ``class_rows``; None when unknown.
     """
 
-    def __init__(self, weights: Mapping[str, np.ndarray], source: str = "weights") -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, np.ndarray],
+        source: str = "weights",
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         self.weights = {name: np.asarray(value) for name, value in weights.items()}
         self.source = source
+        self.class_names = None if class_names is None else tuple(class_names)
 
     @classmethod
-    def from_model(cls, model: keras.layers.Layer, source: str | None = None) -> WeightTransfer:
+    def from_model(
+        cls,
+        model: keras.layers.Layer,
+        source: str | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> WeightTransfer:
         """The weights of a built model or layer (copied now)."""
         arrays = {
             name: np.array(variable.numpy()) for name, variable in weight_names(model).items()
         }
-        return cls(arrays, source or model.name)
+        return cls(arrays, source or model.name, class_names)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str]) -> WeightTransfer:
@@ -99,7 +135,9 @@ class WeightTransfer:
         Args:
           path: a run directory of ``kmask train`` or ``kmask convert-weights`` (its
             ``config.yaml`` and latest checkpoint), a checkpoint file inside one
-            (``RUN/checkpoints/ckpt-*.weights.h5``), or a ``.keras`` model file.
+            (``RUN/checkpoints/ckpt-*.weights.h5``), or a ``.keras`` model file. The
+            class names come from the run directory's ``categories.json`` (none for a
+            ``.keras`` file).
 
         Raises:
           FileNotFoundError: ``path`` does not exist, or a run directory lacks its
@@ -113,10 +151,12 @@ class WeightTransfer:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"--init-from {path}: no such file or directory")
+        run = None
         try:
             if path.is_dir():
                 import kmask
 
+                run = RunDirectory(path)
                 model = kmask.load_model(path)
             elif path.name.endswith(".keras"):
                 import kmask.modeling  # noqa: F401 (registers the classes a .keras file names)
@@ -136,16 +176,54 @@ class WeightTransfer:
                     f"--init-from {path}: expected a run directory, a .weights.h5 checkpoint "
                     "of one, or a .keras file"
                 )
+            class_names = None
+            if run is not None and run.categories_path.is_file():
+                class_names = run.load_categories().category_names
         except (ValueError, KeyError, OSError) as error:
             if isinstance(error, (WeightTransferError, FileNotFoundError)):
                 raise
             raise WeightTransferError(f"--init-from {path}: {error}") from None
-        return cls.from_model(model, str(path))
+        return cls.from_model(model, str(path), class_names)
+
+    def class_rows(
+        self, target_names: Sequence[str], class_map: Mapping[str, str]
+    ) -> tuple[int | None, ...]:
+        """The source class (0-based) of each target class, from a name map.
+
+        Args:
+          target_names: the target model's class names in class order.
+          class_map: ``{target class name: source class name}``; target classes left out
+            get None (they keep their initialization).
+
+        Raises:
+          WeightTransferError: the source's class names are unknown, or a name of the map
+            is not a class of the target (keys) or of the source (values); the message
+            lists the valid names.
+        """
+        if self.class_names is None:
+            raise WeightTransferError(
+                f"train.init_class_map: the class names of {self.source} are unknown (give a "
+                "run directory of kmask train or kmask convert-weights, or a checkpoint "
+                "inside one: their categories.json names the classes)"
+            )
+        for names, where, valid in (
+            (class_map.keys(), "the training data's classes", target_names),
+            (class_map.values(), f"the classes of {self.source}", self.class_names),
+        ):
+            unknown = sorted(set(names) - set(valid))
+            if unknown:
+                raise WeightTransferError(
+                    f"train.init_class_map: {', '.join(unknown)} not among {where}: "
+                    f"{', '.join(valid)}"
+                )
+        index = {name: k for k, name in enumerate(self.class_names)}
+        return tuple(index[class_map[name]] if name in class_map else None for name in target_names)
 
     def load_into(
         self,
         model: keras.layers.Layer,
         class_dependent: Sequence[str] = CLASS_DEPENDENT_LAYERS,
+        class_rows: Sequence[int | None] | None = None,
     ) -> list[tuple[str, str, str]]:
         """Copies the matching weights into the built ``model``; see the class docstring.
 
@@ -154,15 +232,20 @@ class WeightTransfer:
             their stage names, or a single stage layer.
           class_dependent: layer names (``"head/layer"``, matched anywhere in a weight's
             name) whose weights may differ in shape; they are then left as initialized.
+          class_rows: the source class (0-based) of each class of the model, or None for
+            a class that keeps its initialization (``class_rows``); the weights of
+            ``CLASS_ROW_LAYERS`` are then copied class by class.
 
         Returns:
           One ``(name, status, why)`` row per target weight, ``status`` one of
-          ``"loaded"``, ``"re-initialized"`` and ``"new"`` (``format_table`` prints them).
+          ``"loaded"``, ``"re-initialized"``, ``"new"`` and, with ``class_rows``,
+          ``"class rows"`` (``format_table`` prints them).
 
         Raises:
           WeightTransferError: a weight outside ``class_dependent`` has another shape in
             the source (the message names each such layer and both shapes; nothing is
-            copied), or no weight of the model has a name in the source.
+            copied), or no weight of the model has a name in the source; with
+            ``class_rows``, a class-row weight whose units do not fit the class counts.
         """
         targets = weight_names(model)
         if not targets:
@@ -177,7 +260,16 @@ class WeightTransfer:
                 rows.append((name, NEW, "not in the source: kept its initialization"))
                 continue
             source_shape = tuple(self.weights[name].shape)
-            if source_shape == shape:
+            layer = _class_row_layer(name) if class_rows is not None else None
+            if layer is not None:
+                try:
+                    value, why = self._map_rows(name, variable, layer, class_rows)
+                except WeightTransferError as error:
+                    refused.append(str(error))
+                    continue
+                rows.append((name, CLASS_ROWS, why))
+                copies.append((variable, value))
+            elif source_shape == shape:
                 rows.append((name, LOADED, ""))
                 copies.append((variable, self.weights[name]))
             elif any(f"/{layer}/" in f"/{name}" for layer in class_dependent):
@@ -194,7 +286,10 @@ class WeightTransfer:
             raise WeightTransferError(
                 f"cannot initialize {model.name} from {self.source}: "
                 f"{len(refused)} weight(s) outside the class-dependent layers "
-                f"({', '.join(class_dependent)}) have other shapes: " + "; ".join(refused)
+                f"({', '.join(class_dependent)}) have other shapes"
+                + (" or do not fit the class map" if class_rows is not None else "")
+                + ": "
+                + "; ".join(refused)
             )
         if not copies:
             raise WeightTransferError(
@@ -208,11 +303,72 @@ class WeightTransfer:
             variable.assign(value)
         return rows
 
+    def num_classes(self) -> int:
+        """The source model's number of classes: its class names, else its box classifier.
+
+        Raises:
+          WeightTransferError: neither is known.
+        """
+        if self.class_names is not None:
+            return len(self.class_names)
+        bias = next((a for n, a in self.weights.items() if n.endswith("cls_score/bias")), None)
+        if bias is None:
+            raise WeightTransferError(
+                f"the number of classes of {self.source} is unknown: no class names and no "
+                "box_head/cls_score"
+            )
+        return bias.shape[-1] - 1
+
+    def _map_rows(
+        self,
+        name: str,
+        variable: keras.Variable,
+        layer: str,
+        class_rows: Sequence[int | None],
+    ) -> tuple[np.ndarray, str]:
+        """The target's value of a ``CLASS_ROW_LAYERS`` weight with the units of each mapped
+        class (and the background's) taken from its source class, and a description."""
+        units, background_first = CLASS_ROW_LAYERS[layer]
+        source = self.weights[name]
+        value = np.array(variable.numpy())
+
+        def background_slots(array: np.ndarray, num_classes: int, what: str) -> int:
+            slots, extra = divmod(array.shape[-1], units)
+            background = slots - num_classes
+            if extra or background not in ((1,) if background_first else (0, 1)):
+                raise WeightTransferError(
+                    f"{name}: {what} {array.shape} does not hold {units} unit(s) for each "
+                    f"of {num_classes} classes"
+                    + ("" if background_first else " (and perhaps the background)")
+                )
+            return background
+
+        target_background = background_slots(value, len(class_rows), "model")
+        source_background = background_slots(source, self.num_classes(), "source")
+        if value.shape[:-1] != source.shape[:-1]:
+            raise WeightTransferError(f"{name}: source {source.shape}, model {value.shape}")
+        pairs = [
+            (k + target_background, j + source_background)
+            for k, j in enumerate(class_rows)
+            if j is not None
+        ]
+        if target_background and source_background:
+            pairs.append((0, 0))
+        for target_slot, source_slot in pairs:
+            value[..., target_slot * units : (target_slot + 1) * units] = source[
+                ..., source_slot * units : (source_slot + 1) * units
+            ]
+        kept = len(class_rows) - sum(j is not None for j in class_rows)
+        return value, f"{len(class_rows) - kept} of {len(class_rows)} classes from the source"
+
     @staticmethod
     def format_table(rows: Sequence[tuple[str, str, str]]) -> str:
-        """A per-stage count of loaded / re-initialized / new weights, then one line for each
-        weight that was not loaded, with why."""
+        """A per-stage count of loaded / re-initialized / new weights (and class-row
+        copies, when there are some), then one line for each weight that was not loaded,
+        with why."""
         statuses = (LOADED, REINITIALIZED, NEW)
+        if any(row[1] == CLASS_ROWS for row in rows):
+            statuses += (CLASS_ROWS,)
         counts: dict[str, dict[str, int]] = {}
         for name, status, _ in rows:
             stage = counts.setdefault(name.split("/")[0], dict.fromkeys(statuses, 0))
@@ -225,3 +381,8 @@ class WeightTransfer:
         lines.append(f"{'total':<{width}}  " + "  ".join(f"{total[s]:>14}" for s in statuses))
         lines.extend(f"{status}: {name} ({why})" for name, status, why in rows if status != LOADED)
         return "\n".join(lines)
+
+
+def _class_row_layer(name: str) -> str | None:
+    """The ``CLASS_ROW_LAYERS`` entry a weight name belongs to, or None."""
+    return next((layer for layer in CLASS_ROW_LAYERS if f"/{layer}/" in f"/{name}"), None)
