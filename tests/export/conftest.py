@@ -160,3 +160,33 @@ def write_run_directory(root: Path, model: keras.Model, config: Config) -> Path:
     run.checkpoints_dir.mkdir(parents=True)
     model.save_weights(run.checkpoints_dir / "ckpt-00000001.weights.h5")
     return root
+
+
+def resnet_c4_model(root: Path) -> tuple[keras.Model, Config]:
+    """A tiny ResNet-C4 Mask R-CNN (no FPN, conv5 per RoI shared by the heads, 14x14 masks)
+    with classifier weights scaled as ``model``'s, and its config."""
+    config = tiny_config(
+        root / "unused",
+        "data.min_size=[64]",
+        "data.max_size=96",
+        "model.fpn=null",
+        "model.backbone.out_levels=[4]",
+        "model.backbone.norm=none",
+        "model.backbone.width_per_group=4",
+        "model.rpn.anchor_sizes=[[16, 32, 64]]",
+        "model.res5_head={}",
+        "model.box_head={pool: average, num_fc: 0}",
+        "model.mask_head={pooler_resolution: 7, num_conv: 0, conv_dim: 16}",
+    )
+    keras.utils.set_random_seed(3)
+    c4 = build_mask_rcnn(config.model)
+    c4.build({"images": (None, None, None, 3)})
+    cls_score = c4.roi_heads.box_head.cls_score
+    kernel, bias = cls_score.get_weights()
+    cls_score.set_weights([kernel * 300.0, bias])
+    # Without normalization the random C4 maps reach the hundreds: scale the objectness
+    # down so that proposal scores do not underflow to 0 (ONNX's NMS drops those).
+    objectness = c4.rpn.head.objectness
+    kernel, bias = objectness.get_weights()
+    objectness.set_weights([kernel * 0.01, bias])
+    return c4, config

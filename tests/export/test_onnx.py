@@ -14,7 +14,13 @@ import pytest
 from kmask.evaluation import Predictor
 from kmask.export.inference_graph import with_roi_align
 from kmask.ops.roi_align import resolve_implementation
-from tests.export.conftest import CATEGORIES, assert_same_detections, reference, shapes_image
+from tests.export.conftest import (
+    CATEGORIES,
+    assert_same_detections,
+    reference,
+    resnet_c4_model,
+    shapes_image,
+)
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (extra [onnx])")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (extra [onnx])")
@@ -120,3 +126,28 @@ def test_refuses_to_overwrite(model, config, tmp_path):
     with pytest.raises(FileExistsError, match="model.onnx"):
         export_onnx(model, path, config.data, CATEGORIES)
     assert path.read_bytes() == b"old"
+
+
+@pytest.mark.slow
+def test_resnet_c4_model(images, tmp_path):
+    """A ResNet-C4 Mask R-CNN (one RoIAlign level, conv5 per RoI) runs in ONNX Runtime
+    with the Keras model's detections."""
+    from kmask.export import export_onnx
+
+    model, config = resnet_c4_model(tmp_path)
+    path = export_onnx(model, tmp_path / "c4.onnx", config.data, CATEGORIES)
+    batch = images[3][None]
+    np.savez(tmp_path / "inputs.npz", one=batch)
+    result = subprocess.run(
+        [sys.executable, "-I", str(RUN_ONNXRUNTIME), str(path), "inputs.npz", "out.npz"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    served = dict(np.load(tmp_path / "out.npz"))
+    got = {key.split("/", 1)[1]: value for key, value in served.items()}
+    want = reference(model, config, [images[3]])[0]
+    assert len(want["scores"]) > 0
+    assert_same_detections(got, 0, want)

@@ -24,6 +24,7 @@ from tests.export.conftest import (
     assert_same_detections,
     encode,
     reference,
+    resnet_c4_model,
     shapes_image,
 )
 from tests.toy_data import tiny_config
@@ -224,3 +225,16 @@ def test_keypoints_in_source_pixels(images, tmp_path):
     np.testing.assert_allclose(keypoints[:count, :, :2], want["keypoints"][..., :2], atol=0.5)
     np.testing.assert_allclose(keypoints[:count, :, 2], want["keypoints"][..., 2], atol=1e-4)
     assert not keypoints[count:].any()
+
+
+def test_resnet_c4_model(images, tmp_path):
+    """A ResNet-C4 Mask R-CNN (no FPN, conv5 per RoI, 14x14 masks) exports with stock ops
+    and serves the Keras model's detections."""
+    model, config = resnet_c4_model(tmp_path)
+    path = export_saved_model(model, tmp_path / "export", config.data, CATEGORIES, "image_tensor")
+    assert not non_stock_ops(path)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    got = {k: v.numpy() for k, v in serve(image_tensor=tf.constant(images[3][None])).items()}
+    want = reference(model, config, [images[3]])[0]
+    assert got["detection_masks"].shape[-2:] == (14, 14) and len(want["scores"]) > 0
+    assert_same_detections(got, 0, want)
