@@ -15,6 +15,7 @@ MODULES = [
     "kmask.modeling.box_head",
     "kmask.modeling.mask_head",
     "kmask.modeling.roi_heads",
+    "kmask.modeling.res5_head",
 ]
 
 
