@@ -902,8 +902,11 @@ def _import_tensorflow_quietly(verbose: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kmask`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Building the parser lists the converters' architectures, whose modules import
+    # TensorFlow: import it quietly first (--verbose is read before parsing for that).
+    _import_tensorflow_quietly("--verbose" in argv)
     args = build_parser().parse_args(argv)
-    _import_tensorflow_quietly(args.verbose)
     return args.handler(args)
 
 

@@ -35,3 +35,26 @@ def test_out_that_is_a_file(tmp_path, capsys):
 def test_verbose_flag():
     assert build_parser().parse_args(["--verbose", "info"]).verbose
     assert not build_parser().parse_args(["info"]).verbose
+
+
+def test_no_tensorflow_start_up_lines():
+    """``kmask info`` in a fresh process prints its report and none of TensorFlow's
+    start-up log lines (the parser's converter list imports TensorFlow: quietly)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KMASK_VERBOSE")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())", "info"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "TensorFlow" in result.stdout
+    for marker in ("cpu_feature_guard", "cudart_stub", "absl::InitializeLog", "oneDNN"):
+        assert marker not in result.stderr, result.stderr[-2000:]
