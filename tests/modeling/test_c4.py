@@ -236,6 +236,7 @@ class TinyC4Backbone(keras.layers.Layer):
         return {**super().get_config(), "width": self.width}
 
 
+@pytest.mark.slow  # about a minute on 2 cores; keeps the default run near 25 minutes
 def test_overfits_one_image():
     """The C4 heads learn: three instances, 400 Adam steps, losses fall 10x, boxes and
     14x14 masks match the ground truth (IoU > 0.7)."""
