@@ -281,3 +281,35 @@ def test_overfits_one_image():
     print("C4 overfit box IoU", box_ious, "mask IoU", mask_ious)
     assert min(box_ious) > 0.7, box_ious
     assert min(mask_ious) > 0.7, mask_ious
+
+
+def test_imagenet_weights_fill_the_backbone_and_conv5_in_the_head(tmp_path):
+    """``model.backbone.weights`` (a ``backbone.npz`` of ``kmask convert-weights``) fills
+    conv1..conv4 of the C4 backbone and conv5 of ``Res5Head``, by layer name."""
+    full = ResNet(width_per_group=8)
+    full.build((None, None, None, 3))
+    rng = np.random.default_rng(0)
+    arrays = {
+        f"{name}/{index}": rng.normal(size=weight.shape).astype("float32")
+        for name, layer in full._weighted_layers().items()
+        for index, weight in enumerate(layer.weights)
+    }
+    np.savez(tmp_path / "backbone.npz", **arrays)
+    config = load_config(
+        _CONFIGS / "shapes_c4_tiny.yaml",
+        [
+            "model.backbone.norm=frozen_bn",
+            "model.backbone.width_per_group=8",
+            f"model.backbone.weights={tmp_path / 'backbone.npz'}",
+        ],
+    )
+    model = build_mask_rcnn(config.model)
+    backbone_layers = model.backbone._weighted_layers()
+    assert "conv5_block1_1_conv" not in backbone_layers
+    np.testing.assert_array_equal(
+        backbone_layers["conv4_block6_3_conv"].kernel, arrays["conv4_block6_3_conv/0"]
+    )
+    blocks = model.roi_heads.shared_head.blocks
+    np.testing.assert_array_equal(blocks[0].shortcut_conv.kernel, arrays["conv5_block1_0_conv/0"])
+    np.testing.assert_array_equal(blocks[2].conv3.kernel, arrays["conv5_block3_3_conv/0"])
+    np.testing.assert_array_equal(blocks[2].norm3.get_weights()[2], arrays["conv5_block3_3_bn/2"])
