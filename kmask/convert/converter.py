@@ -271,8 +271,8 @@ class Converter:
         self._conv_stack(mapping, head.convs, convs)
         side = head.pooler_resolution
         for i, (fc, key) in enumerate(zip(head.fcs, fcs)):
-            channels = fc.kernel.shape[0] // side**2
-            self._dense(mapping, fc, key, pooled=(channels, side, side) if i == 0 else None)
+            pooled = (fc.kernel.shape[0] // side**2, side, side) if i == 0 else None
+            self._dense(mapping, fc, key, pooled=pooled)
         scores, boxes, _ = self.class_rows(mapping)
         score_key, box_key = self.box_predictor_keys()
         self._dense(mapping, head.cls_score, score_key, rows=np.asarray(scores))
