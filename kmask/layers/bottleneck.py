@@ -125,3 +125,38 @@ class Bottleneck(keras.layers.Layer):
             return None if size is None else -(-size // self.stride)
 
         return (input_shape[0], down(input_shape[1]), down(input_shape[2]), self.out_channels)
+
+
+def resnet_stage(
+    level: int,
+    num_blocks: int,
+    stride: int,
+    groups: int,
+    width_per_group: int,
+    stride_in_1x1: bool,
+    norm: str,
+    norm_epsilon: float,
+    conv_bias: bool,
+    dtype: Any,
+) -> list[Bottleneck]:
+    """The blocks of ResNet stage ``conv{level}`` (C``level``), named ``conv{level}_block1``
+    ..: inner width ``groups * width_per_group * 2**(level - 2)``, ``256 * 2**(level - 2)``
+    output channels, the first block with a projection shortcut and ``stride``.
+    ``ResNet`` builds its stages with it, ``Res5Head`` its per-RoI conv5."""
+    scale = 2 ** (level - 2)
+    return [
+        Bottleneck(
+            width=groups * width_per_group * scale,
+            out_channels=256 * scale,
+            stride=stride if index == 0 else 1,
+            projection=index == 0,
+            stride_in_1x1=stride_in_1x1,
+            groups=groups,
+            norm=norm,
+            norm_epsilon=norm_epsilon,
+            conv_bias=conv_bias,
+            name=f"conv{level}_block{index + 1}",
+            dtype=dtype,
+        )
+        for index in range(num_blocks)
+    ]

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from kmask.layers.bottleneck import Bottleneck
+from kmask.layers.bottleneck import resnet_stage
 from kmask.layers.multi_level_roi_align import MultiLevelROIAlign
 from kmask.modeling.backbones.resnet import load_resnet_weights
 
@@ -94,23 +94,18 @@ class Res5Head(keras.layers.Layer):
             _LEVEL - 1,
             name="pooler",
         )
-        dtype = self.dtype_policy.name
-        self.blocks = [
-            Bottleneck(
-                width=groups * width_per_group * 8,
-                out_channels=2048,
-                stride=stride if index == 0 else 1,
-                projection=index == 0,
-                stride_in_1x1=stride_in_1x1,
-                groups=groups,
-                norm=norm,
-                norm_epsilon=norm_epsilon,
-                conv_bias=conv_bias,
-                name=f"conv{_LEVEL}_block{index + 1}",
-                dtype=dtype,
-            )
-            for index in range(_NUM_BLOCKS)
-        ]
+        self.blocks = resnet_stage(
+            _LEVEL,
+            _NUM_BLOCKS,
+            stride,
+            groups,
+            width_per_group,
+            stride_in_1x1,
+            norm,
+            norm_epsilon,
+            conv_bias,
+            self.dtype_policy.name,
+        )
 
     @property
     def output_side(self) -> int:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kmask.layers.bottleneck import Bottleneck, conv_initializer, norm_layer, normalize
+from kmask.layers.bottleneck import conv_initializer, norm_layer, normalize, resnet_stage
 from kmask.layers.normalization import check_norm
 from kmask.modeling.backbones.backbone import Backbone, FeatureSpec, register_backbone
 
@@ -207,23 +207,18 @@ class ResNet(Backbone):
         for level, count in zip(_LEVELS, _BLOCKS_PER_STAGE[depth], strict=True):
             if level > out_levels[-1]:
                 break
-            scale = 2 ** (level - 2)
-            for index in range(count):
-                self.blocks.append(
-                    Bottleneck(
-                        width=groups * width_per_group * scale,
-                        out_channels=256 * scale,
-                        stride=2 if level > 2 and index == 0 else 1,
-                        projection=index == 0,
-                        stride_in_1x1=stride_in_1x1,
-                        groups=groups,
-                        norm=norm,
-                        norm_epsilon=norm_epsilon,
-                        conv_bias=conv_bias,
-                        name=f"conv{level}_block{index + 1}",
-                        dtype=dtype,
-                    )
-                )
+            self.blocks += resnet_stage(
+                level,
+                count,
+                2 if level > 2 else 1,
+                groups,
+                width_per_group,
+                stride_in_1x1,
+                norm,
+                norm_epsilon,
+                conv_bias,
+                dtype,
+            )
         self.freeze(freeze_at)
         if weights is not None and not _SKIP_WEIGHTS_FILE.get():
             if not Path(weights).is_file():
