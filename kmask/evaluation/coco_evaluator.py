@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -21,6 +19,7 @@ from tqdm import tqdm
 from kmask.data.category_map import CategoryMap
 from kmask.data.data_error import DataError
 from kmask.data.image_io import write_atomic
+from kmask.evaluation.coco_results import load_results, quiet
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor
 from kmask.evaluation.proposal_recall import ProposalRecall
@@ -112,12 +111,6 @@ def evaluation_batches(
     return batches, count, total
 
 
-def _quiet(function: Any, *args: Any) -> Any:
-    """Calls a pycocotools function without its console chatter."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return function(*args)
-
-
 # COCO's OKS sigmas of its 17 person keypoints (COCOeval's default kpt_oks_sigmas).
 COCO_PERSON_SIGMAS = (
     0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
@@ -172,7 +165,7 @@ class COCOEvaluator:
         if not self.json_path.is_file():
             raise DataError(f"annotation file not found: {self.json_path}")
         try:
-            self.coco = _quiet(COCO, str(self.json_path))
+            self.coco = quiet(COCO, str(self.json_path))
         except (ValueError, KeyError, TypeError) as error:
             raise DataError(f"{self.json_path}: not a COCO annotation file: {error}") from None
         own = CategoryMap(self.coco.dataset.get("categories", []), source=str(self.json_path))
@@ -392,23 +385,7 @@ class COCOEvaluator:
             raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
         if iou_type == "keypoints":
             results = [r for r in results if "keypoints" in r]
-        if results:
-            # loadRes derives the instance area from the first of bbox, segmentation,
-            # keypoints it finds: mask AP takes the mask area (not the box's), keypoint AP
-            # the keypoints' extent.
-            needed = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
-            unused = {"bbox", "segmentation", "keypoints"} - {needed}
-            results = [{k: v for k, v in r.items() if k not in unused} for r in results]
-            detections = _quiet(coco.loadRes, results)
-        else:
-            # loadRes refuses an empty list; an empty result set scores 0 (or -1).
-            detections = COCO()
-            detections.dataset = {
-                "images": list(coco.dataset.get("images", [])),
-                "categories": list(coco.dataset.get("categories", [])),
-                "annotations": [],
-            }
-            _quiet(detections.createIndex)
+        detections = load_results(coco, results, iou_type)
         evaluator = COCOeval(coco, detections, iou_type)
         if image_ids is not None:
             evaluator.params.imgIds = sorted({int(i) for i in image_ids})
@@ -416,9 +393,9 @@ class COCOEvaluator:
             evaluator.params.catIds = sorted(int(i) for i in category_ids)
         if keypoint_sigmas is not None:
             evaluator.params.kpt_oks_sigmas = np.asarray(keypoint_sigmas, np.float64)
-        _quiet(evaluator.evaluate)
-        _quiet(evaluator.accumulate)
-        _quiet(evaluator.summarize)
+        quiet(evaluator.evaluate)
+        quiet(evaluator.accumulate)
+        quiet(evaluator.summarize)
         names = _KEYPOINT_AP_NAMES if iou_type == "keypoints" else _AP_NAMES
         return {
             f"{iou_type}_{name}": float(value)

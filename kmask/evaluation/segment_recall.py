@@ -11,8 +11,6 @@ ranges are COCO's (small < 32^2 <= medium < 96^2 <= large, by the ground truth's
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +18,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from kmask.evaluation.coco_results import load_results, quiet
 
 # COCOeval's default areaRng order and the suffixes of the metric names.
 _AREA_NAMES = ("", "s", "m", "l")
@@ -77,26 +77,13 @@ def segment_recall(
       in a size range (0 for ranges with ground truth when there are no results).
     """
     limits = sorted(int(k) for k in limits)
-    if results:
-        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-        with contextlib.redirect_stdout(io.StringIO()):
-            detections = coco.loadRes(results)
-    else:
-        detections = COCO()
-        detections.dataset = {
-            "images": list(coco.dataset.get("images", [])),
-            "categories": list(coco.dataset.get("categories", [])),
-            "annotations": [],
-        }
-        with contextlib.redirect_stdout(io.StringIO()):
-            detections.createIndex()
+    detections = load_results(coco, results, "segm")
     evaluator = COCOeval(coco, detections, "segm")
     evaluator.params.imgIds = sorted({int(i) for i in image_ids})
     evaluator.params.useCats = 0
     evaluator.params.maxDets = limits
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.evaluate()
-        evaluator.accumulate()
+    quiet(evaluator.evaluate)
+    quiet(evaluator.accumulate)
     recall = evaluator.eval["recall"]  # [T, K=1, A, M]
     metrics = {}
     for m, limit in enumerate(limits):
