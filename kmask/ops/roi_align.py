@@ -244,18 +244,6 @@ def multilevel_roi_align(
     batch, num = tf.shape(boxes)[0], tf.shape(boxes)[1]
     flat_boxes = tf.reshape(boxes, [-1, 4])
     images = tf.repeat(tf.range(batch), num)
-    if len(keys) == 1:  # a single level (ResNet-C4): no partition needed
-        pooled = roi_align(
-            levels[keys[0]],
-            flat_boxes,
-            images,
-            (out_h, out_w),
-            spatial_scale=2.0 ** -keys[0],
-            sampling_ratio=sampling_ratio,
-            aligned=aligned,
-            implementation="custom",
-        )
-        return tf.reshape(pooled, tf.concat([[batch, num], tf.shape(pooled)[1:]], 0))
     partitions = tf.reshape(box_levels, [-1]) - keys[0]
     positions = tf.dynamic_partition(tf.range(batch * num), partitions, len(keys))
     level_boxes = tf.dynamic_partition(flat_boxes, partitions, len(keys))
