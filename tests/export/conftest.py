@@ -78,12 +78,23 @@ def config(tmp_path_factory) -> Config:
 def model(config) -> keras.Model:
     """The tiny model with random weights; its classifier weights are scaled so that classes
     and scores vary between detections, as a trained model's do."""
-    keras.utils.set_random_seed(7)
+    return export_test_model(config, seed=7)
+
+
+def scale_kernel(layer: keras.layers.Layer, factor: float) -> None:
+    """Multiplies ``layer``'s kernel (first weight) by ``factor``."""
+    kernel, *rest = layer.get_weights()
+    layer.set_weights([kernel * factor, *rest])
+
+
+def export_test_model(config: Config, seed: int) -> keras.Model:
+    """The built model of ``config`` with random weights (``seed``); its classifier kernel
+    is scaled x300 so that classes and scores vary between detections, as a trained
+    model's do."""
+    keras.utils.set_random_seed(seed)
     model = build_mask_rcnn(config.model)
     model.build({"images": (None, None, None, 3)})
-    cls_score = model.roi_heads.box_head.cls_score
-    kernel, bias = cls_score.get_weights()
-    cls_score.set_weights([kernel * 300.0, bias])
+    scale_kernel(model.roi_heads.box_head.cls_score, 300.0)
     return model
 
 
@@ -178,15 +189,8 @@ def resnet_c4_model(root: Path) -> tuple[keras.Model, Config]:
         "model.box_head={pool: average, num_fc: 0}",
         "model.mask_head={pooler_resolution: 7, num_conv: 0, conv_dim: 16}",
     )
-    keras.utils.set_random_seed(3)
-    c4 = build_mask_rcnn(config.model)
-    c4.build({"images": (None, None, None, 3)})
-    cls_score = c4.roi_heads.box_head.cls_score
-    kernel, bias = cls_score.get_weights()
-    cls_score.set_weights([kernel * 300.0, bias])
+    c4 = export_test_model(config, seed=3)
     # Without normalization the random C4 maps reach the hundreds: scale the objectness
     # down so that proposal scores do not underflow to 0 (ONNX's NMS drops those).
-    objectness = c4.rpn.head.objectness
-    kernel, bias = objectness.get_weights()
-    objectness.set_weights([kernel * 0.01, bias])
+    scale_kernel(c4.rpn.head.objectness, 0.01)
     return c4, config

@@ -96,26 +96,36 @@ def test_graph_uses_onnx_roialign_and_nms(onnx_export):
     assert [d.dim_value for d in dims] == [0, 0, 0, 3]  # dynamic batch, height, width
 
 
-def test_onnxruntime_without_tensorflow_matches_keras(onnx_export, config, cases, tmp_path):
-    path, exported = onnx_export
-    np.savez(tmp_path / "inputs.npz", **cases)
+def run_onnxruntime(path: Path, cases: dict[str, np.ndarray], folder: Path) -> dict:
+    """``{case: {output: array}}`` of the ONNX model at ``path`` on each batch of ``cases``,
+    run by ONNX Runtime in a process without TensorFlow (``run_onnxruntime.py``)."""
+    np.savez(folder / "inputs.npz", **cases)
     result = subprocess.run(
         [sys.executable, "-I", str(RUN_ONNXRUNTIME), str(path), "inputs.npz", "out.npz"],
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    served = dict(np.load(tmp_path / "out.npz"))
+    served = {name: {} for name in cases}
+    for key, value in np.load(folder / "out.npz").items():
+        name, output = key.split("/", 1)
+        served[name][output] = value
+    return served
+
+
+def test_onnxruntime_without_tensorflow_matches_keras(onnx_export, config, cases, tmp_path):
+    path, exported = onnx_export
+    served = run_onnxruntime(path, cases, tmp_path)
     for name, batch in cases.items():
-        got = {key.split("/", 1)[1]: v for key, v in served.items() if key.startswith(name + "/")}
+        got = served[name]
         want = reference(exported, config, list(batch))
         for index, expected in enumerate(want):
             assert_same_detections(got, index, expected)
         np.testing.assert_array_equal(got["original_size"], [b.shape[:2] for b in batch])
-    assert served["blank/num_detections"].tolist() == [0]
-    assert served["pair/num_detections"].min() > 0
+    assert served["blank"]["num_detections"].tolist() == [0]
+    assert served["pair"]["num_detections"].min() > 0
 
 
 def test_refuses_to_overwrite(model, config, tmp_path):
@@ -136,18 +146,7 @@ def test_resnet_c4_model(images, tmp_path):
 
     model, config = resnet_c4_model(tmp_path)
     path = export_onnx(model, tmp_path / "c4.onnx", config.data, CATEGORIES)
-    batch = images[3][None]
-    np.savez(tmp_path / "inputs.npz", one=batch)
-    result = subprocess.run(
-        [sys.executable, "-I", str(RUN_ONNXRUNTIME), str(path), "inputs.npz", "out.npz"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    served = dict(np.load(tmp_path / "out.npz"))
-    got = {key.split("/", 1)[1]: value for key, value in served.items()}
+    got = run_onnxruntime(path, {"one": images[3][None]}, tmp_path)["one"]
     want = reference(model, config, [images[3]])[0]
     assert len(want["scores"]) > 0
     assert_same_detections(got, 0, want)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,11 +17,11 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from kmask.evaluation import Predictor
 from kmask.export import SavedModelExporter, export_saved_model
 from kmask.export.saved_model_exporter import WARMUP_PATH, non_stock_ops
-from kmask.modeling.factory import build_mask_rcnn
 from tests.export.conftest import (
     CATEGORIES,
     assert_same_detections,
     encode,
+    export_test_model,
     reference,
     resnet_c4_model,
     shapes_image,
@@ -204,12 +203,7 @@ def test_keypoints_in_source_pixels(images, tmp_path):
         "data.max_size=96",
         "model.keypoint_head={num_keypoints: 4, num_conv: 1, conv_dim: 16}",
     )
-    keras.utils.set_random_seed(3)
-    model = build_mask_rcnn(config.model)
-    model.build({"images": (None, None, None, 3)})
-    cls_score = model.roi_heads.box_head.cls_score
-    kernel, bias = cls_score.get_weights()
-    cls_score.set_weights([kernel * 300.0, bias])
+    model = export_test_model(config, seed=3)
     image = images[3]  # 120x100, resized down
     path = export_saved_model(model, tmp_path / "export", config.data, CATEGORIES, "image_tensor")
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
