@@ -22,6 +22,7 @@ from kmask.modeling import (
     build_mask_rcnn,
 )
 from kmask.ops.anchors import cell_anchors
+from tests.toy_data import fit_one_image
 
 _CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -240,47 +241,36 @@ class TinyC4Backbone(keras.layers.Layer):
 def test_overfits_one_image():
     """The C4 heads learn: three instances, 400 Adam steps, losses fall 10x, boxes and
     14x14 masks match the ground truth (IoU > 0.7)."""
-    from tests.modeling.test_mask_rcnn import _match_iou
-    from tests.toy_data import decoded_example, pipeline_batches, three_shapes
 
-    keras.utils.set_random_seed(0)
-    masks, classes, image = three_shapes()
-    example = decoded_example(image, masks, classes)
-    dataset = pipeline_batches([example])
-    pooled = {"pooler_levels": None, "roi_align_implementation": "tf"}
-    model = MaskRCNN(
-        normalizer=ImageNormalization("RGB", 1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-        backbone=TinyC4Backbone(),
-        fpn=None,
-        rpn=RPN(
-            anchor_sizes=[[16.0, 32.0, 64.0]],
-            pre_nms_topk_train=300,
-            pre_nms_topk_test=300,
-            post_nms_topk_train=100,
-            post_nms_topk_test=100,
-        ),
-        roi_heads=ROIHeads(
-            BoxHead(3, pool="average", num_fc=0, pooler_resolution=7, **pooled),
-            [MaskHead(3, pooler_resolution=7, num_conv=0, conv_dim=16, **pooled)],
-            batch_size_per_image=16,
-            shared_head=Res5Head(7, norm="gn", width_per_group=4, roi_align_implementation="tf"),
-        ),
-    )
-    steps = 400
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [int(steps * 0.6), int(steps * 0.85)], [2e-3, 5e-4, 1e-4]
-    )
-    model.compile(optimizer=keras.optimizers.Adam(schedule))
-    initial = model.evaluate(dataset, verbose=0, return_dict=True)
-    model.fit(dataset.repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
-    final = model.evaluate(dataset, verbose=0, return_dict=True)
-    assert final["loss"] < initial["loss"] / 10, (initial, final)
-    predictions = model.predict(dataset, verbose=0)
-    assert predictions["detection_masks"].shape[-2:] == (14, 14)
-    box_ious, mask_ious = _match_iou(predictions, masks, classes, example["boxes"])
-    print("C4 overfit box IoU", box_ious, "mask IoU", mask_ious)
-    assert min(box_ious) > 0.7, box_ious
-    assert min(mask_ious) > 0.7, mask_ious
+    def c4_model() -> MaskRCNN:
+        pooled = {"pooler_levels": None, "roi_align_implementation": "tf"}
+        return MaskRCNN(
+            normalizer=ImageNormalization("RGB", 1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+            backbone=TinyC4Backbone(),
+            fpn=None,
+            rpn=RPN(
+                anchor_sizes=[[16.0, 32.0, 64.0]],
+                pre_nms_topk_train=300,
+                pre_nms_topk_test=300,
+                post_nms_topk_train=100,
+                post_nms_topk_test=100,
+            ),
+            roi_heads=ROIHeads(
+                BoxHead(3, pool="average", num_fc=0, pooler_resolution=7, **pooled),
+                [MaskHead(3, pooler_resolution=7, num_conv=0, conv_dim=16, **pooled)],
+                batch_size_per_image=16,
+                shared_head=Res5Head(
+                    7, norm="gn", width_per_group=4, roi_align_implementation="tf"
+                ),
+            ),
+        )
+
+    fit = fit_one_image(c4_model)
+    assert fit.final["loss"] < fit.initial["loss"] / 10, (fit.initial, fit.final)
+    assert fit.predictions["detection_masks"].shape[-2:] == (14, 14)
+    print("C4 overfit box IoU", fit.box_ious, "mask IoU", fit.mask_ious)
+    assert min(fit.box_ious) > 0.7, fit.box_ious
+    assert min(fit.mask_ious) > 0.7, fit.mask_ious
 
 
 def test_imagenet_weights_fill_the_backbone_and_conv5_in_the_head(tmp_path):

@@ -15,15 +15,19 @@ import tensorflow as tf
 
 from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling import FPN, RPN, BoxHead, MaskHead, MaskRCNN, ROIHeads
-from kmask.ops import boxes as box_ops
-from kmask.ops.masks import paste_masks
 from tests.keras_harness import (
     MIXED_POLICIES,
     assert_mixed_precision,
     assert_round_trip,
     global_dtype_policy,
 )
-from tests.toy_data import THREE_SHAPES_SIZE, decoded_example, pipeline_batches, three_shapes
+from tests.toy_data import (
+    THREE_SHAPES_SIZE,
+    decoded_example,
+    fit_one_image,
+    pipeline_batches,
+    three_shapes,
+)
 
 SIZE = THREE_SHAPES_SIZE
 NUM_CLASSES = 3
@@ -284,49 +288,11 @@ def test_mixed_precision(policy):
         assert detections["proposals"].dtype == np.float32
 
 
-def _match_iou(predictions: dict[str, np.ndarray], masks, classes, boxes) -> tuple[list, list]:
-    box_ious, mask_ious = [], []
-    pasted = paste_masks(
-        predictions["detection_masks"], predictions["detection_boxes"], (SIZE, SIZE)
-    ).numpy()[0]
-    for mask, cls, box in zip(masks, classes, boxes):
-        candidates = np.nonzero(predictions["detection_classes"][0] == cls)[0]
-        candidates = candidates[candidates < predictions["num_detections"][0]]
-        if len(candidates) == 0:
-            box_ious.append(0.0)
-            mask_ious.append(0.0)
-            continue
-        best = candidates[0]  # highest score of that class
-        box_ious.append(
-            float(
-                box_ops.pairwise_iou(
-                    predictions["detection_boxes"][0, best : best + 1], box[None]
-                ).numpy()[0, 0]
-            )
-        )
-        mask_ious.append((pasted[best] & mask).sum() / (pasted[best] | mask).sum())
-    return box_ious, mask_ious
-
-
 def test_overfits_one_image():
     """Three instances, 400 Adam steps: losses fall 10x, boxes and masks match (IoU > 0.8)."""
-    keras.utils.set_random_seed(0)
-    masks, classes, image = three_shapes()
-    example = decoded_example(image, masks, classes)
-    dataset = pipeline_batches([example])
-    model = tiny_model()
     # Step decay settles the boxes (kernels are multi-threaded, so runs are not bit-exact:
     # the margins, loss ratio 24-41x and IoU >= 0.89 over six seeds, absorb that).
-    steps = 400
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [int(steps * 0.6), int(steps * 0.85)], [2e-3, 5e-4, 1e-4]
-    )
-    model.compile(optimizer=keras.optimizers.Adam(schedule))
-    initial = model.evaluate(dataset, verbose=0, return_dict=True)
-    model.fit(dataset.repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
-    final = model.evaluate(dataset, verbose=0, return_dict=True)
-    assert final["loss"] < initial["loss"] / 10, (initial, final)
-    predictions = model.predict(dataset, verbose=0)
-    box_ious, mask_ious = _match_iou(predictions, masks, classes, example["boxes"])
-    assert min(box_ious) > 0.8, box_ious
-    assert min(mask_ious) > 0.8, mask_ious
+    fit = fit_one_image(tiny_model)
+    assert fit.final["loss"] < fit.initial["loss"] / 10, (fit.initial, fit.final)
+    assert min(fit.box_ious) > 0.8, fit.box_ious
+    assert min(fit.mask_ious) > 0.8, fit.mask_ious
