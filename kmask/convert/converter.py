@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -230,22 +230,24 @@ class Converter:
 
     def assign_backbone(self, mapping: WeightMapping, backbone: keras.layers.Layer) -> None:
         """Fills a ``ResNet`` (convs and norms, named as keras.applications)."""
-        for name, layer in backbone._weighted_layers().items():
-            prefix = self.backbone_key(name)
-            if isinstance(layer, keras.layers.Conv2D):
-                self._conv(mapping, layer, prefix)
-            else:
-                self._norm(mapping, layer, prefix)
+        self._assign_resnet_layers(mapping, backbone._weighted_layers(), self.backbone_key)
 
     def assign_res5_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
         """Fills the conv5 blocks of a ResNet-C4 model's ``Res5Head``."""
-        for block in head.blocks:
-            for layer in block.named_layers():
-                prefix = self.res5_head_key(layer.name)
-                if isinstance(layer, keras.layers.Conv2D):
-                    self._conv(mapping, layer, prefix)
-                else:
-                    self._norm(mapping, layer, prefix)
+        self._assign_resnet_layers(mapping, head.weighted_layers(), self.res5_head_key)
+
+    def _assign_resnet_layers(
+        self,
+        mapping: WeightMapping,
+        layers: dict[str, keras.layers.Layer],
+        key: Callable[[str], str],
+    ) -> None:
+        """Fills ResNet convs and norms (keras.applications names) from their ``key``s."""
+        for name, layer in layers.items():
+            if isinstance(layer, keras.layers.Conv2D):
+                self._conv(mapping, layer, key(name))
+            else:
+                self._norm(mapping, layer, key(name))
 
     def assign_fpn(self, mapping: WeightMapping, fpn: keras.layers.Layer) -> None:
         """Fills the FPN's lateral and output convs (and their norms)."""

@@ -132,10 +132,12 @@ class Res5Head(keras.layers.Layer):
         """
         if not self.built:
             self.build({"C4": (None, None, None, 1024)})
-        layers = {}
-        for block in self.blocks:
-            layers.update({layer.name: layer for layer in block.named_layers()})
-        load_resnet_weights(layers, Path(path), depth)
+        load_resnet_weights(self.weighted_layers(), Path(path), depth)
+
+    def weighted_layers(self) -> dict[str, keras.layers.Layer]:
+        """The convolutions and normalizations of ``blocks``, keyed by their
+        keras.applications names (``conv5_block1_1_conv``, ...)."""
+        return {layer.name: layer for block in self.blocks for layer in block.named_layers()}
 
     def call(self, features: dict[str, tf.Tensor], boxes: tf.Tensor) -> tf.Tensor:
         pooled = self.pooler(features, boxes)  # [B, R, S, S, C]
