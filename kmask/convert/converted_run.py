@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from kmask.config import Config
 from kmask.data.category_map import CategoryMap
+from kmask.data.image_io import atomic_directory
 
 BACKBONE_FILE = "backbone.npz"
 
@@ -45,12 +45,8 @@ def write_converted_run(
     out = Path(out).absolute()
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    run = RunDirectory(temporary)
-    try:
-        temporary.mkdir()
+    with atomic_directory(out) as temporary:
+        run = RunDirectory(temporary)
         if isinstance(model, keras.Model):
             run.write_config(config)
             run.write_categories(CategoryMap(categories or [], str(run.categories_path)))
@@ -75,13 +71,4 @@ def write_converted_run(
                     config, model=dataclasses.replace(config.model, backbone=backbone)
                 )
             )
-        if out.exists():
-            old = out.parent / f".old-{out.name}-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(temporary, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temporary, out)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,12 +178,7 @@ class CityscapesConverter:
             raise DataError(f"--out {out} holds the Cityscapes root {self.root}; choose another")
         if not splits or len(set(splits)) != len(splits):
             raise DataError(f"expected distinct splits, got {list(splits)}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        previous = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            staging.mkdir()
+        with image_io.atomic_directory(out) as staging:
             for split in splits:
                 json_path = staging / f"instances_{split}.json"
                 json_path.write_text(json.dumps(self.convert(split)))
@@ -192,15 +186,6 @@ class CityscapesConverter:
                     dataset = CocoDataset(json_path, self.images_dir(split), strict=True)
                     writer = ShardWriter(staging, num_shards=num_shards, prefix=json_path.stem)
                     writer.write(dataset, progress=self.progress)
-            if out.exists():
-                os.replace(out, previous)
-            os.replace(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            if previous.is_dir():
-                shutil.rmtree(previous)
-            else:
-                previous.unlink(missing_ok=True)
         return sorted(out.iterdir())
 
 

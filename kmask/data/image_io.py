@@ -2,13 +2,18 @@
 
 Grayscale, RGBA, palette, CMYK and 16-bit images become 8-bit RGB: alpha is dropped (not
 composited), 16-bit samples keep their high byte (what TensorFlow's PNG decoder does).
-EXIF orientation is ignored, as COCO annotations refer to the stored pixel grid.
+EXIF orientation is ignored, as COCO annotations refer to the stored pixel grid. Also
+the atomic writers of files and folders (``write_atomic``, ``atomic_directory``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -80,3 +85,28 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a temporary sibling folder of ``path`` to write into; when the block ends
+    without an error it replaces ``path`` (a folder or a file, if one exists), else it is
+    removed and ``path`` is left as it was. Whether an existing ``path`` may be replaced is
+    the caller's check."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    previous = out.with_name(f".old-{out.name}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        yield staging
+        if out.exists():
+            os.replace(out, previous)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if previous.is_dir():
+            shutil.rmtree(previous, ignore_errors=True)
+        else:
+            previous.unlink(missing_ok=True)
