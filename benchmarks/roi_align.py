@@ -8,13 +8,21 @@ the cost of the Model Garden's approach (one bilinear sample per bin centre), th
 call, in milliseconds, all inside ``tf.function``.
 
     python benchmarks/roi_align.py [--repeats 5] [--rois 512 1000] [--sizes 7 14]
+
+``--cpu-builds dispatch native portable`` times the custom op alone under each CPU build
+mode (``KMASK_CPU_BUILD``, one process per mode, the modes interleaved over ``--rounds``
+rounds so that a change of load on the machine hits them alike; the best round's median
+counts) and prints each mode's times relative to the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -88,18 +96,31 @@ def main() -> None:
     parser.add_argument("--rois", type=int, nargs="+", default=[512, 1000])
     parser.add_argument("--sizes", type=int, nargs="+", default=[7, 14])
     parser.add_argument("--skip-xla", action="store_true", help="skip the XLA-compiled twin")
+    parser.add_argument(
+        "--cpu-builds",
+        nargs="+",
+        choices=_custom_ops.CPU_BUILD_MODES,
+        help="time the custom op alone under each KMASK_CPU_BUILD mode (one process each)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --cpu-builds")
+    parser.add_argument("--custom-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu_builds:
+        compare_cpu_builds(args)
+        return
 
     status = _custom_ops.status()
     print(
         f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, intra-op threads "
         f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}"
     )
-    print(f"custom op: {status.library} ({status.reason})")
-    variants = [("custom", "custom", 0, False), ("tf", "tf", 0, False)]
-    if not args.skip_xla:
-        variants.append(("tf+xla", "tf", 0, True))
-    variants.append(("tf sr=1 (MG cost)", "tf", 1, False))
+    print(f"custom op: {status.library} ({status.reason}; {status.cpu_build})")
+    variants = [("custom", "custom", 0, False)]
+    if not args.custom_only:
+        variants.append(("tf", "tf", 0, False))
+        if not args.skip_xla:
+            variants.append(("tf+xla", "tf", 0, True))
+        variants.append(("tf sr=1 (MG cost)", "tf", 1, False))
 
     header = f"{'rois':>5} {'out':>4} {'variant':<18} {'fwd ms':>9} {'fwd+bwd ms':>11}"
     print(header)
@@ -121,6 +142,8 @@ def main() -> None:
                     f"{results[name][1]:>11.1f}",
                     flush=True,
                 )
+            if args.custom_only:
+                print("RESULT", json.dumps([num_rois, size, *results["custom"]]), flush=True)
             custom = results["custom"]
             for name, (fwd, both) in results.items():
                 if name != "custom":
@@ -128,6 +151,38 @@ def main() -> None:
                         f"{'':>5} {'':>4} {'tf/custom' if name == 'tf' else name + '/custom':<18}"
                         f" {fwd / custom[0]:>8.1f}x {both / custom[1]:>10.1f}x"
                     )
+
+
+def compare_cpu_builds(args: argparse.Namespace) -> None:
+    """Runs this script with ``--custom-only`` under each ``KMASK_CPU_BUILD`` mode in turn and
+    prints the custom op's times side by side (ratios against the first mode)."""
+    times: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
+    for _ in range(args.rounds):
+        for mode in args.cpu_builds:
+            command = [sys.executable, __file__, "--custom-only", "--repeats", str(args.repeats)]
+            command += ["--rois", *map(str, args.rois), "--sizes", *map(str, args.sizes)]
+            env = {**os.environ, "KMASK_CPU_BUILD": mode}
+            output = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            lines = output.stdout.splitlines()
+            if mode not in times:
+                print("\n".join(line for line in lines if line.startswith("custom op:")))
+            best = times.setdefault(mode, {})
+            for line in lines:
+                if line.startswith("RESULT "):
+                    rois, size, fwd, both = json.loads(line[len("RESULT ") :])
+                    old = best.get((rois, size), (float("inf"), float("inf")))
+                    best[(rois, size)] = (min(old[0], fwd), min(old[1], both))
+    first = args.cpu_builds[0]
+    print(
+        f"{'rois':>5} {'out':>4} {'mode':<10} {'fwd ms':>9} {'fwd+bwd ms':>11} {'vs ' + first:>14}"
+    )
+    for key, (base_fwd, base_both) in times[first].items():
+        for mode in args.cpu_builds:
+            fwd, both = times[mode][key]
+            print(
+                f"{key[0]:>5} {key[1]:>4} {mode:<10} {fwd:>9.1f} {both:>11.1f} "
+                f"{fwd / base_fwd:>6.2f}x {both / base_both:>6.2f}x"
+            )
 
 
 if __name__ == "__main__":

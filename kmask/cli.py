@@ -41,8 +41,11 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"Keras       {keras.__version__}")
     status = _custom_ops.status(build=not args.no_build)
     print(f"RoIAlign    auto -> {status.auto_choice}: {status.reason}")
+    if status.fix:
+        print(f"  fix: {status.fix}")
     print(f"  custom op library: {status.library or 'none'}")
-    print(f"  CUDA kernels built: {'yes' if status.cuda_built else 'no'} ({status.cuda_reason})")
+    print(f"  CPU build: {status.cpu_build}")
+    print(f"  CUDA: kernels {'built' if status.cuda_built else 'not built'}; {status.cuda_reason}")
     print(f"  GPUs visible: {len(tf.config.list_physical_devices('GPU'))}")
     return 0
 
@@ -60,7 +63,12 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
 def _run_build_ops(args: argparse.Namespace) -> int:
     from kmask.ops import _custom_ops
 
-    library = _custom_ops.build(force=args.force, verbose=True)
+    try:
+        library = _custom_ops.build(force=args.force, verbose=True)
+    except _custom_ops.BuildError as error:
+        if "\n" in str(error):  # the compiler's output, before the one-line summary
+            print(str(error), file=sys.stderr)
+        return _fail("build-ops", f"{_custom_ops.first_error_line(str(error))}\nfix: {error.fix}")
     print(f"built {library}")
     return 0
 

@@ -59,7 +59,9 @@ def resolve_implementation(implementation: str = "auto") -> str:
             if status.auto_choice == "tf" and "auto" not in _warned:
                 _warned.add("auto")
                 logger.warning(
-                    "kmask: RoIAlign uses the pure TensorFlow implementation (%s)", status.reason
+                    "kmask: RoIAlign uses the pure TensorFlow implementation (%s; fix: %s)",
+                    status.reason,
+                    status.fix,
                 )
             return status.auto_choice
     if implementation == "custom" and _custom_ops.load() is None:
