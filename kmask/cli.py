@@ -258,7 +258,12 @@ def _add_convert_cityscapes(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--num-shards", type=int, default=None, help="shards per split (one per 1000 images)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out that kmask wrote (never one holding the input, "
+        "other files or a running kmask train)",
+    )
     parser.set_defaults(handler=_run_convert_cityscapes)
 
 
@@ -279,6 +284,10 @@ def _run_convert_weights(args: argparse.Namespace) -> int:
         )
     except (ConversionError, FileExistsError, FileNotFoundError, ImportError) as error:
         return _fail("convert-weights", str(error), 2)
+    except OSError as error:  # writing --out: permissions, a full disk, a name too long
+        return _fail("convert-weights", str(error), 1)
+    except KeyboardInterrupt:
+        return _fail("convert-weights", f"interrupted; {args.out} was not written", 130)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     print(
         f"converted {args.input} ({args.source} {args.arch}) to {out} in "
@@ -303,7 +312,12 @@ def _add_convert_weights(subparsers: argparse._SubParsersAction) -> None:
     choices = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(ARCHITECTURES.items()))
     parser.add_argument("--arch", required=True, help=f"architecture ({choices})")
     parser.add_argument("--out", required=True, help="run directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out that kmask wrote (never one holding the input, "
+        "other files or a running kmask train)",
+    )
     parser.add_argument(
         "--keras-file",
         action="store_true",
@@ -392,6 +406,41 @@ def _train_config(args: argparse.Namespace, run: RunDirectory) -> Config:
     if not args.config:
         raise ConfigError("--config is required (unless --resume finds DIR/config.yaml)")
     return with_flags(load_config(args.config, overrides))
+
+
+def _train_environment(argv: Sequence[str]) -> None:
+    """Sets ``TF_ENABLE_ONEDNN_OPTS=0`` for ``kmask train`` when the run's configuration
+    asks for determinism (``train.deterministic``; ``kmask.training.Determinism``).
+
+    TensorFlow reads the variable when it is imported, which ``main`` does before it parses
+    the arguments, so this reads the arguments that choose the configuration itself
+    (``--config``, ``--set``, and ``--out``'s ``config.yaml`` with ``--resume``) with the
+    TensorFlow-free ``kmask.config``. A variable already set is left alone (the Trainer then
+    refuses oneDNN, naming the fix); a configuration that cannot be read counts as the
+    default, deterministic one, and the train handler reports its error.
+    """
+    words = [word for word in argv if word != "--verbose"]
+    if words[:1] != ["train"] or "TF_ENABLE_ONEDNN_OPTS" in os.environ:
+        return
+    from pathlib import Path
+
+    from kmask.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--out")
+    parser.add_argument("--resume", action="store_true")
+    known, _ = parser.parse_known_args(words[1:])
+    path = known.config
+    if known.resume and known.out and (Path(known.out) / "config.yaml").is_file():
+        path = Path(known.out) / "config.yaml"
+    try:
+        deterministic = load_config(path, known.set).train.deterministic
+    except (ConfigError, OSError):
+        deterministic = True
+    if deterministic:
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -575,6 +624,7 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from kmask.config import ConfigError
     from kmask.data import DataError, open_dataset
+    from kmask.data.image_io import output_file_problem
     from kmask.evaluation import COCOEvaluator, DetectorMode, Predictor
     from kmask.evaluation.coco_evaluator import evaluation_batches
     from kmask.training.checkpoint_callback import checkpoint_step
@@ -584,11 +634,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             return _fail("evaluate", f"--{name.replace('_', '-')} must be positive", 2)
     for name in ("results_out", "metrics_out"):
-        problem = _output_file_problem(getattr(args, name))
+        problem = output_file_problem(getattr(args, name))
         if problem:
             return _fail("evaluate", f"--{name.replace('_', '-')} {problem}", 2)
     try:
         config, checkpoint, run = _inference_setup(args)
+        results_out = args.results_out or (run.results_path if run is not None else None)
+        metrics_out = args.metrics_out or (run.metrics_path if run is not None else None)
+        for flag, path in (("--results-out", results_out), ("--metrics-out", metrics_out)):
+            problem = output_file_problem(path)
+            if problem:  # a default path in the run directory
+                raise ValueError(f"{flag} {problem}")
         json_path = args.json or config.eval.json_path
         images_dir = args.images or config.eval.images_dir
         if not (json_path and images_dir):
@@ -598,7 +654,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             )
         categories = None
         if run is not None and run.categories_path.is_file():
-            categories = run.load_categories()
+            categories = run.load_categories(config.model)
         evaluator = COCOEvaluator(json_path, categories)
         if evaluator.categories.num_classes != config.model.num_classes:
             raise ConfigError(
@@ -620,20 +676,25 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluator.run(predictor, batches, total=total)
     except (DataError, ValueError) as error:
         return _fail("evaluate", str(error), 1)
-    results_out = args.results_out or (run.results_path if run is not None else None)
+    failed = []  # each output is written even when another one fails
     if results_out:
-        evaluator.write_results(results_out)
-        what = "proposals" if evaluator.mode is DetectorMode.RPN else "COCO results"
-        print(f"wrote {what} to {results_out}")
-    metrics_out = args.metrics_out or (run.metrics_path if run is not None else None)
+        try:
+            evaluator.write_results(results_out)
+            what = "proposals" if evaluator.mode is DetectorMode.RPN else "COCO results"
+            print(f"wrote {what} to {results_out}")
+        except OSError as error:
+            failed.append(f"cannot write --results-out {results_out}: {error.strerror or error}")
     if metrics_out:
         record = {**evaluator.metrics_record(metrics), "checkpoint": str(checkpoint)}
         with contextlib.suppress(ValueError):
             record["step"] = checkpoint_step(checkpoint)
-        atomic_write_json(metrics_out, record)
-        print(f"wrote metrics to {metrics_out}")
+        try:
+            atomic_write_json(metrics_out, record)
+            print(f"wrote metrics to {metrics_out}")
+        except OSError as error:
+            failed.append(f"cannot write --metrics-out {metrics_out}: {error.strerror or error}")
     print(evaluator.summary(metrics))
-    return 0
+    return _fail("evaluate", "; ".join(failed), 1) if failed else 0
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
@@ -689,7 +750,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         else:
             raise ConfigError("--out is required with --checkpoint")
         if run is not None and run.categories_path.is_file():
-            categories = run.load_categories()
+            categories = run.load_categories(config.model)
         else:
             categories = CategoryMap(
                 [{"id": k + 1, "name": f"class_{k + 1}"} for k in range(config.model.num_classes)]
@@ -754,30 +815,44 @@ def _run_export(args: argparse.Namespace) -> int:
     from kmask.config import ConfigError
     from kmask.data import DataError
     from kmask.evaluation import Predictor
+    from kmask.export import export_onnx, export_saved_model
+    from kmask.export.onnx_exporter import check_output_file
+    from kmask.export.saved_model_exporter import version_directory
 
-    if args.version is not None and args.version <= 0:
-        return _fail("export", "--version must be a positive integer", 2)
-    if args.format == "onnx" and (args.version is not None or args.full_masks):
-        return _fail("export", "--version and --full-masks apply to --format saved_model", 2)
+    limits = {"max_batch_size": args.max_batch_size, "max_image_pixels": args.max_image_pixels}
+    numbers = {"version": args.version, **limits}
+    for name, value in numbers.items():
+        if value is not None and value <= 0:
+            return _fail("export", f"--{name.replace('_', '-')} must be a positive integer", 2)
+    if args.format == "onnx" and (args.full_masks or any(v is not None for v in numbers.values())):
+        return _fail(
+            "export",
+            "--version, --full-masks, --max-batch-size and --max-image-pixels apply to "
+            "--format saved_model",
+            2,
+        )
+    out = Path(args.out)
+    if args.format == "onnx" and out.suffix != ".onnx":
+        out = out / "model.onnx"
+    try:  # the output path, before the model is loaded and converted
+        if args.format == "onnx":
+            check_output_file(out, args.overwrite)
+        else:
+            version_directory(out, args.version, args.overwrite)
+    except (ValueError, OSError) as error:
+        return _fail("export", str(error), 2)
     try:
         config, checkpoint, run = _inference_setup(args)
         categories = None
         if run is not None and run.categories_path.is_file():
-            categories = run.load_categories()
+            categories = run.load_categories(config.model)
         model = Predictor.from_checkpoint(config, checkpoint).model
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         return _fail("export", str(error), 2)
-    out = Path(args.out)
     try:
         if args.format == "onnx":
-            from kmask.export import export_onnx
-
-            if out.suffix != ".onnx":
-                out = out / "model.onnx"
             path = export_onnx(model, out, config.data, categories, overwrite=args.overwrite)
         else:
-            from kmask.export import export_saved_model
-
             path = export_saved_model(
                 model,
                 out,
@@ -789,6 +864,7 @@ def _run_export(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 mask_threshold=config.eval.mask_threshold,
                 mask_paste=config.eval.mask_paste,
+                **{name: value for name, value in limits.items() if value is not None},
             )
     except FileExistsError as error:
         return _fail("export", f"{error}", 2)
@@ -831,20 +907,20 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing version folder or file"
     )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="saved_model: a request of more images is refused (default 16)",
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="saved_model: a request with an image of more pixels (height x width, read from "
+        "the header of encoded images before decoding) is refused (default 25000000)",
+    )
     parser.set_defaults(handler=_run_export)
-
-
-def _output_file_problem(path: str | None) -> str | None:
-    """Why an output file path cannot be written (a folder, or in a missing folder), or
-    None; checked before the work whose result it will hold."""
-    if path is None:
-        return None
-    if os.path.isdir(path):
-        return f"{path} is a folder, not a file"
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        return f"{path}: the folder {parent} does not exist"
-    return None
 
 
 def _version() -> str:
@@ -911,6 +987,7 @@ def _import_tensorflow_quietly(verbose: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kmask`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _train_environment(argv)  # before TensorFlow is imported
     # Building the parser lists the converters' architectures, whose modules import
     # TensorFlow: import it quietly first (--verbose is read before parsing for that).
     _import_tensorflow_quietly("--verbose" in argv)

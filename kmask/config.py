@@ -564,6 +564,15 @@ class TrainConfig:
     # Two phases in one run: only the heads (preset heads) for the first N steps, then
     # train.trainable; 0 = one phase.
     heads_first_steps: int = 0
+    # Bit-identical training (kmask.training.Determinism): two runs of the configuration on
+    # one machine end with the same weights, and so does a run killed at any moment and
+    # resumed. On by default because every configuration promises exact resume
+    # (docs/training.md): TensorFlow's op determinism for the run, oneDNN off (kmask train
+    # sets TF_ENABLE_ONEDNN_OPTS=0 before importing TensorFlow; the Trainer refuses to
+    # start with oneDNN on) and, with GPUs visible, RoIAlign "auto" takes the pure
+    # TensorFlow implementation (the custom op's CUDA gradient uses atomics). false trades
+    # that for speed, e.g. on GPUs or an Intel CPU.
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -600,6 +609,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: expected an integer >= 0")
         if self.seed < 0:
             raise ConfigError(f"train.seed: expected an integer >= 0, got {self.seed}")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(
+                f"train.deterministic: expected true or false, got {self.deterministic!r}"
+            )
         for name in ("base_learning_rate", "momentum", "weight_decay", "lr_decay_factor"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"train.{name}: expected a finite number")
@@ -733,7 +746,29 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` and ``2E5`` are numbers (YAML
-    1.1, PyYAML's default, reads a float without a dot as a string)."""
+    1.1, PyYAML's default, reads a float without a dot as a string), that refuses a key
+    given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """The mapping of ``node``; ``ConstructorError`` at the second occurrence of a key."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -783,7 +818,8 @@ def _parse_override(override: str) -> dict[str, Any]:
     try:
         value: Any = yaml.load(raw, Loader=_Loader)
     except yaml.YAMLError as error:
-        raise ConfigError(f"override {override!r}: not a YAML value: {error}") from None
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"override {override!r}: not a YAML value: {problem}") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value

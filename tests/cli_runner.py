@@ -21,7 +21,8 @@ def run_kmask(
         [sys.executable, "-c", "import sys; from kmask.cli import main; sys.exit(main())", *args],
         cwd=cwd,
         capture_output=True,
-        text=True,
+        encoding="utf-8",  # tqdm's bars; not the locale's codec
+        errors="replace",
         timeout=timeout,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         preexec_fn=preexec_fn,

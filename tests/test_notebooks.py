@@ -18,7 +18,7 @@ NAMES = [
 
 
 def _cells(name: str) -> list[dict]:
-    return json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
+    return json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
 
 
 def test_notebooks_are_stored_without_outputs():

@@ -47,17 +47,20 @@ def convert_weights(
     Raises:
       ConversionError: unknown source or architecture, a file of the wrong format, or
         weights that do not fit (naming the key and both shapes).
-      FileExistsError: ``out`` exists and ``overwrite`` is False (checked first).
+      FileExistsError: ``out`` exists and ``overwrite`` is False, or holds
+        ``input_path``, or ``overwrite`` may not replace it (``OutputFolder.problem``);
+        checked first.
       FileNotFoundError: ``input_path`` does not exist.
+      ImportError: a ``.pth`` file without PyTorch 2.10 or newer.
     """
     from kmask.convert.checkpoint_reader import read_detectron2_pickle, read_torch_state_dict
     from kmask.convert.converted_run import write_converted_run
+    from kmask.data.output_folder import OutputFolder
 
     if source not in CONVERTERS:
         raise ConversionError(f"unknown source {source!r}; choose one of {sorted(CONVERTERS)}")
     converter = CONVERTERS[source](arch)
-    if Path(out).exists() and not overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    OutputFolder(out, "run", inputs=[input_path]).check(overwrite)
     input_path = Path(input_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"--input {input_path}: file not found")

@@ -1,9 +1,14 @@
 """Reads the public checkpoint files into ``{key: numpy array}``.
 
 - torchvision ``.pth``: a ``state_dict`` saved by ``torch.save`` (a zip archive, or the
-  legacy pickle format). Reading it needs PyTorch (``pip install kmask[convert]``).
-- detectron2 ``.pkl``: a pickled dict of NumPy arrays, read without PyTorch. Model-zoo
-  files hold ``{"model": {...}, "__author__": ...}``; the MSRA / FAIR ImageNet backbones
+  legacy pickle format), read with ``torch.load(weights_only=True)``, which builds tensors
+  and plain containers only. Reading it needs PyTorch (``pip install kmask[convert]``).
+  Floating tensors NumPy has no type for (bfloat16, float8) are upcast to float32; sparse,
+  meta and quantized tensors are refused by key.
+- detectron2 ``.pkl``: a pickled dict of NumPy arrays, read without PyTorch by
+  ``RestrictedUnpickler``, which refuses any global but NumPy's array constructors (a
+  ``.pkl`` can run code when read with plain ``pickle.load``). Model-zoo files hold
+  ``{"model": {...}, "__author__": ...}``; the MSRA / FAIR ImageNet backbones
   (``R-50.pkl``, ``R-101.pkl``, ``X-101-32x8d.pkl``) hold Caffe2 blob names, optionally
   under ``"blobs"``, whose ``*_momentum`` entries are solver state and are dropped.
 """
@@ -11,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,13 +24,16 @@ from typing import Any
 import numpy as np
 
 from kmask.convert.conversion_error import ConversionError
+from kmask.convert.restricted_unpickler import RestrictedUnpickler
+
+# The first PyTorch release whose torch.load(weights_only=True) has the fixes of the known
+# ways for a crafted file to run code (CVE-2025-32434: 2.6, CVE-2026-24747: 2.10).
+_SAFE_TORCH = (2, 10)
 
 
 def _as_arrays(values: Mapping[str, Any], path: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for key, value in values.items():
-        if hasattr(value, "detach"):  # a torch.Tensor
-            value = value.detach().cpu().numpy()
         if not isinstance(value, np.ndarray):
             try:
                 value = np.asarray(value)
@@ -44,16 +51,24 @@ def read_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
     """The ``state_dict`` of a torchvision ``.pth`` file (``{"model": ...}`` wrappers too).
 
     Raises:
-      ConversionError: naming the file when it is not a ``torch.save`` file of tensors.
-      ImportError: when PyTorch is not installed.
+      ConversionError: naming the file when it is not a ``torch.save`` file of tensors,
+        and the key of a tensor that is sparse, meta or quantized.
+      ImportError: when PyTorch is not installed, or older than 2.10.
     """
     path = Path(path)
     try:
         import torch
+        from torch.torch_version import TorchVersion
     except ImportError:
         raise ImportError(
             f"reading {path} needs PyTorch: pip install 'kmask[convert]' (or torch)"
         ) from None
+    if TorchVersion(torch.__version__) < _SAFE_TORCH:
+        raise ImportError(
+            f"reading {path} safely needs PyTorch {'.'.join(map(str, _SAFE_TORCH))} or newer "
+            f"(this is {torch.__version__}, whose torch.load(weights_only=True) a crafted file "
+            "can make run code: CVE-2025-32434, CVE-2026-24747): pip install 'kmask[convert]'"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -64,7 +79,45 @@ def read_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
         state = state["model"]
     if not isinstance(state, Mapping) or not state:
         raise ConversionError(f"{path}: expected a state_dict (a dict of tensors)")
-    return _as_arrays(state, path)
+    return _as_arrays(
+        {
+            key: _tensor_array(value, key, path) if isinstance(value, torch.Tensor) else value
+            for key, value in state.items()
+        },
+        path,
+    )
+
+
+def _tensor_array(tensor: Any, key: str, path: Path) -> np.ndarray:
+    """A dense CPU ``torch.Tensor`` as a NumPy array; floating types that NumPy lacks
+    (bfloat16, float8) become float32."""
+    import torch
+
+    what = f"{path}: key {key!r} of shape {tuple(tensor.shape)}"
+    if tensor.layout != torch.strided:
+        raise ConversionError(
+            f"{what} is a {str(tensor.layout).removeprefix('torch.')} tensor; kmask converts "
+            "dense tensors (save tensor.to_dense())"
+        )
+    if tensor.is_meta:
+        raise ConversionError(f"{what} is a meta tensor: it has a shape but no values")
+    if tensor.is_quantized:
+        raise ConversionError(
+            f"{what} is quantized ({tensor.dtype}); kmask converts floating-point weights "
+            "(save tensor.dequantize())"
+        )
+    if tensor.is_floating_point() and tensor.dtype not in (
+        torch.float16,
+        torch.float32,
+        torch.float64,
+    ):
+        tensor = tensor.float()
+    try:
+        return tensor.detach().cpu().numpy()
+    except TypeError:  # a type NumPy has no counterpart for (complex32, ...)
+        raise ConversionError(
+            f"{what} has dtype {tensor.dtype}; weights must be floating point"
+        ) from None
 
 
 def read_detectron2_pickle(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -81,7 +134,9 @@ def read_detectron2_pickle(path: str | os.PathLike[str]) -> dict[str, np.ndarray
         )
     try:
         with open(path, "rb") as handle:
-            data = pickle.load(handle, encoding="latin1")
+            data = RestrictedUnpickler(handle, str(path)).load()
+    except ConversionError:
+        raise
     except Exception as error:
         raise ConversionError(
             f"{path}: not a detectron2 .pkl file ({type(error).__name__}: {error})"

@@ -4,5 +4,7 @@ from __future__ import annotations
 
 
 class ConversionError(ValueError):
-    """A checkpoint does not fit the requested architecture: wrong file format, missing or
-    extra keys, or a shape mismatch. The message names the file, the key and the shapes."""
+    """A checkpoint that cannot be converted: wrong file format, a pickle naming a global
+    that would run code, missing or extra keys, weights that are not floating point or not
+    finite, or a shape mismatch. The message names the file, the key (or the global) and the
+    shapes."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from kmask.config import Config
 from kmask.data.category_map import CategoryMap
-from kmask.data.image_io import atomic_directory
+from kmask.data.output_folder import OutputFolder
 
 BACKBONE_FILE = "backbone.npz"
 
@@ -32,10 +32,13 @@ def write_converted_run(
     ``model.backbone`` sections use it.
 
     Everything is written into a temporary sibling directory that is renamed to ``out``
-    at the end, so an interrupted conversion leaves no directory that looks complete.
+    at the end, so an interrupted conversion leaves no directory that looks complete
+    (``OutputFolder.write``; the run is marked as kmask's, kind ``run``).
 
     Raises:
-      FileExistsError: when ``out`` exists and ``overwrite`` is False.
+      FileExistsError: when ``out`` exists and ``overwrite`` is False, or ``overwrite``
+        may not replace it (``OutputFolder.problem``: not a folder kmask wrote, foreign
+        files in it, a ``kmask train`` holding its lock).
     """
     import dataclasses
 
@@ -43,9 +46,7 @@ def write_converted_run(
     from kmask.training.run_directory import RunDirectory, atomic_write_json
 
     out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
-    with atomic_directory(out) as temporary:
+    with OutputFolder(out, "run").write(overwrite) as temporary:
         run = RunDirectory(temporary)
         if isinstance(model, keras.Model):
             run.write_config(config)

@@ -175,7 +175,7 @@ class Converter:
 
     def norm_values(self, mapping: WeightMapping, prefix: str, layer: Any) -> list[np.ndarray]:
         """``[gamma, beta, mean, variance]`` of the norm at ``prefix``."""
-        return [mapping.take(f"{prefix}.{suffix}") for suffix in _NORM_SUFFIXES]
+        return [mapping.take(f"{prefix}.{suffix}", ndim=1) for suffix in _NORM_SUFFIXES]
 
     def _conv(
         self,
@@ -185,12 +185,11 @@ class Converter:
         out_rows: np.ndarray | None = None,
     ) -> None:
         keys = [f"{prefix}.weight"] + ([f"{prefix}.bias"] if conv.use_bias else [])
-        values = [conv_kernel(mapping.take(keys[0]))]
-        if conv.use_bias:
-            values.append(mapping.take(keys[1]))
-        if out_rows is not None:
-            values = [values[0][..., out_rows], *(v[out_rows] for v in values[1:])]
-        mapping.assign(conv, keys, values)
+        arrays = [mapping.take(keys[0], ndim=4), *(mapping.take(k, ndim=1) for k in keys[1:])]
+        # ConvTranspose2d weights are [in, out, kh, kw].
+        axis = 1 if isinstance(conv, keras.layers.Conv2DTranspose) else 0
+        weight, *bias = mapping.outputs(conv, keys, arrays, axis=axis, rows=out_rows)
+        mapping.assign(conv, keys, [conv_kernel(weight), *bias])
 
     def _norm(self, mapping: WeightMapping, norm: Any, prefix: str) -> None:
         if norm is None:
@@ -209,17 +208,11 @@ class Converter:
         rows: np.ndarray | None = None,
         pooled: tuple[int, int, int] | None = None,
     ) -> None:
-        weight = mapping.take(f"{prefix}.weight")
-        bias = mapping.take(f"{prefix}.bias")
-        if rows is not None:
-            if max(rows) >= weight.shape[0]:
-                raise ConversionError(
-                    f"{mapping.source}: key {prefix + '.weight'!r} has {weight.shape[0]} rows; "
-                    f"the class layout needs row {max(rows)}"
-                )
-            weight, bias = weight[rows], bias[rows]
+        keys = [f"{prefix}.weight", f"{prefix}.bias"]
+        arrays = [mapping.take(keys[0], ndim=2), mapping.take(keys[1], ndim=1)]
+        weight, bias = mapping.outputs(dense, keys, arrays, rows=rows)
         kernel = dense_kernel(weight) if pooled is None else nchw_dense_kernel(weight, *pooled)
-        mapping.assign(dense, [f"{prefix}.weight", f"{prefix}.bias"], [kernel, bias])
+        mapping.assign(dense, keys, [kernel, bias])
 
     def _conv_stack(
         self, mapping: WeightMapping, stack: keras.layers.Layer, keys: Sequence[tuple[str, str]]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from kmask.convert.coco_categories import COCO_PERSON_CATEGORY
+from kmask.convert.conversion_error import ConversionError
 from kmask.convert.converter import Converter
 from kmask.convert.weight_mapping import WeightMapping
 
@@ -193,20 +194,30 @@ class Detectron2Converter(Converter):
     def config_values(self, mapping: WeightMapping) -> dict[str, Any]:
         values = super().config_values(mapping)
         if mapping.has("pixel_mean") and mapping.has("pixel_std"):
-            mean = mapping.take("pixel_mean").reshape(-1)
-            std = mapping.take("pixel_std").reshape(-1)
+            mean, std = (mapping.take(key).reshape(-1) for key in ("pixel_mean", "pixel_std"))
+            for key, value in (("pixel_mean", mean), ("pixel_std", std)):
+                if value.size != 3:
+                    raise ConversionError(
+                        f"{mapping.source}: key {key!r} of shape {mapping.shape(key)} holds "
+                        f"{value.size} values; expected 3 (one per BGR channel)"
+                    )
+            if not (std > 0).all():
+                raise ConversionError(
+                    f"{mapping.source}: key 'pixel_std' is {std.tolist()}; every value must be "
+                    "above 0 (the input is divided by it)"
+                )
             values["model"]["input"].update(pixel_mean=mean.tolist(), pixel_std=std.tolist())
         return values
 
     def class_rows(self, mapping: WeightMapping) -> tuple[list[int], list[int], list[int]]:
-        rows = mapping.shape("roi_heads.box_predictor.cls_score.weight")[0]
+        rows = mapping.shape("roi_heads.box_predictor.cls_score.weight", ndim=2)[0]
         classes = list(range(rows - 1))
         return [rows - 1, *classes], classes, classes  # background is detectron2's last row
 
     def norm_values(self, mapping: WeightMapping, prefix: str, layer: Any) -> list[np.ndarray]:
         if not self.backbone_only:
             return super().norm_values(mapping, prefix, layer)
-        scale, bias = mapping.take(f"{prefix}_s"), mapping.take(f"{prefix}_b")
+        scale, bias = (mapping.take(f"{prefix}_{suffix}", ndim=1) for suffix in "sb")
         return [scale, bias, np.zeros_like(scale), np.full_like(scale, 1.0 - layer.epsilon)]
 
     def backbone_key(self, layer_name: str) -> str:

@@ -161,7 +161,7 @@ class TorchvisionConverter(Converter):
         return renamed
 
     def class_rows(self, mapping: WeightMapping) -> tuple[list[int], list[int], list[int]]:
-        slots = mapping.shape("roi_heads.box_predictor.cls_score.weight")[0]
+        slots = mapping.shape("roi_heads.box_predictor.cls_score.weight", ndim=2)[0]
         classes = (
             list(TORCHVISION_SLOTS) if slots == TORCHVISION_NUM_SLOTS else list(range(1, slots))
         )

@@ -26,7 +26,9 @@ class CategoryMap:
 
     Raises:
       DataError: a category without ``id``/``name``, an id that is not an integer in
-        [0, 10**18), a duplicate id, or keypoint lists that differ between categories.
+        [0, 10**18), a duplicate id, keypoint lists that differ between categories, or
+        malformed keypoint metadata (``keypoints``, ``skeleton``, ``flip_map``,
+        ``keypoint_sigmas``).
     """
 
     def __init__(self, categories: Sequence[Mapping[str, Any]], source: str = "categories") -> None:
@@ -42,6 +44,9 @@ class CategoryMap:
                     f"{source}: categories[{i}]: id {category['id']!r} is not an integer in "
                     f"[0, {coco_fields.MAX_ID}]"
                 )
+            _check_keypoint_fields(
+                category, f"{source}: category {category['name']!r} (id {category['id']!r})"
+            )
             entries.append(dict(category, id=int(category["id"])))
         entries.sort(key=lambda c: int(c["id"]))
         ids = [int(c["id"]) for c in entries]
@@ -50,6 +55,7 @@ class CategoryMap:
         keypoint_lists = {tuple(c["keypoints"]) for c in entries if c.get("keypoints")}
         if len(keypoint_lists) > 1:
             raise DataError(f"{source}: categories define different keypoint lists")
+        self.source = source
         self.categories: tuple[dict[str, Any], ...] = tuple(entries)
         self.category_ids: tuple[int, ...] = tuple(ids)
         self.category_names: tuple[str, ...] = tuple(str(c["name"]) for c in entries)
@@ -92,6 +98,21 @@ class CategoryMap:
                 return tuple(float(v) for v in category["keypoint_sigmas"])
         return None
 
+    def check_model(self, num_classes: int, num_keypoints: int) -> None:
+        """Raises ``DataError`` naming the categories' file when they do not fit a model of
+        ``num_classes`` classes that predicts ``num_keypoints`` keypoints (0: no keypoint
+        head; the categories' keypoints are then not used)."""
+        if self.num_classes != num_classes:
+            raise DataError(
+                f"{self.source}: {self.num_classes} categories but the model has "
+                f"model.num_classes={num_classes}"
+            )
+        if num_keypoints and self.num_keypoints != num_keypoints:
+            raise DataError(
+                f"{self.source}: {self.num_keypoints or 'no'} keypoint names but the model "
+                f"predicts model.keypoint_head.num_keypoints={num_keypoints}"
+            )
+
     def contiguous_id(self, category_id: int) -> int | None:
         """Class id (0-based) of an original category id; None when unknown."""
         return self._contiguous.get(int(category_id))
@@ -113,8 +134,6 @@ class CategoryMap:
             if category.get("keypoints") and category.get("flip_map"):
                 order = list(range(len(self.keypoint_names)))
                 for first, second in category["flip_map"]:
-                    if first not in index or second not in index:
-                        raise DataError(f"flip_map pair {first!r}, {second!r}: not keypoints")
                     order[index[first]], order[index[second]] = index[second], index[first]
                 return tuple(order)
         order = []
@@ -149,3 +168,64 @@ class CategoryMap:
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a list of categories")
         return cls(data, source=str(path))
+
+
+def _check_keypoint_fields(category: Mapping[str, Any], where: str) -> None:
+    """Raises ``DataError`` (``where: 'field' ...``) when a category's keypoint metadata is
+    malformed. ``keypoints`` (absent, null or empty: none) must be a list of distinct
+    non-empty strings; ``skeleton`` a list of 1-based index pairs ``[a, b]`` into them;
+    ``flip_map`` a list of pairs of their names, each name in one pair at most;
+    ``keypoint_sigmas`` one positive number per keypoint. These three need ``keypoints``
+    (an empty list or null counts as absent).
+    """
+    names = category.get("keypoints")
+    if names is None:
+        names = []
+    if not isinstance(names, (list, tuple)):
+        raise DataError(f"{where}: 'keypoints' must be a list of keypoint names, got {names!r}")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{where}: 'keypoints'[{i}] {name!r} is not a keypoint name")
+        if name in seen:
+            raise DataError(f"{where}: 'keypoints' names {name!r} twice")
+        seen.add(name)
+    for field in ("skeleton", "flip_map", "keypoint_sigmas"):
+        value = category.get(field)
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if not names:
+            raise DataError(f"{where}: {field!r} but no 'keypoints' names")
+        if not isinstance(value, (list, tuple)):
+            raise DataError(f"{where}: {field!r} must be a list, got {value!r}")
+    count = len(names)
+    for i, edge in enumerate(category.get("skeleton") or []):
+        if not (
+            isinstance(edge, (list, tuple))
+            and len(edge) == 2
+            and all(coco_fields.as_int(k, 1, count) is not None for k in edge)
+        ):
+            raise DataError(
+                f"{where}: 'skeleton'[{i}] {edge!r} is not a pair of keypoint numbers in 1..{count}"
+            )
+    paired: set[str] = set()
+    for i, pair in enumerate(category.get("flip_map") or []):
+        if not (
+            isinstance(pair, (list, tuple))
+            and len(pair) == 2
+            and all(isinstance(k, str) and k in seen for k in pair)
+        ):
+            raise DataError(
+                f"{where}: 'flip_map'[{i}] {pair!r} is not a pair of names of its 'keypoints'"
+            )
+        if paired & set(pair):
+            raise DataError(f"{where}: 'flip_map'[{i}] {pair!r} pairs a keypoint a second time")
+        paired.update(pair)
+    sigmas = category.get("keypoint_sigmas") or []
+    if sigmas and (
+        len(sigmas) != count or not all(coco_fields.is_number(v) and v > 0 for v in sigmas)
+    ):
+        raise DataError(
+            f"{where}: 'keypoint_sigmas' must be {count} positive numbers (one per keypoint), "
+            f"got {sigmas!r}"
+        )

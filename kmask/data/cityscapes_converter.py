@@ -15,9 +15,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from kmask.data import image_io
+from kmask.data import coco_fields, image_io
 from kmask.data.coco_dataset import CocoDataset
 from kmask.data.data_error import DataError
+from kmask.data.output_folder import MARKER, OutputFolder
 from kmask.data.shard_writer import ShardWriter
 
 # The 8 classes of the instance segmentation benchmark (cityscapesScripts labels.py:
@@ -75,12 +76,17 @@ class CityscapesConverter:
     cityscapesScripts' ``json2instanceImg`` numbers them) and each group region a
     ``<label>group`` polygon. The masks never come from the polygons.
 
-    Errors (``DataError``) name the file: no images for a split, a missing or unreadable
-    instanceIds PNG, a PNG whose size differs from its image, a pixel value whose label id
-    is not one of labels.py (0..33), a polygons JSON that disagrees as above.
+    Errors (``DataError``) name the file: no images for a split, an image path that is not
+    UTF-8, a missing or unreadable instanceIds PNG, an 8-bit one (instance ids need 16 or
+    32 bits), a PNG whose size differs from its image, a pixel value whose label id is not
+    one of labels.py (0..33), a polygons JSON that is malformed (``imgHeight`` /
+    ``imgWidth`` not positive integers, ``objects`` not a list of objects with a
+    ``label``) or disagrees as above.
 
     Output (``write``) goes to a hidden temporary folder next to ``out_dir`` that is
     renamed to ``out_dir`` only when complete: an interrupted conversion leaves nothing.
+    The folder is marked as kmask's (``OutputFolder``, kind ``cityscapes``); it may not
+    hold or lie inside ``ROOT/gtFine`` or ``ROOT/leftImg8bit``.
 
     Example::
 
@@ -128,6 +134,13 @@ class CityscapesConverter:
             start=1,
         ):
             relative = path.relative_to(images_dir)
+            try:
+                relative.as_posix().encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(
+                    f"{_printable(path)}: the file name is not UTF-8 (a COCO file_name is "
+                    "text); rename the folder or file"
+                ) from None
             stem = self.root / "gtFine" / split / relative.parent / path.name[: -len(_IMAGE_SUFFIX)]
             ids = _read_ids(Path(f"{stem}{_IDS_SUFFIX}"), path)
             polygons = Path(f"{stem}{_POLYGONS_SUFFIX}")
@@ -165,20 +178,22 @@ class CityscapesConverter:
           splits: the splits to convert (``train``, ``val``, ``test``).
           shards: also write TFRecord shards.
           num_shards: shards per split (default: one per 1000 images).
-          overwrite: replace an existing ``out_dir`` (only once the new one is complete).
+          overwrite: replace an existing ``out_dir`` that kmask wrote (only once the new
+            one is complete; see ``OutputFolder.problem``).
 
         Raises:
-          FileExistsError: ``out_dir`` exists and ``overwrite`` is False (checked first).
+          FileExistsError: ``out_dir`` exists and ``overwrite`` is False, holds or lies in
+            an input folder, or may not be replaced (checked first; the reason named).
           DataError: see the class docstring; nothing is written then.
         """
         out = Path(out_dir)
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
-        if self.root.resolve().is_relative_to(out.resolve()):
-            raise DataError(f"--out {out} holds the Cityscapes root {self.root}; choose another")
+        folder = OutputFolder(
+            out, "cityscapes", inputs=[self.root / "gtFine", self.root / "leftImg8bit"]
+        )
+        folder.check(overwrite)
         if not splits or len(set(splits)) != len(splits):
             raise DataError(f"expected distinct splits, got {list(splits)}")
-        with image_io.atomic_directory(out) as staging:
+        with folder.write(overwrite) as staging:
             for split in splits:
                 json_path = staging / f"instances_{split}.json"
                 json_path.write_text(json.dumps(self.convert(split)))
@@ -186,7 +201,7 @@ class CityscapesConverter:
                     dataset = CocoDataset(json_path, self.images_dir(split), strict=True)
                     writer = ShardWriter(staging, num_shards=num_shards, prefix=json_path.stem)
                     writer.write(dataset, progress=self.progress)
-        return sorted(out.iterdir())
+        return sorted(path for path in out.iterdir() if path.name != MARKER)
 
 
 def _read_ids(path: Path, image: Path) -> np.ndarray:
@@ -200,7 +215,12 @@ def _read_ids(path: Path, image: Path) -> np.ndarray:
             ids = np.asarray(png, dtype=np.int64)
     except image_io.DECODE_ERRORS as error:
         raise DataError(f"{path}: cannot read it: {error}") from None
-    if mode not in ("I", "I;16", "I;16B", "I;16L", "L"):
+    if mode in ("1", "L", "P"):
+        raise DataError(
+            f"{path}: an 8-bit PNG (mode {mode}), but instance ids (label id * "
+            f"{INSTANCE_OFFSET} + index) need 16 or 32 bits (is it a labelIds image?)"
+        )
+    if mode not in ("I", "I;16", "I;16B", "I;16L"):
         raise DataError(f"{path}: expected a one-channel id image, got PNG mode {mode}")
     try:
         with Image.open(image) as picture:
@@ -221,6 +241,11 @@ def _read_ids(path: Path, image: Path) -> np.ndarray:
             f"label id (0..{MAX_LABEL_ID})"
         )
     return ids
+
+
+def _printable(path: Path) -> str:
+    """``path`` for messages, its bytes that are not UTF-8 written as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _annotations(ids: np.ndarray) -> list[dict[str, Any]]:
@@ -253,11 +278,22 @@ def _check_polygons(path: Path, ids_path: Path, ids: np.ndarray) -> None:
     """Raises ``DataError`` when the polygons JSON disagrees with the id map (size, or an
     instance / group region without its polygon)."""
     try:
-        data = json.loads(path.read_text())
-        height, width = int(data["imgHeight"]), int(data["imgWidth"])
-        labels = Counter(str(o["label"]) for o in data["objects"] if not o.get("deleted", False))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{path}: not a Cityscapes polygons JSON: {error!r}") from None
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: not a Cityscapes polygons JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a Cityscapes polygons JSON (the top level is not an object)")
+    for key in ("imgHeight", "imgWidth"):
+        if coco_fields.as_int(data.get(key), 1, coco_fields.MAX_PIXELS) is None:
+            raise DataError(f"{path}: {key!r} must be a positive integer, got {data.get(key)!r}")
+    height, width = int(data["imgHeight"]), int(data["imgWidth"])
+    objects = data.get("objects")
+    if not isinstance(objects, list):
+        raise DataError(f"{path}: 'objects' must be a list of objects, got {objects!r}")
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict) or not isinstance(obj.get("label"), str):
+            raise DataError(f"{path}: objects[{i}] {obj!r} is not an object with a 'label' string")
+    labels = Counter(o["label"] for o in objects if not o.get("deleted", False))
     if (height, width) != ids.shape:
         raise DataError(
             f"{path}: imgHeight x imgWidth {height}x{width} differs from {ids_path} "

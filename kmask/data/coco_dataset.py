@@ -34,7 +34,7 @@ class CocoDataset:
     in ``report`` (``DataError`` instead when ``strict``):
 
     - an image whose id is not an integer in [0, 10**18), whose height or width is not a
-      positive integer, whose ``file_name`` is not a string or leaves ``images_dir``
+      positive integer, whose ``file_name`` is not a UTF-8 string or leaves ``images_dir``
       (unless ``allow_outside_images``) is skipped with its annotations;
     - a box partly outside the image is clipped; one with nothing left inside, or with
       zero/negative width or height, or not four finite numbers, is dropped;
@@ -50,7 +50,10 @@ class CocoDataset:
       are skipped when read (``load``, ``examples``, the TFRecord writer).
 
     A JSON without ``images``, ``annotations`` or ``categories``, or entries without their
-    required keys, raise ``DataError`` naming the key.
+    required keys, raise ``DataError`` naming the key; so do malformed keypoint metadata of
+    a category (``CategoryMap``) and an annotation whose keypoints do not fit its category
+    (labelled keypoints for a category without ``keypoints`` names, or a list that is not 3
+    numbers per name), naming the annotation, the category and the field.
 
     Args:
       json_path: COCO annotation file.
@@ -195,6 +198,10 @@ class CocoDataset:
         file_name = image["file_name"]
         if not isinstance(file_name, str) or not file_name or "\0" in file_name:
             return "invalid file_name", f"file_name {file_name!r}"
+        try:
+            file_name.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a "\udcff" escape in the JSON)
+            return "invalid file_name", f"file_name {file_name!r} is not UTF-8 text"
         if not self.allow_outside_images and _leaves_folder(file_name):
             return (
                 "file_name outside the images folder",
@@ -288,13 +295,24 @@ class CocoDataset:
 
         keypoints = np.zeros((num_keypoints, 3), np.float64)
         raw_keypoints = annotation.get("keypoints")
-        if num_keypoints and raw_keypoints:
+        if raw_keypoints:
             problem = coco_fields.keypoints_problem(raw_keypoints, num_keypoints)
             if problem is not None:
                 skip("invalid keypoints", problem)
                 return None
-            if len(raw_keypoints) != 3 * num_keypoints:
-                self.report.fix("keypoints of the wrong length ignored")
+            category = f"category {self.categories.category_names[class_id]!r} (id {category_id})"
+            where = f"{self.json_path}: annotation id {annotation_id!r}"
+            if not self.categories.categories[class_id].get("keypoints"):
+                if any(v > 0 for v in raw_keypoints[2::3]):
+                    raise DataError(
+                        f"{where}: labelled 'keypoints', but its {category} has no "
+                        "'keypoints' names"
+                    )
+            elif len(raw_keypoints) != 3 * num_keypoints:
+                raise DataError(
+                    f"{where}: 'keypoints' holds {len(raw_keypoints)} numbers, but its "
+                    f"{category} names {num_keypoints} keypoints (3 numbers each)"
+                )
             else:
                 keypoints = np.asarray(raw_keypoints, np.float64).reshape(num_keypoints, 3)
         return (

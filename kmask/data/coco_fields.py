@@ -124,7 +124,7 @@ def rle_problem(segmentation: Mapping[str, Any], height: int, width: int) -> str
 
 def keypoints_problem(keypoints: Any, num_keypoints: int) -> str | None:
     """Why a COCO keypoint list ``[x1, y1, v1, ...]`` is unusable, or None. A list of the
-    wrong length is not reported here (the reader ignores it with a count)."""
+    wrong length is not reported here (the reader refuses it, naming the category)."""
     if not isinstance(keypoints, list) or not all(is_number(v) for v in keypoints):
         return "not a list of finite numbers"
     if len(keypoints) == 3 * num_keypoints and any(v not in (0, 1, 2) for v in keypoints[2::3]):

@@ -3,17 +3,16 @@
 Grayscale, RGBA, palette, CMYK and 16-bit images become 8-bit RGB: alpha is dropped (not
 composited), 16-bit samples keep their high byte (what TensorFlow's PNG decoder does).
 EXIF orientation is ignored, as COCO annotations refer to the stored pixel grid. Also
-the atomic writers of files and folders (``write_atomic``, ``atomic_directory``).
+kmask's one file writer (``write_atomic``) and its check (``output_file_problem``); whole
+output folders are written by ``output_folder.OutputFolder``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
+import stat
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -74,39 +73,85 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary name in the same folder."""
+    """Writes ``data`` to ``path`` as a user means it: the one file writer of kmask.
+
+    - a regular file, or nothing yet: written under a temporary name in the same folder
+      and renamed over ``path``, so a crash never leaves a half-written file;
+    - a symbolic link: the same, at the file it resolves to (the link stays a link);
+    - a character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe):
+      written into directly, never replaced by a regular file.
+
+    Raises:
+      OSError: ``path`` is a folder, a block device or a socket (named in the message),
+        or the write fails (a full disk, a read-only folder, ...).
+    """
     path = os.fspath(path)
-    directory, name = os.path.split(path)
+    kind = _special_kind(path)
+    if kind in ("character device", "FIFO"):
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
+    if kind is not None:
+        raise OSError(f"{path} is a {kind}, not a file; refusing to replace it")
+    target = os.path.realpath(path)
+    directory, name = os.path.split(target)
     temporary = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
-        os.replace(temporary, path)
+        if os.path.exists(target):  # keep the permissions of the file it replaces
+            os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
+        os.replace(temporary, target)
     finally:
-        if os.path.exists(temporary):
+        if os.path.lexists(temporary):
             os.remove(temporary)
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yields a temporary sibling folder of ``path`` to write into; when the block ends
-    without an error it replaces ``path`` (a folder or a file, if one exists), else it is
-    removed and ``path`` is left as it was. Whether an existing ``path`` may be replaced is
-    the caller's check."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    previous = out.with_name(f".old-{out.name}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+def output_file_problem(path: str | os.PathLike[str] | None) -> str | None:
+    """Why ``write_atomic`` could not write ``path`` (a folder, a block device or a socket,
+    a missing or unwritable folder; the path is named), or None: checked before the work
+    whose result the file will hold. The folder is probed by creating and removing a
+    temporary file there (what the permission bits say misses ACLs, quotas, ...)."""
+    if path is None:
+        return None
+    path = os.fspath(path)
     try:
-        staging.mkdir()
-        yield staging
-        if out.exists():
-            os.replace(out, previous)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if previous.is_dir():
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            previous.unlink(missing_ok=True)
+        kind = _special_kind(path)
+    except OSError as error:  # a symbolic link loop, a folder it may not search, ...
+        return f"{path}: {error.strerror}"
+    if kind in ("character device", "FIFO"):
+        return None if os.access(path, os.W_OK) else f"{path}: the {kind} is not writable"
+    if kind == "folder":
+        return f"{path} is a folder, not a file"
+    if kind is not None:
+        return f"{path} is a {kind}, not a file"
+    directory, name = os.path.split(os.path.realpath(path))
+    if not os.path.isdir(directory):
+        return f"{path}: the folder {directory} does not exist"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{name}.probe-", dir=directory)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        return f"{path}: cannot write to the folder {directory} ({error.strerror})"
+    return None
+
+
+def _special_kind(path: str) -> str | None:
+    """What ``path`` (links followed) is when it exists and is not a regular file, else
+    None."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "socket" if stat.S_ISSOCK(mode) else "special file"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -15,6 +16,92 @@ from kmask.ops.masks import paste_masks
 INPUT_TYPES = ("image_bytes", "image_tensor", "tf_example")
 IMAGE_FEATURE_KEY = "image/encoded"
 IMPLEMENTATION_KEYS = ("roi_align_implementation", "implementation")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def encoded_image_size(data: tf.Tensor) -> tf.Tensor:
+    """int64 ``[2]`` ``(height, width)`` of one encoded JPEG, PNG or BMP image (a scalar
+    string), read from its header without decoding it; an op error (InvalidArgument) for
+    anything else.
+
+    JPEG: ``tf.io.extract_jpeg_shape``; PNG: the big-endian width and height of the IHDR
+    chunk that follows the signature; BMP: the little-endian int32 width and height at
+    bytes 18 and 22 (the height is negative for top-down rows), where TensorFlow's BMP
+    decoder reads them. GIF and WebP are refused: TensorFlow decodes every frame of an
+    animation, and no header bounds the number of frames.
+    """
+
+    def png() -> tf.Tensor:
+        digits = tf.cast(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8), tf.int64)
+        size = tf.reduce_sum(tf.reshape(digits, [2, 4]) * [1 << 24, 1 << 16, 1 << 8, 1], 1)
+        return tf.reverse(size, [0])  # (width, height) -> (height, width)
+
+    def bmp() -> tf.Tensor:
+        size = tf.io.decode_raw(tf.strings.substr(data, 18, 8), tf.int32, little_endian=True)
+        return tf.abs(tf.reverse(tf.cast(size, tf.int64), [0]))
+
+    def unknown() -> tf.Tensor:
+        check = tf.debugging.Assert(False, ["not a JPEG, PNG or BMP image"])
+        with tf.control_dependencies([check]):
+            return tf.zeros([2], tf.int64)
+
+    is_png = tf.logical_and(
+        tf.equal(tf.strings.substr(data, 0, 8), PNG_SIGNATURE),
+        tf.equal(tf.strings.substr(data, 12, 4), b"IHDR"),
+    )
+    return tf.case(
+        [
+            (tf.io.is_jpeg(data), lambda: tf.io.extract_jpeg_shape(data, tf.int64)[:2]),
+            (is_png, png),
+            (tf.equal(tf.strings.substr(data, 0, 2), b"BM"), bmp),
+        ],
+        default=unknown,
+    )
+
+
+def map_isolated(
+    fn: Callable[[tf.Tensor], tuple[tf.Tensor, ...]],
+    elements: tf.Tensor,
+    fallback: tuple[tf.Tensor, ...],
+    keep: tf.Tensor | None = None,
+) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
+    """``fn`` on each element of ``elements`` ``[B, ...]`` where an op error fails only that
+    element (a corrupt image), not the batch.
+
+    The elements go through a ``tf.data`` pipeline whose ``ignore_errors`` drops those whose
+    ``fn`` raised: stock TensorFlow ops, where catching an op error any other way would need
+    a Python op. Each output of ``fn`` is stacked to ``[B, ...]`` (zero-padded to the largest
+    when the shapes differ), with ``fallback`` (one tensor per output, same dtypes) in place
+    of the dropped elements and of those that ``keep`` (bool ``[B]``) leaves out unrun.
+
+    Returns:
+      (outputs, ok): ``ok`` bool ``[B]`` is True where ``fn`` ran and succeeded.
+    """
+    batch = tf.shape(elements, out_type=tf.int64)[0]
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(batch), elements))
+    if keep is not None:
+        dataset = dataset.filter(lambda index, _: tf.gather(keep, index))
+    dataset = dataset.map(
+        lambda index, element: (index, *fn(element)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    ).ignore_errors()
+    # Always one element more, the fallback, with index B: the batch below is never empty.
+    dataset = dataset.concatenate(tf.data.Dataset.from_tensors((batch, *fallback)))
+    index, *values = dataset.padded_batch(batch + 1).get_single_element()
+    last = tf.shape(index, out_type=tf.int64)[0] - 1  # where the fallback is
+    # position[i]: where element i is among the results; the fallback's when it is not.
+    position = tf.scatter_nd(index[:, None], tf.range(last + 1) - last, [batch + 1])[:batch]
+    position += last
+    return tuple(tf.gather(value, position) for value in values), position < last
+
+
+def after_check(tensor: tf.Tensor, holds: tf.Tensor, message: tf.Tensor) -> tf.Tensor:
+    """``tensor``, available only once ``holds`` (scalar bool) is checked: InvalidArgument
+    ``assertion failed: [MESSAGE]`` when it is False, so that no op using the result runs."""
+    check = tf.debugging.Assert(holds, [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)
 
 
 def with_roi_align(model: keras.Model, implementation: str) -> keras.Model:
@@ -56,6 +143,15 @@ class InferenceGraph:
     outputs back to each source image. Images of different sizes may share a batch: each is
     resized on its own and the batch is padded to the largest, as ``kmask.data`` batches are.
 
+    Encoded images (``image_bytes``, ``tf_example``) are JPEG, PNG or BMP. Each is parsed,
+    its size read from its header (``encoded_image_size``) and then decoded on its own
+    (``map_isolated``): one that fails (not such an image, corrupt, an unparsable
+    ``tf.train.Example``) gets ``decode_ok`` False and zero detections, and the rest of the
+    batch is answered. Limits (``None``: none) refuse a whole request with InvalidArgument
+    naming the limit and the value, before any image is decoded or resized:
+    ``max_batch_size`` images per request, ``max_image_pixels`` (height x width) per image,
+    from the header for encoded images.
+
     Args:
       model: a built ``MaskRCNN`` (Mask R-CNN, Faster R-CNN or RPN only).
       data_config: how images are resized and padded (the run's ``data`` section).
@@ -63,6 +159,8 @@ class InferenceGraph:
         gives ids ``1..num_classes``.
       mask_threshold: ``detection_full_masks`` are pasted probabilities ``>=`` this.
       mask_paste: how they are pasted (``kmask.ops.masks.paste_masks``; ``config.eval``).
+      max_batch_size: most images per request (positive), or ``None``.
+      max_image_pixels: most pixels per image (positive), or ``None``.
 
     Outputs (``outputs``), all boxes float32 ``(y1, x1, y2, x2)`` in source-image pixels,
     clipped to the image; entries past the count are zero (classes ``-1``):
@@ -75,7 +173,10 @@ class InferenceGraph:
       keypoint head ``detection_keypoints [B, N, K, 3]`` float32 (x, y, score), x and y in
       source-image pixels;
     - RPN only: ``proposals [B, P, 4]``, ``proposal_scores [B, P]``, ``num_proposals [B]``;
-    - always ``original_size [B, 2]`` int32 ``(height, width)`` of each source image.
+    - always ``original_size [B, 2]`` int32 ``(height, width)`` of each source image
+      (``(0, 0)`` where it did not decode);
+    - encoded inputs: ``decode_ok [B]`` bool, False for an image that did not decode (its
+      entries are zero, its counts 0).
     """
 
     def __init__(
@@ -85,7 +186,17 @@ class InferenceGraph:
         categories: CategoryMap | None = None,
         mask_threshold: float = 0.5,
         mask_paste: str = "exact",
+        max_batch_size: int | None = None,
+        max_image_pixels: int | None = None,
     ) -> None:
+        for name, value in (
+            ("max_batch_size", max_batch_size),
+            ("max_image_pixels", max_image_pixels),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         num_classes = None if model.roi_heads is None else model.roi_heads.box_head.num_classes
         if categories is None and num_classes is not None:
             categories = CategoryMap(
@@ -101,10 +212,12 @@ class InferenceGraph:
         self.categories = categories
         self.mask_threshold = mask_threshold
         self.mask_paste = mask_paste
+        self.max_batch_size = max_batch_size
+        self.max_image_pixels = max_image_pixels
 
     def input_signature(self, input_type: str) -> tf.TensorSpec:
-        """The serving input of ``input_type``: string ``[B]`` for ``image_bytes`` (JPEG, PNG,
-        GIF or BMP) and ``tf_example`` (serialized ``tf.train.Example`` with
+        """The serving input of ``input_type``: string ``[B]`` for ``image_bytes`` (JPEG, PNG
+        or BMP) and ``tf_example`` (serialized ``tf.train.Example`` with
         ``image/encoded``), uint8 ``[B, H, W, 3]`` RGB for ``image_tensor``."""
         if input_type == "image_tensor":
             return tf.TensorSpec([None, None, None, 3], tf.uint8, name=input_type)
@@ -117,17 +230,26 @@ class InferenceGraph:
     ) -> dict[str, tf.Tensor]:
         """The outputs (class docstring) for a batch of ``input_signature(input_type)``."""
         self.input_signature(input_type)  # validates the name
-        if input_type == "tf_example":
-            parsed = tf.io.parse_example(
-                inputs, {IMAGE_FEATURE_KEY: tf.io.FixedLenFeature([], tf.string)}
+        if self.max_batch_size is not None:
+            batch = tf.shape(inputs)[0]
+            inputs = after_check(
+                inputs,
+                batch <= self.max_batch_size,
+                tf.strings.format(
+                    f"{input_type}: {{}} images in one request, over the limit "
+                    f"max_batch_size={self.max_batch_size} set at export",
+                    [batch],
+                ),
             )
-            inputs = parsed[IMAGE_FEATURE_KEY]
+        decode_ok = None
         if input_type == "image_tensor":
             images, image_size, original_size = self._resize_tensor(inputs)
         else:
-            images, image_size, original_size = self._decode_and_resize(inputs)
+            images, image_size, original_size, decode_ok = self._decode_and_resize(
+                inputs, input_type
+            )
         outputs = self.model({"images": images, "image_size": image_size}, training=False)
-        return self._postprocess(outputs, image_size, original_size, full_masks)
+        return self._postprocess(outputs, image_size, original_size, full_masks, decode_ok)
 
     # ------------------------------------------------------------------ preprocessing
 
@@ -142,13 +264,25 @@ class InferenceGraph:
             config.resize_rounding,
         )
 
-    def _canvas(self) -> tuple[int, int]:
-        """``(height, width)``: a padded size every resized image fits in."""
-        if self.data_config.image_size is not None:
-            return tuple(self.data_config.image_size)
-        divisor = self.data_config.size_divisibility
-        side = -(-self.data_config.max_size // divisor) * divisor
-        return side, side
+    def _check_pixels(
+        self, tensor: tf.Tensor, size: tf.Tensor, known: tf.Tensor, name: str
+    ) -> tf.Tensor:
+        """``tensor`` once every image whose ``known`` (bool ``[B]``) size ``[B, 2]`` is
+        known has at most ``max_image_pixels``; the message names the first image over."""
+        if self.max_image_pixels is None:
+            return tensor
+        size = tf.cast(size, tf.int64)
+        pixels = size[:, 0] * size[:, 1]
+        over = tf.logical_and(known, pixels > self.max_image_pixels)
+        # The first image over the limit (an extra last entry when none is, as for B = 0).
+        first = tf.argmax(tf.cast(tf.concat([over, [True]], 0), tf.int32))
+        height, width = tf.unstack(tf.gather(tf.concat([size, [[0, 0]]], 0), first))
+        message = tf.strings.format(
+            f"{name}[{{}}] is {{}}x{{}} = {{}} pixels, over the limit "
+            f"max_image_pixels={self.max_image_pixels} set at export",
+            [first, height, width, height * width],
+        )
+        return after_check(tensor, tf.logical_not(tf.reduce_any(over)), message)
 
     def _pad_batch(self, images: tf.Tensor, image_size: tf.Tensor) -> tf.Tensor:
         """Images ``[B, h, w, 3]`` (valid top-left ``image_size``) cropped or zero-padded to
@@ -164,6 +298,7 @@ class InferenceGraph:
         original_size ``[B, 2]``), one resize for the whole batch."""
         batch = tf.shape(images)[0]
         source = tf.shape(images)[1:3]
+        images = self._check_pixels(images, source[None], [True], "image_tensor")
         size = self._resized_size(source)
         # float input: the same numbers as resizing uint8, and an ONNX Resize in float32.
         resized = tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear")
@@ -171,29 +306,40 @@ class InferenceGraph:
         original_size = tf.tile(source[None], [batch, 1])
         return self._pad_batch(resized, image_size), image_size, original_size
 
-    def _decode_and_resize(self, encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """string ``[B]`` encoded images -> as ``_resize_tensor``; each image is decoded and
-        resized on its own, placed top-left on a common canvas."""
-        canvas = self._canvas()
+    def _decode_and_resize(
+        self, inputs: tf.Tensor, input_type: str
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """string ``[B]`` (encoded images or serialized ``tf.train.Example``) -> as
+        ``_resize_tensor``, and ``decode_ok [B]``. Two passes of ``map_isolated``: parse
+        and read each header; check the pixel limit on all; then decode and resize each
+        image on its own."""
 
-        def one(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def header(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            if input_type == "tf_example":
+                feature = {IMAGE_FEATURE_KEY: tf.io.FixedLenFeature([], tf.string)}
+                data = tf.io.parse_single_example(data, feature)[IMAGE_FEATURE_KEY]
+            return data, encoded_image_size(data)
+
+        (encoded, header_size), readable = map_isolated(
+            header, inputs, (tf.constant(""), tf.zeros([2], tf.int64))
+        )
+        encoded = self._check_pixels(encoded, header_size, readable, input_type)
+
+        def decode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             source = tf.shape(image)[:2]
             size = self._resized_size(source)
-            resized = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
-            resized = tf.pad(resized, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
-            return resized, size, source
+            # uint8 in, float32 out: the numbers of resizing its float32 cast, without
+            # that copy of the full-size image.
+            return tf.image.resize(image, size, method="bilinear"), size, source
 
-        images, image_size, original_size = tf.map_fn(
-            one,
+        (images, image_size, original_size), decode_ok = map_isolated(
+            decode,
             encoded,
-            fn_output_signature=(
-                tf.TensorSpec([*canvas, 3], tf.float32),
-                tf.TensorSpec([2], tf.int32),
-                tf.TensorSpec([2], tf.int32),
-            ),
+            (tf.zeros([0, 0, 3]), tf.ones([2], tf.int32), tf.zeros([2], tf.int32)),
+            keep=readable,
         )
-        return self._pad_batch(images, image_size), image_size, original_size
+        return self._pad_batch(images, image_size), image_size, original_size, decode_ok
 
     # ----------------------------------------------------------------- postprocessing
 
@@ -203,6 +349,7 @@ class InferenceGraph:
         image_size: tf.Tensor,
         original_size: tf.Tensor,
         full_masks: bool,
+        decode_ok: tf.Tensor | None,
     ) -> dict[str, tf.Tensor]:
         resized = tf.cast(image_size, tf.float32)
         source = tf.cast(original_size, tf.float32)
@@ -213,18 +360,24 @@ class InferenceGraph:
             boxes = tf.clip_by_value(boxes * scale, 0.0, limit)
             return tf.where(valid[..., None], boxes, 0.0)
 
-        def valid_mask(count: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-            return tf.range(tf.shape(values)[1])[None, :] < count[:, None]
+        def counted(count: tf.Tensor, values: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            """(count [B] int32, 0 for an image that did not decode; valid [B, N])."""
+            count = tf.cast(count, tf.int32)
+            if decode_ok is not None:
+                count = tf.where(decode_ok, count, 0)
+            return count, tf.range(tf.shape(values)[1])[None, :] < count[:, None]
 
         result = {"original_size": tf.cast(original_size, tf.int32)}
+        if decode_ok is not None:
+            result["decode_ok"] = decode_ok
         if "detection_boxes" not in outputs:
-            valid = valid_mask(outputs["num_proposals"], outputs["proposals"])
+            count, valid = counted(outputs["num_proposals"], outputs["proposals"])
             result["proposals"] = to_source(outputs["proposals"], valid)
             result["proposal_scores"] = tf.where(valid, outputs["proposal_scores"], 0.0)
-            result["num_proposals"] = tf.cast(outputs["num_proposals"], tf.int32)
+            result["num_proposals"] = count
             return result
 
-        valid = valid_mask(outputs["num_detections"], outputs["detection_boxes"])
+        count, valid = counted(outputs["num_detections"], outputs["detection_boxes"])
         boxes = to_source(outputs["detection_boxes"], valid)
         category_ids = tf.constant(self.categories.category_ids, tf.int32)
         classes = tf.gather(category_ids, tf.maximum(outputs["detection_classes"], 0))
@@ -232,7 +385,7 @@ class InferenceGraph:
             detection_boxes=boxes,
             detection_scores=tf.where(valid, outputs["detection_scores"], 0.0),
             detection_classes=tf.where(valid, classes, -1),
-            num_detections=tf.cast(outputs["num_detections"], tf.int32),
+            num_detections=count,
         )
         if "detection_masks" in outputs:
             masks = tf.where(valid[..., None, None], outputs["detection_masks"], 0.0)

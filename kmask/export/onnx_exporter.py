@@ -28,6 +28,7 @@ import tensorflow as tf
 from kmask.config import DataConfig
 from kmask.data.category_map import CategoryMap
 from kmask.export.inference_graph import InferenceGraph, with_roi_align
+from kmask.export.output_paths import check_creatable
 
 OPSET = 17
 INPUT_NAME = "image_tensor"
@@ -105,7 +106,11 @@ class OnnxExporter:
     ``[B, H, W, 3]`` RGB (dynamic batch and size; one size per batch). Outputs are the
     ``InferenceGraph`` outputs (``detection_boxes [B, N, 4]`` float32 ``(y1, x1, y2, x2)``
     in source-image pixels, ``detection_scores``, ``detection_classes`` int32 category ids,
-    ``num_detections``, ``detection_masks`` for Mask R-CNN, ``original_size``).
+    ``num_detections``, ``detection_masks`` for Mask R-CNN, ``original_size``). An empty
+    batch (``B = 0``) gives empty outputs (``[0, ...]``): the graph runs the model on one
+    blank image and keeps none of its outputs, as ONNX has no op to refuse it with a
+    message. ONNX has no assertions either, so the SavedModel's request limits are not in
+    the graph: whoever calls ONNX Runtime bounds its inputs.
 
     RoIAlign becomes ONNX ``RoiAlign`` and NMS ``NonMaxSuppression`` (module docstring);
     that needs the RoIAlign custom op (``kmask build-ops``) to trace the model.
@@ -138,7 +143,11 @@ class OnnxExporter:
 
         @tf.function(input_signature=[spec], autograph=False)
         def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-            return graph(images, INPUT_NAME)
+            # The model's reshapes cannot infer a dimension of an empty batch: run it on
+            # at least one image (a blank one added when B = 0) and keep B outputs.
+            batch = tf.shape(images)[0]
+            padded = tf.pad(images, [[0, tf.maximum(1 - batch, 0)], [0, 0], [0, 0], [0, 0]])
+            return {name: value[:batch] for name, value in graph(padded, INPUT_NAME).items()}
 
         model_proto, _ = tf2onnx.convert.from_function(
             serve,
@@ -152,16 +161,9 @@ class OnnxExporter:
         return model_proto
 
     def export(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-        """Converts and writes ``path`` atomically (temporary file, then rename).
-
-        Raises:
-          FileExistsError: ``path`` exists and ``overwrite`` is False.
-        """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite)")
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory; give the .onnx file to write")
+        """Converts and writes ``path`` atomically (temporary file, then rename); the path
+        is checked first (``check_output_file``), before the conversion."""
+        path = check_output_file(path, overwrite)
         data = self.convert().SerializeToString()
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
@@ -173,6 +175,24 @@ class OnnxExporter:
             Path(temporary).unlink(missing_ok=True)
             raise
         return path
+
+
+def check_output_file(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """``path`` as a ``Path`` if an ONNX export may write it (missing parent folders are
+    created); checked before any work.
+
+    Raises:
+      IsADirectoryError: ``path`` is a folder.
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      NotADirectoryError: a file stands where a parent folder would be.
+      PermissionError: the nearest existing folder above ``path`` is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the .onnx file to write")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite)")
+    return check_creatable(path)
 
 
 def export_onnx(

@@ -3,6 +3,7 @@ graph of stock TensorFlow ops."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -15,11 +16,19 @@ import tensorflow as tf
 from kmask.config import DataConfig
 from kmask.data.category_map import CategoryMap
 from kmask.export.inference_graph import IMAGE_FEATURE_KEY, InferenceGraph, with_roi_align
+from kmask.export.output_paths import check_creatable
 
 LABEL_MAP_NAME = "categories.json"
 WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
 # Ops that run Python: a server has no interpreter to call back into.
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+# Request limits of a served model (README "Deploy"). 16 images: a request's memory and
+# time grow with its batch (R50-FPN at 800x1333 on CPU: about 170 MB and 20 s per image on
+# 2 cores), so 16 bounds one request to a few GB. 25 megapixels: a 6000x4000 (24 MP) photo
+# passes, while the model resizes every image to at most max_size (1333) anyway; decoding
+# costs 3 bytes per pixel (75 MB at the limit).
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 
 
 def graph_op_types(saved_model_dir: str | os.PathLike[str]) -> set[str]:
@@ -56,6 +65,34 @@ def next_version(export_dir: str | os.PathLike[str]) -> int:
     return max(versions, default=0) + 1
 
 
+def version_directory(
+    export_dir: str | os.PathLike[str], version: int | None = None, overwrite: bool = False
+) -> Path:
+    """``EXPORT_DIR/<version>`` that an export would write, checked before any work.
+
+    Args:
+      export_dir: the model base path (may not exist yet).
+      version: positive version number; default one more than the largest present.
+      overwrite: whether an existing ``<version>`` may be replaced.
+
+    Raises:
+      ValueError: ``export_dir`` is not a directory, or a bad ``version``.
+      FileExistsError: ``<version>`` exists and ``overwrite`` is False.
+      OSError: it cannot be created (``output_paths.check_creatable``).
+    """
+    base = Path(export_dir)
+    if base.exists() and not base.is_dir():
+        raise ValueError(f"export directory {base} exists and is not a directory")
+    if version is None:
+        version = next_version(base)
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    target = base / str(version)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite)")
+    return check_creatable(target)
+
+
 class SavedModelExporter:
     """Writes a model as a TensorFlow Serving SavedModel.
 
@@ -71,8 +108,14 @@ class SavedModelExporter:
     ``detection_scores [B, N]``, ``detection_classes [B, N]`` int32 category ids (``-1``
     past ``num_detections``), ``num_detections [B]``, ``detection_masks [B, N, M, M]``
     box-frame probabilities (Mask R-CNN), ``detection_full_masks [B, N, H, W]`` uint8 (with
-    ``full_masks``), ``original_size [B, 2]``; an RPN-only model returns ``proposals``,
-    ``proposal_scores`` and ``num_proposals`` instead of the detections.
+    ``full_masks``), ``original_size [B, 2]``, ``decode_ok [B]`` bool (encoded inputs: False
+    for an image that did not decode, which gets zero detections while the rest of the
+    batch is answered); an RPN-only model returns ``proposals``, ``proposal_scores`` and
+    ``num_proposals`` instead of the detections.
+
+    Requests are refused (InvalidArgument naming the limit and the value) before any image
+    is decoded when they are empty, hold more than ``max_batch_size`` images, or an image of
+    more than ``max_image_pixels`` (read from the header of encoded images).
 
     The model is traced with the pure-TensorFlow RoIAlign (``roi_align_implementation``), so
     the graph holds only stock ops; ``export`` checks that (``non_stock_ops``).
@@ -92,6 +135,10 @@ class SavedModelExporter:
         torchvision models).
       roi_align_implementation: ``"tf"`` (stock ops, default) or ``"custom"`` for a server
         built with the kmask op (the stock-op check is skipped then).
+      max_batch_size: most images per request (``DEFAULT_MAX_BATCH_SIZE``, 16; ``None``:
+        no limit).
+      max_image_pixels: most pixels (height x width) per image
+        (``DEFAULT_MAX_IMAGE_PIXELS``, 25 million; ``None``: no limit).
     """
 
     def __init__(
@@ -102,6 +149,8 @@ class SavedModelExporter:
         mask_threshold: float = 0.5,
         roi_align_implementation: str = "tf",
         mask_paste: str = "exact",
+        max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if roi_align_implementation not in ("tf", "custom"):
             raise ValueError(
@@ -115,6 +164,8 @@ class SavedModelExporter:
             categories,
             mask_threshold,
             mask_paste,
+            max_batch_size,
+            max_image_pixels,
         )
 
     def serving_module(self, input_type: str, full_masks: bool = False) -> tf.Module:
@@ -162,24 +213,17 @@ class SavedModelExporter:
         Raises:
           ValueError: bad ``input_type`` or ``version``, or non-stock ops in the graph.
           FileExistsError: ``<version>`` exists and ``overwrite`` is False.
+          OSError: ``export_dir`` cannot be created or written.
         """
         self.graph.input_signature(input_type)  # validates the name
-        base = Path(export_dir)
-        if base.exists() and not base.is_dir():
-            raise ValueError(f"export directory {base} exists and is not a directory")
-        if version is None:
-            version = next_version(base)
-        if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
-            raise ValueError(f"version must be a positive integer, got {version!r}")
-        target = base / str(version)
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite)")
+        target = version_directory(export_dir, version, overwrite)
+        base = target.parent
         base.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-incomplete-", dir=base))
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-incomplete-", dir=base))
         try:
             self._write(staging / "model", input_type, full_masks)
             if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{version}-replaced-", dir=base))
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}-replaced-", dir=base))
                 target.rename(old / "model")
                 (staging / "model").rename(target)
                 shutil.rmtree(old)
@@ -203,7 +247,7 @@ class SavedModelExporter:
             bad = non_stock_ops(path)
             if bad:
                 raise ValueError(f"the exported graph holds ops a stock TensorFlow lacks: {bad}")
-        write_warmup_requests(path / WARMUP_PATH, input_type, self.graph.data_config)
+        write_warmup_requests(path / WARMUP_PATH, input_type, self.graph)
 
     def _label_map_json(self) -> str:
         categories = self.graph.categories
@@ -212,10 +256,13 @@ class SavedModelExporter:
         return categories.to_json()
 
 
-def warmup_images(data_config: DataConfig) -> list[np.ndarray]:
+def warmup_images(data_config: DataConfig, max_image_pixels: int | None = None) -> list[np.ndarray]:
     """Two uint8 RGB images ``[H, W, 3]`` (a gradient, portrait and landscape) whose
-    resized sizes span what ``data_config`` produces."""
+    resized sizes span what ``data_config`` produces, shrunk to at most
+    ``max_image_pixels`` each."""
     side = max(data_config.min_size)
+    if max_image_pixels is not None:
+        side = max(1, min(side, math.isqrt(max_image_pixels * 3 // 4)))
     images = []
     for height, width in ((side, side * 4 // 3), (side * 4 // 3, side)):
         y, x = np.mgrid[0:height, 0:width]
@@ -223,13 +270,14 @@ def warmup_images(data_config: DataConfig) -> list[np.ndarray]:
     return [image.astype(np.uint8) for image in images]
 
 
-def write_warmup_requests(path: Path, input_type: str, data_config: DataConfig) -> None:
-    """Writes TensorFlow Serving warm-up requests: a TFRecord of ``PredictionLog`` with a
-    ``serving_default`` ``PredictRequest`` of one image and one of two images (one request
-    per image size for ``image_tensor``, whose batches share a size)."""
+def write_warmup_requests(path: Path, input_type: str, graph: InferenceGraph) -> None:
+    """Writes TensorFlow Serving warm-up requests for ``graph``: a TFRecord of
+    ``PredictionLog`` with a ``serving_default`` ``PredictRequest`` of one image and one of
+    two images (one request per image size for ``image_tensor``, whose batches share a
+    size; one image only where ``graph.max_batch_size`` is 1), all within its limits."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    images = warmup_images(data_config)
+    images = warmup_images(graph.data_config, graph.max_image_pixels)
     if input_type == "image_tensor":
         batches = [image[None] for image in images]
     else:
@@ -248,6 +296,8 @@ def write_warmup_requests(path: Path, input_type: str, data_config: DataConfig) 
                 for data in encoded
             ]
         batches = [np.array(encoded[:1], object), np.array(encoded, object)]
+        if graph.max_batch_size == 1:
+            batches = batches[:1]
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
         for batch in batches:
@@ -272,10 +322,19 @@ def export_saved_model(
     overwrite: bool = False,
     mask_threshold: float = 0.5,
     mask_paste: str = "exact",
+    max_batch_size: int | None = DEFAULT_MAX_BATCH_SIZE,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Path:
-    """``SavedModelExporter(model, data_config, categories, mask_threshold,
-    mask_paste=mask_paste).export(...)``; returns ``EXPORT_DIR/<version>``."""
+    """``SavedModelExporter(model, data_config, categories, mask_threshold, mask_paste=...,
+    max_batch_size=..., max_image_pixels=...).export(...)``; returns
+    ``EXPORT_DIR/<version>``."""
     exporter = SavedModelExporter(
-        model, data_config, categories, mask_threshold, mask_paste=mask_paste
+        model,
+        data_config,
+        categories,
+        mask_threshold,
+        mask_paste=mask_paste,
+        max_batch_size=max_batch_size,
+        max_image_pixels=max_image_pixels,
     )
     return exporter.export(export_dir, input_type, version, full_masks, overwrite)

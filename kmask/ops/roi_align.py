@@ -10,8 +10,10 @@ NHWC. Boxes get no gradient, as in every peer implementation.
 ``implementation``: ``"custom"`` is the C++/CUDA op ``Kmask>RoiAlign`` (see
 ``kmask.ops._custom_ops``), ``"tf"`` the pure-TensorFlow twin (same numbers to 1e-5,
 XLA-compilable), ``"auto"`` takes the custom op when it is built for the running TensorFlow
-(and has CUDA kernels when GPUs are visible), else warns once and takes ``"tf"``. The
-environment variable ``KMASK_ROI_ALIGN`` (``custom`` or ``tf``) overrides ``"auto"``.
+(and has CUDA kernels when GPUs are visible), else warns once and takes ``"tf"``; with GPUs
+visible and op determinism on (``train.deterministic``) it takes ``"tf"`` too, as the custom
+op's CUDA gradient (atomics) refuses to run then. The environment variable
+``KMASK_ROI_ALIGN`` (``custom`` or ``tf``) overrides ``"auto"``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+# Private, but the only way to read the op determinism switch (TensorFlow >= 2.9).
+from tensorflow.python.framework import config as framework_config
 
 from kmask.ops import _custom_ops
 from kmask.ops.levels import level_of
@@ -56,6 +61,19 @@ def resolve_implementation(implementation: str = "auto") -> str:
             implementation = forced
         else:
             status = _custom_ops.status()
+            if (
+                status.auto_choice == "custom"
+                and framework_config.is_op_determinism_enabled()
+                and tf.config.list_physical_devices("GPU")
+            ):
+                if "determinism" not in _warned:
+                    _warned.add("determinism")
+                    logger.warning(
+                        "kmask: RoIAlign uses the pure TensorFlow implementation (op "
+                        "determinism is on, train.deterministic, and GPUs are visible: the "
+                        "custom op's CUDA gradient sums with atomics and refuses to run)"
+                    )
+                return "tf"
             if status.auto_choice == "tf" and "auto" not in _warned:
                 _warned.add("auto")
                 logger.warning(

@@ -348,6 +348,35 @@ def roi_align_tf(
     )
 
 
+def _concat_rows(parts: list[tf.Tensor]) -> tf.Tensor:
+    """``tf.concat(parts, 0)`` whose gradient gives each part a buffer of its own.
+
+    ``tf.concat``'s gradient slices the upstream gradient, and on the CPU a slice along the
+    first axis is a view of the one buffer. An FPN level that other layers read as well
+    (the RPN head, the box and the mask pooler) sums its gradients with ``AddN``, which
+    starts the sum from the first input buffer it may overwrite: a view may not be
+    overwritten while a sibling slice is alive, which depends on thread timing, so the
+    order of the float sum, hence its last bits, changed from run to run (and a resumed
+    training run differed from an uninterrupted one). The gradients here are gathered
+    copies, as the custom op's gradient is a tensor of its own for each level.
+    """
+
+    @tf.custom_gradient
+    def concat(*parts: tf.Tensor):
+        sizes = [tf.shape(part)[0] for part in parts]
+
+        def grad(upstream: tf.Tensor) -> list[tf.Tensor]:
+            grads, start = [], tf.constant(0)
+            for size in sizes:
+                grads.append(tf.gather(upstream, tf.range(start, start + size)))
+                start += size
+            return grads
+
+        return tf.concat(parts, 0), grad
+
+    return concat(*parts)
+
+
 def multilevel_roi_align_tf(
     features: Mapping[int, tf.Tensor],
     boxes: tf.Tensor,
@@ -369,9 +398,8 @@ def multilevel_roi_align_tf(
     """
     keys = sorted(features)
     shapes = [tf.shape(features[key]) for key in keys]
-    flat = tf.concat(
-        [tf.reshape(features[key], tf.stack([-1, shape[3]])) for key, shape in zip(keys, shapes)],
-        axis=0,
+    flat = _concat_rows(
+        [tf.reshape(features[key], tf.stack([-1, shape[3]])) for key, shape in zip(keys, shapes)]
     )
     heights = tf.stack([shape[1] for shape in shapes])
     widths = tf.stack([shape[2] for shape in shapes])

@@ -19,7 +19,8 @@ Modules: ``trainer.Trainer``, ``optimizer.build_optimizer``,
 ``warmup_step_schedule.WarmupStepSchedule``, ``checkpoint_callback.CheckpointCallback``,
 ``non_finite_guard.NonFiniteGuard`` (``non_finite_loss_error.NonFiniteLossError``),
 ``evaluation_callback.EvaluationCallback``, ``tensorboard_callback.TensorBoardCallback``,
-``strategy.select_strategy``, ``run_directory.RunDirectory``
+``strategy.select_strategy``, ``determinism.Determinism`` (``train.deterministic``),
+``run_directory.RunDirectory``
 (``run_locked_error.RunLockedError``), fine-tuning: ``weight_transfer.WeightTransfer``
 (``weight_transfer_error.WeightTransferError``), ``trainable_preset.TrainablePreset``,
 ``trainable_phase_callback.TrainablePhaseCallback``.
@@ -28,6 +29,7 @@ Modules: ``trainer.Trainer``, ``optimizer.build_optimizer``,
 from kmask.training.checkpoint_callback import CheckpointCallback
 from kmask.training.checkpoint_write_error import CheckpointWriteError
 from kmask.training.coupled_weight_decay_sgd import CoupledWeightDecaySGD
+from kmask.training.determinism import Determinism
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
 from kmask.training.non_finite_loss_error import NonFiniteLossError
@@ -47,6 +49,7 @@ __all__ = [
     "CheckpointCallback",
     "CheckpointWriteError",
     "CoupledWeightDecaySGD",
+    "Determinism",
     "EvaluationCallback",
     "NonFiniteGuard",
     "NonFiniteLossError",

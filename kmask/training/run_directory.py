@@ -10,9 +10,11 @@ Layout::
     DIR/results.json       COCO-format detections of the last ``kmask evaluate``
     DIR/predictions/       PNGs and detections.json of ``kmask predict``
     DIR/.lock              the pid of the ``kmask train`` that is writing the directory
+    DIR/.kmask-output      the marker of a folder kmask wrote (``OutputFolder``, kind "run"):
+                           what ``--overwrite`` of ``kmask convert-weights`` may replace
 
-Every file is written under a temporary name and renamed into place, so a killed process
-never leaves a half-written file under the final name.
+Every file is written under a temporary name and renamed into place (``write_atomic``), so
+a killed process never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from typing import Any
 
 import yaml
 
-from kmask.config import Config, config_to_dict, load_config
+from kmask.config import Config, ModelConfig, config_to_dict, load_config
 from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import write_atomic
+from kmask.data.output_folder import OutputFolder
 from kmask.training.run_locked_error import RunLockedError
 
 
@@ -88,8 +91,10 @@ class RunDirectory:
             handle.close()
 
     def write_config(self, config: Config) -> None:
-        """Writes ``config.yaml`` (every field, so the file alone reproduces the run)."""
+        """Writes ``config.yaml`` (every field, so the file alone reproduces the run) and
+        marks the directory as a kmask run (``.kmask-output``) unless it has a marker."""
         self.path.mkdir(parents=True, exist_ok=True)
+        OutputFolder.mark(self.path, "run")
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
         atomic_write_text(self.config_path, text)
 
@@ -110,9 +115,19 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.categories_path, categories.to_json() + "\n")
 
-    def load_categories(self) -> CategoryMap:
-        """The categories the run was trained on (``DataError`` when missing)."""
-        return CategoryMap.load(self.categories_path)
+    def load_categories(self, model: ModelConfig | None = None) -> CategoryMap:
+        """The categories the run was trained on; with ``model``, checked against its
+        classes and keypoints (``CategoryMap.check_model``).
+
+        Raises:
+          DataError: naming ``categories.json`` when it is missing, malformed, or does not
+            fit ``model``.
+        """
+        categories = CategoryMap.load(self.categories_path)
+        if model is not None:
+            head = model.keypoint_head
+            categories.check_model(model.num_classes, head.num_keypoints if head else 0)
+        return categories
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint, or None (see ``CheckpointCallback.latest``)."""

@@ -23,6 +23,7 @@ from kmask.evaluation.predictor import Predictor
 from kmask.modeling.factory import build_mask_rcnn
 from kmask.modeling.mask_rcnn import MaskRCNN
 from kmask.training.checkpoint_callback import CheckpointCallback, checkpoint_step
+from kmask.training.determinism import Determinism
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
 from kmask.training.optimizer import build_optimizer, optimizer_step
@@ -84,7 +85,9 @@ class Trainer:
     position after the last batch trained on (``CheckpointCallback.read_state``). A run
     killed at any moment (SIGKILL included, during a step or a checkpoint write) and
     resumed therefore ends, on the CPU, with weights bit-identical to the uninterrupted
-    run's (see docs/training.md for the limits).
+    run's, given the process settings of ``train.deterministic`` (``Determinism``: op
+    determinism, oneDNN off, the same intra-op thread count; see docs/training.md for the
+    limits).
 
     Args:
       config: the experiment; ``train.json_path``/``images_dir`` or
@@ -162,6 +165,14 @@ class Trainer:
                 f"model.num_classes is {self.config.model.num_classes} but the training data "
                 f"has {categories.num_classes} categories {list(categories.category_names)}; "
                 f"set model.num_classes={categories.num_classes}"
+            )
+        head = self.config.model.keypoint_head
+        if head is not None and categories.num_keypoints != head.num_keypoints:
+            raise ConfigError(
+                f"model.keypoint_head.num_keypoints is {head.num_keypoints} but the training "
+                f"data ({categories.source}) has {categories.num_keypoints} keypoints "
+                f"{list(categories.keypoint_names)}; set model.keypoint_head.num_keypoints to "
+                "that number (model.keypoint_head: null for data without keypoints)"
             )
         if resume and self.run.categories_path.is_file():
             saved = self.run.load_categories()
@@ -290,9 +301,13 @@ class Trainer:
         Args:
           resume: continue from the latest checkpoint of the run directory (from scratch
             when there is none); without it a run directory with checkpoints is refused.
+
+        With ``train.deterministic`` it runs inside ``Determinism``: op determinism on for
+        its duration, and ``ConfigError`` before anything else when TensorFlow was
+        imported with oneDNN on.
         """
         lock = self.run.lock() if self.is_chief else contextlib.nullcontext()
-        with lock:
+        with Determinism(self.config.train.deterministic), lock:
             return self._train(resume)
 
     def _train(self, resume: bool) -> dict[str, list[float]]:
@@ -349,7 +364,10 @@ class Trainer:
             keep=config.train.keep_checkpoints,
             save_on_train_end=False,
             is_chief=self.is_chief,
-            state=lambda: {"stream_position": stream_position().to_dict()},
+            state=lambda: {
+                "stream_position": stream_position().to_dict(),
+                "intra_op_threads": Determinism.intra_op_threads(),
+            },
         )
         counter = _BatchCounter()
         callbacks = [
@@ -429,6 +447,16 @@ class Trainer:
                     f"kmask: warning: {path} holds no input stream position (an older "
                     "kmask wrote it); the data restart from the beginning of the stream, so "
                     "the run will not match an uninterrupted one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            saved, threads = (state or {}).get("intra_op_threads"), Determinism.intra_op_threads()
+            if self.config.train.deterministic and saved not in (None, threads):
+                print(
+                    f"kmask: warning: {path} was trained with {saved} intra-op threads and "
+                    f"this process has {threads}, which round sums differently: the run will "
+                    "not be bit-identical to an uninterrupted one (give it as many CPUs, or "
+                    f"TF_NUM_INTRAOP_THREADS={saved})",
                     file=sys.stderr,
                     flush=True,
                 )

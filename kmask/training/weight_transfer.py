@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -143,7 +145,9 @@ class WeightTransfer:
           FileNotFoundError: ``path`` does not exist, or a run directory lacks its
             ``config.yaml`` or a checkpoint.
           WeightTransferError: a weights file outside a run directory (its architecture is
-            unknown), or a file that cannot be read into its configured model.
+            unknown), a ``.keras`` file that is not an intact zip archive (truncated, or a
+            member that fails its CRC check), or a file that cannot be read into its
+            configured model.
         """
         from kmask.evaluation.predictor import Predictor
         from kmask.training.run_directory import RunDirectory
@@ -161,7 +165,9 @@ class WeightTransfer:
             elif path.name.endswith(".keras"):
                 import kmask.modeling  # noqa: F401 (registers the classes a .keras file names)
 
-                model = keras.saving.load_model(path, compile=False)
+                _check_keras_archive(path)
+
+                model = keras.saving.load_model(path, compile=False, safe_mode=True)
             elif path.name.endswith(".weights.h5"):
                 run = RunDirectory.of_checkpoint(path)
                 if not run.config_path.is_file():
@@ -196,9 +202,9 @@ class WeightTransfer:
             get None (they keep their initialization).
 
         Raises:
-          WeightTransferError: the source's class names are unknown, or a name of the map
-            is not a class of the target (keys) or of the source (values); the message
-            lists the valid names.
+          WeightTransferError: the source's class names are unknown, or names of the map
+            are not classes of the target (keys) or of the source (values); the message
+            names every unknown name of both sides and lists the valid names.
         """
         if self.class_names is None:
             raise WeightTransferError(
@@ -206,16 +212,16 @@ class WeightTransfer:
                 "run directory of kmask train or kmask convert-weights, or a checkpoint "
                 "inside one: their categories.json names the classes)"
             )
+        problems = []
         for names, where, valid in (
             (class_map.keys(), "the training data's classes", target_names),
             (class_map.values(), f"the classes of {self.source}", self.class_names),
         ):
             unknown = sorted(set(names) - set(valid))
             if unknown:
-                raise WeightTransferError(
-                    f"train.init_class_map: {', '.join(unknown)} not among {where}: "
-                    f"{', '.join(valid)}"
-                )
+                problems.append(f"{', '.join(unknown)} not among {where}: {', '.join(valid)}")
+        if problems:
+            raise WeightTransferError("train.init_class_map: " + "; ".join(problems))
         index = {name: k for k, name in enumerate(self.class_names)}
         return tuple(index[class_map[name]] if name in class_map else None for name in target_names)
 
@@ -381,6 +387,25 @@ class WeightTransfer:
         lines.append(f"{'total':<{width}}  " + "  ".join(f"{total[s]:>14}" for s in statuses))
         lines.extend(f"{status}: {name} ({why})" for name, status, why in rows if status != LOADED)
         return "\n".join(lines)
+
+
+def _check_keras_archive(path: Path) -> None:
+    """Raises ``WeightTransferError`` naming ``path`` when it is not an intact ``.keras``
+    zip archive: not a zip (truncated: its central directory is missing), or a member whose
+    data is cut short or fails its CRC check (every member is read once)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        raise WeightTransferError(
+            f"--init-from {path}: not a readable .keras file (a zip archive): {error}; it is "
+            "truncated or damaged, save or copy it again"
+        ) from None
+    if damaged is not None:
+        raise WeightTransferError(
+            f"--init-from {path}: damaged .keras file: its member {damaged} fails the CRC "
+            "check; save or copy it again"
+        )
 
 
 def _class_row_layer(name: str) -> str | None:

@@ -252,7 +252,11 @@ def test_the_command_writes_json_that_the_reader_takes(cityscapes, tmp_path, cap
     root, maps = cityscapes
     out = tmp_path / "annotations"
     assert main(["convert-cityscapes", "--root", str(root), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["instances_train.json", "instances_val.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".kmask-output",
+        "instances_train.json",
+        "instances_val.json",
+    ]
     assert f"--json {out}/instances_val.json --images {root}/leftImg8bit/val" in (
         capsys.readouterr().out
     )
@@ -280,7 +284,7 @@ def test_the_command_writes_json_that_the_reader_takes(cityscapes, tmp_path, cap
     assert (out / "instances_train.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "cityscapes"]
     assert main([*argv, "--splits", "train"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["instances_train.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".kmask-output", "instances_train.json"]
 
 
 def test_shards_read_back_through_the_shard_reader(cityscapes, tmp_path):
@@ -289,6 +293,7 @@ def test_shards_read_back_through_the_shard_reader(cityscapes, tmp_path):
     argv = ["convert-cityscapes", "--root", str(root), "--out", str(out), "--splits", "train"]
     assert main([*argv, "--shards", "--num-shards", "2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".kmask-output",
         "categories.json",
         "instances_train-00000-of-00002.tfrecord",
         "instances_train-00001-of-00002.tfrecord",

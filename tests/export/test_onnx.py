@@ -128,14 +128,40 @@ def test_onnxruntime_without_tensorflow_matches_keras(onnx_export, config, cases
     assert served["pair"]["num_detections"].min() > 0
 
 
-def test_refuses_to_overwrite(model, config, tmp_path):
-    from kmask.export import export_onnx
+def test_empty_batch_gives_empty_outputs(onnx_export, cases, tmp_path):
+    """A batch of 0 images: every output with 0 rows and the shape of a batch of 1's."""
+    served = run_onnxruntime(
+        onnx_export[0],
+        {"empty": np.zeros((0, 60, 80, 3), np.uint8), "one": cases["landscape"]},
+        tmp_path,
+    )
+    assert served["empty"].keys() == served["one"].keys()
+    for name, value in served["empty"].items():
+        assert value.shape == (0, *served["one"][name].shape[1:]), name
 
-    path = tmp_path / "model.onnx"
-    path.write_bytes(b"old")
-    with pytest.raises(FileExistsError, match="model.onnx"):
-        export_onnx(model, path, config.data, CATEGORIES)
-    assert path.read_bytes() == b"old"
+
+def test_output_path_checked_before_conversion(model, config, tmp_path, monkeypatch):
+    """A path the export could not write is refused before the (slow) conversion."""
+    from kmask.export import OnnxExporter, export_onnx
+
+    def never(self):
+        raise AssertionError("converted before the output path was checked")
+
+    monkeypatch.setattr(OnnxExporter, "convert", never)
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"old")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    (tmp_path / "folder.onnx").mkdir()
+    for path, error, message in (
+        (existing, FileExistsError, "model.onnx already exists"),
+        (tmp_path / "folder.onnx", IsADirectoryError, "folder.onnx is a folder"),
+        (a_file / "model.onnx", NotADirectoryError, "notes.txt is a file, not a folder"),
+        (a_file / "sub" / "model.onnx", NotADirectoryError, "notes.txt is a file, not a folder"),
+    ):
+        with pytest.raises(error, match=message):
+            export_onnx(model, path, config.data, CATEGORIES)
+    assert existing.read_bytes() == b"old" and a_file.read_text() == "keep"
 
 
 @pytest.mark.slow

@@ -15,8 +15,12 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from kmask.evaluation import Predictor
-from kmask.export import SavedModelExporter, export_saved_model
-from kmask.export.saved_model_exporter import WARMUP_PATH, non_stock_ops
+from kmask.export import INPUT_TYPES, InferenceGraph, SavedModelExporter, export_saved_model
+from kmask.export.saved_model_exporter import (
+    WARMUP_PATH,
+    non_stock_ops,
+    write_warmup_requests,
+)
 from tests.export.conftest import (
     CATEGORIES,
     assert_same_detections,
@@ -29,6 +33,10 @@ from tests.export.conftest import (
 from tests.toy_data import tiny_config
 
 SERVE_ISOLATED = Path(__file__).with_name("serve_isolated.py")
+# The limits of ``bytes_export``: the test batch (4 images) and its largest image (120x100)
+# are exactly at them.
+MAX_BATCH_SIZE = 4
+MAX_IMAGE_PIXELS = 120 * 100
 
 
 def predict_request(name: str, values: np.ndarray) -> str:
@@ -44,8 +52,25 @@ def predict_request(name: str, values: np.ndarray) -> str:
 def bytes_export(model, config, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("serving")
     return export_saved_model(
-        model, base, config.data, CATEGORIES, input_type="image_bytes", full_masks=True
+        model,
+        base,
+        config.data,
+        CATEGORIES,
+        input_type="image_bytes",
+        full_masks=True,
+        max_batch_size=MAX_BATCH_SIZE,
+        max_image_pixels=MAX_IMAGE_PIXELS,
     )
+
+
+def claimed_size(data: bytes, height: int, width: int) -> bytes:
+    """``data`` (a PNG, or a baseline JPEG) with ``height`` x ``width`` written in its header
+    and its pixel data left as it is: a header that only a header reader believes."""
+    if data.startswith(b"\x89PNG"):
+        return data[:16] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[24:]
+    start = data.index(b"\xff\xc0") + 5  # SOF0: length (2), precision (1), height, width
+    size = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return data[:start] + size + data[start + 4 :]
 
 
 def test_layout_warmup_and_label_map(bytes_export):
@@ -70,13 +95,36 @@ def test_layout_warmup_and_label_map(bytes_export):
     assert non_stock_ops(bytes_export) == []
 
 
+def test_warmup_requests_within_limits(model, config, tmp_path):
+    """TensorFlow Serving replays the warm-up requests when it loads the model, and a
+    refused one fails the load: they stay within the export's limits."""
+    graph = InferenceGraph(model, config.data, CATEGORIES, max_batch_size=1, max_image_pixels=999)
+    for input_type in INPUT_TYPES:
+        write_warmup_requests(tmp_path / input_type, input_type, graph)
+        batches = []
+        for record in tf.data.TFRecordDataset(str(tmp_path / input_type)):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            batches.append(tf.make_ndarray(log.predict_log.request.inputs[input_type]))
+        assert len(batches) == (2 if input_type == "image_tensor" else 1)
+        for batch in batches:
+            assert len(batch) == 1
+            image = batch[0]
+            if input_type == "tf_example":
+                feature = tf.train.Example.FromString(image).features.feature["image/encoded"]
+                image = feature.bytes_list.value[0]
+            if input_type != "image_tensor":
+                image = tf.io.decode_png(image).numpy()
+            assert 0 < image.shape[0] * image.shape[1] <= 999
+
+
 def test_served_without_kmask_matches_keras(
     bytes_export, model, config, encoded_images, decoded_images, tmp_path
 ):
     """REST (instances with b64) and gRPC (PredictRequest) requests, built as TF Serving's
     docs specify, through the SavedModel loaded by stock TensorFlow in ``python -I`` with
-    kmask blocked and the custom-op cache unreachable; bad inputs answer with an error or
-    zero detections."""
+    kmask blocked and the custom-op cache unreachable. Images that do not decode get
+    ``decode_ok`` False and zero detections while their batch mates are answered; empty
+    requests and requests over a limit are refused with a message naming it."""
     rest = {
         "batch": {
             "signature_name": "serving_default",
@@ -84,16 +132,37 @@ def test_served_without_kmask_matches_keras(
         }
     }
     one_pixel = encode(shapes_image(1, 1, seed=0), "PNG")
+    first, second = encoded_images[:2]  # a PNG and a JPEG
+    undecodable = [
+        first[: len(first) // 2],  # truncated PNG
+        second[: len(second) // 2],  # truncated JPEG
+        b"hello, server",
+        encode(decoded_images[0], "GIF"),  # GIF decodes every frame: refused
+    ]
     requests = {
         "rest": rest,
-        "grpc": {"single": predict_request("image_bytes", np.array(encoded_images[1:2], object))},
-        "bad": {
-            "corrupt": predict_request(
-                "image_bytes", np.array([encoded_images[0][: len(encoded_images[0]) // 2]], object)
+        "grpc": {
+            "single": predict_request("image_bytes", np.array(encoded_images[1:2], object)),
+            "mixed": predict_request(
+                "image_bytes", np.array([first, *undecodable[:2], second], object)
             ),
-            "not_an_image": predict_request("image_bytes", np.array([b"hello, server"], object)),
+            "undecodable": predict_request("image_bytes", np.array(undecodable, object)),
+        },
+        "bad": {
             "empty_batch": predict_request("image_bytes", np.zeros([0], object)),
             "one_pixel": predict_request("image_bytes", np.array([one_pixel], object)),
+            "over_batch": predict_request("image_bytes", np.array([one_pixel] * 5, object)),
+            # Headers that claim more pixels than the data holds: refused from the header.
+            "over_pixels": predict_request(
+                "image_bytes", np.array([one_pixel, claimed_size(second, 10_000, 10_000)], object)
+            ),
+            "over_by_one": predict_request(
+                "image_bytes", np.array([claimed_size(first, 1, MAX_IMAGE_PIXELS + 1)], object)
+            ),
+            "over_int32": predict_request(
+                "image_bytes",
+                np.array([one_pixel, one_pixel, claimed_size(first, 100_000, 100_000)], object),
+            ),
         },
     }
     (tmp_path / "requests.json").write_text(json.dumps(requests))
@@ -136,35 +205,67 @@ def test_served_without_kmask_matches_keras(
     single = {key.split("/", 1)[1]: v for key, v in served.items() if key.startswith("single/")}
     assert_same_detections(single, 0, reference(model, config, decoded_images[1:2])[0], True)
 
-    for case in ("corrupt", "not_an_image", "empty_batch"):
-        assert served[f"bad/{case}/error"].item(), case
+    np.testing.assert_array_equal(batch["decode_ok"], [True] * 4)
+    mixed = {key.split("/", 1)[1]: v for key, v in served.items() if key.startswith("mixed/")}
+    np.testing.assert_array_equal(mixed["decode_ok"], [True, False, False, True])
+    for index, expected in zip((0, 3), reference(model, config, decoded_images[:2])):
+        assert_same_detections(mixed, index, expected, full_masks=True)
+    for index in (1, 2):
+        assert mixed["num_detections"][index] == 0
+        assert not mixed["detection_boxes"][index].any()
+        assert not mixed["detection_full_masks"][index].any()
+        assert np.all(mixed["detection_classes"][index] == -1)
+        np.testing.assert_array_equal(mixed["original_size"][index], [0, 0])
+    assert not served["undecodable/decode_ok"].any()
+    assert not served["undecodable/num_detections"].any()
+
     assert "empty batch" in served["bad/empty_batch/error"].item()
     assert served["bad/one_pixel/error"].item() == ""
     assert served["bad/one_pixel/num_detections"].shape == (1,)
+    assert (
+        "image_bytes: 5 images in one request, over the limit max_batch_size=4"
+        in served["bad/over_batch/error"].item()
+    )
+    limit = "pixels, over the limit max_image_pixels=12000 set at export"
+    for case, message in (
+        ("over_pixels", "image_bytes[1] is 10000x10000 = 100000000"),
+        ("over_by_one", "image_bytes[0] is 1x12001 = 12001"),
+        ("over_int32", "image_bytes[2] is 100000x100000 = 10000000000"),
+    ):
+        assert f"{message} {limit}" in served[f"bad/{case}/error"].item(), case
 
 
 def test_tf_example_input(model, config, decoded_images, encoded_images, tmp_path):
+    """Serialized ``tf.train.Example`` in; one that does not parse, lacks ``image/encoded``
+    or holds no image gets ``decode_ok`` False while the others are answered."""
     path = export_saved_model(model, tmp_path, config.data, CATEGORIES, input_type="tf_example")
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    examples = [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={
-                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[d]))
-                }
-            )
+
+    def example(key: str, data: bytes) -> bytes:
+        feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
+        return tf.train.Example(
+            features=tf.train.Features(feature={key: feature})
         ).SerializeToString()
-        for d in encoded_images
-    ]
-    got = {k: v.numpy() for k, v in serve(tf_example=tf.constant(examples)).items()}
+
+    examples = [example("image/encoded", d) for d in encoded_images]
+    bad = [b"\xffnot an Example", example("image/other", encoded_images[0])]
+    bad.append(example("image/encoded", b"no image"))
+    got = {k: v.numpy() for k, v in serve(tf_example=tf.constant(examples + bad)).items()}
+    np.testing.assert_array_equal(got["decode_ok"], [True] * 4 + [False] * 3)
     for index, expected in enumerate(reference(model, config, decoded_images)):
         assert_same_detections(got, index, expected)
+    assert not got["num_detections"][4:].any()
 
 
 def test_versions_overwrite_interruption_and_image_tensor(
     model, config, decoded_images, tmp_path, monkeypatch
 ):
-    exporter = SavedModelExporter(model, config.data, CATEGORIES)
+    """Versions and atomic replacement; ``image_tensor`` batches within the limits are
+    answered, and over them refused with a message naming the limit."""
+    height, width = decoded_images[1].shape[:2]  # 50x90: at the pixel limit
+    exporter = SavedModelExporter(
+        model, config.data, CATEGORIES, max_batch_size=2, max_image_pixels=height * width
+    )
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "marker").write_text("old")
     with pytest.raises(FileExistsError, match=str(tmp_path / "1")):
@@ -192,6 +293,17 @@ def test_versions_overwrite_interruption_and_image_tensor(
     for image in decoded_images[:2]:  # one size per image_tensor batch
         got = {k: v.numpy() for k, v in serve(image_tensor=tf.constant(image[None])).items()}
         assert_same_detections(got, 0, reference(model, config, [image])[0])
+        assert "decode_ok" not in got
+    pair = np.stack([decoded_images[1]] * 2)
+    got = {k: v.numpy() for k, v in serve(image_tensor=tf.constant(pair)).items()}
+    assert_same_detections(got, 1, reference(model, config, [pair[1]])[0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="3 images .* max_batch_size=2"):
+        serve(image_tensor=tf.constant(np.concatenate([pair, pair[:1]])))
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"image_tensor\[0\] is 50x91 = 4550 pixels, over the limit max_image_pixels=4500",
+    ):
+        serve(image_tensor=tf.zeros([1, 50, 91, 3], tf.uint8))
 
 
 def test_keypoints_in_source_pixels(images, tmp_path):

@@ -3,11 +3,17 @@ cases; gradients against finite differences; custom vs tf; bad input."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+# Private, but the switch kmask.ops.roi_align reads.
+from tensorflow.python.framework import config as framework_config
+
 from kmask.ops import _custom_ops, assign_levels, multilevel_roi_align, roi_align
+from kmask.ops.roi_align import resolve_implementation
 from tests.ops.roi_align_reference import roi_align_reference
 
 IMPLEMENTATIONS = ["custom", "tf"]
@@ -321,17 +327,43 @@ def test_multilevel_tf_compiles_under_xla(rng: np.random.Generator) -> None:
         for k in range(2, 6)
     }
     boxes = tf.constant(random_boxes(rng, 8, 64, 64, 70).reshape(1, 8, 4))
-    compiled = tf.function(
-        lambda p, b: multilevel_roi_align(p, b, 4, implementation="tf"), jit_compile=True
-    )
-    np.testing.assert_allclose(
-        compiled(pyramid, boxes).numpy(),
-        multilevel_roi_align(pyramid, boxes, 4, implementation="custom").numpy(),
-        atol=1e-5,
-    )
+
+    def pooled_and_grad(pyramid: dict, implementation: str) -> tuple[tf.Tensor, dict]:
+        with tf.GradientTape() as tape:
+            tape.watch(pyramid)
+            out = multilevel_roi_align(pyramid, boxes, 4, implementation=implementation)
+            loss = tf.reduce_sum(out * out)
+        return out, tape.gradient(loss, pyramid)
+
+    compiled = tf.function(lambda p: pooled_and_grad(p, "tf"), jit_compile=True)
+    (out, grads), (expected, expected_grads) = compiled(pyramid), pooled_and_grad(pyramid, "custom")
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+    for key in pyramid:
+        np.testing.assert_allclose(grads[key].numpy(), expected_grads[key].numpy(), atol=1e-5)
 
 
 def test_multilevel_rejects_gapped_levels() -> None:
     pyramid = {"P2": tf.zeros([1, 8, 8, 1]), "P4": tf.zeros([1, 2, 2, 1])}
     with pytest.raises(ValueError, match="consecutive"):
         multilevel_roi_align(pyramid, tf.zeros([1, 1, 4]), 2)
+
+
+@pytest.mark.parametrize(
+    "determinism, gpus, expected",
+    [(True, True, "tf"), (False, True, "custom"), (True, False, "custom")],
+)
+def test_auto_takes_the_twin_under_op_determinism_with_gpus(
+    monkeypatch: pytest.MonkeyPatch, determinism: bool, gpus: bool, expected: str
+) -> None:
+    # The custom op's CUDA gradient sums with atomics and refuses to run under op
+    # determinism (train.deterministic): "auto" must not pick it then.
+    monkeypatch.delenv("KMASK_ROI_ALIGN", raising=False)
+    monkeypatch.setattr(
+        _custom_ops,
+        "status",
+        lambda build=True: types.SimpleNamespace(auto_choice="custom", reason="", fix=None),
+    )
+    devices = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if gpus else []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices)
+    monkeypatch.setattr(framework_config, "is_op_determinism_enabled", lambda: determinism)
+    assert resolve_implementation("auto") == expected

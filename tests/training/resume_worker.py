@@ -15,6 +15,9 @@ import os
 import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# train.deterministic (on in the tiny configuration) needs oneDNN off, which TensorFlow
+# reads when it is imported (kmask.training.Determinism).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def main() -> None:

@@ -335,7 +335,7 @@ def load_resnet_weights(layers: dict[str, keras.layers.Layer], path: Path, depth
       ValueError: naming the file and the layer when a layer is missing or its shapes differ.
     """
     if path.suffix == ".npz":
-        with np.load(path) as arrays:
+        with np.load(path, allow_pickle=False) as arrays:
             pairs: dict[str, list[tuple[int, np.ndarray]]] = {}
             for key in arrays.files:
                 name, _, index = key.rpartition("/")
