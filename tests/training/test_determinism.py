@@ -19,7 +19,8 @@ import tensorflow as tf
 # Private, but the only way to read the switch.
 from tensorflow.python.framework import config as framework_config
 
-from kmask.training import Determinism, Trainer
+from kmask.data.stream_position import STREAM_START
+from kmask.training import CheckpointCallback, Determinism, Trainer
 from tests.cli_runner import CONFIGS
 from tests.toy_data import tiny_config, write_shapes
 
@@ -109,6 +110,27 @@ def test_two_runs_side_by_side_on_a_loaded_machine_are_bit_identical(
         assert ours.files == theirs.files
         different = [name for name in ours.files if not np.array_equal(ours[name], theirs[name])]
     assert not different, f"{len(different)} of {len(ours.files)} arrays differ: {different[:5]}"
+
+
+def test_resuming_with_another_intra_op_thread_count_warns(shapes, tmp_path, capsys):
+    # Eigen splits reductions among the intra-op threads: another count rounds differently.
+    config = tiny_config(shapes)
+    trainer = Trainer(config, tmp_path / "run")
+    model = trainer.build_model(config.train.batch_size)
+    threads = Determinism.intra_op_threads()
+    for step, count in ((1, threads), (2, threads + 1)):
+        state = {"stream_position": STREAM_START.to_dict(), "intra_op_threads": count}
+        checkpoints = CheckpointCallback(trainer.run.checkpoints_dir, 1, state=lambda s=state: s)
+        checkpoints.set_model(model)
+        model.optimizer.iterations.assign(step)
+        trainer._restore(model, checkpoints.save(step))
+        warning = capsys.readouterr().err
+        if count == threads:
+            assert "intra-op threads" not in warning, warning
+        else:
+            assert f"trained with {count} intra-op threads and this process has {threads}" in (
+                " ".join(warning.split())
+            ), warning
 
 
 def test_block_switches_op_determinism_on_and_restores_it():
