@@ -4,6 +4,9 @@ import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# train.deterministic (on by default) refuses a TensorFlow imported with oneDNN on, its
+# default on Intel CPUs; TensorFlow reads the switch at import, so set it first.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 # torchvision (the conversion tests' reference) crashes the process when it is imported
 # after TensorFlow; import it first when it is installed.
