@@ -641,10 +641,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         config, checkpoint, run = _inference_setup(args)
         results_out = args.results_out or (run.results_path if run is not None else None)
         metrics_out = args.metrics_out or (run.metrics_path if run is not None else None)
-        for flag, path in (("--results-out", results_out), ("--metrics-out", metrics_out)):
-            problem = output_file_problem(path)
-            if problem:  # a default path in the run directory
-                raise ValueError(f"{flag} {problem}")
+        for name, path in (("results_out", results_out), ("metrics_out", metrics_out)):
+            problem = None if getattr(args, name) else output_file_problem(path)
+            if problem:  # a default path in the run directory (a given one is checked above)
+                raise ValueError(f"--{name.replace('_', '-')} {problem}")
         json_path = args.json or config.eval.json_path
         images_dir = args.images or config.eval.images_dir
         if not (json_path and images_dir):

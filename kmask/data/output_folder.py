@@ -114,7 +114,8 @@ class OutputFolder:
         if self.path.is_symlink() or not self.path.is_dir():
             what = "a symbolic link" if self.path.is_symlink() else "not a folder"
             return f"is {what}; --overwrite replaces only a folder that kmask wrote"
-        owner = lock_owner(self.path / LOCK_FILE)
+        with _run_lock(self.path / LOCK_FILE) as owner:
+            pass
         if owner is not None:
             return (
                 f"is in use by kmask train (pid {owner}), which holds {self.path / LOCK_FILE}; "
@@ -180,7 +181,11 @@ class OutputFolder:
             self.mark(staging, self.kind)
             yield staging
             self.check(overwrite)
-            with _run_lock_held(out):
+            with _run_lock(out / LOCK_FILE) as owner:
+                if owner is not None:  # a kmask train started meanwhile
+                    raise FileExistsError(
+                        f"--out {out} is in use by kmask train (pid {owner}); nothing was replaced"
+                    )
                 replaced = os.path.lexists(out)
                 if replaced:
                     os.replace(out, work / _OLD)
@@ -226,39 +231,24 @@ class OutputFolder:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def lock_owner(lock_file: str | os.PathLike[str]) -> str | None:
-    """The pid (as written in it, or "unknown") of the process that holds the ``flock`` of
-    a run's lock file (``RunDirectory.lock``), or None when it is free or missing."""
+@contextlib.contextmanager
+def _run_lock(lock_file: Path) -> Iterator[str | None]:
+    """Takes the ``flock`` of a run's lock file (``RunDirectory.lock``) without waiting and
+    holds it for the block, so that no ``kmask train`` starts meanwhile. Yields None when
+    it is held (or there is no lock file), else the pid written in it ("unknown" when
+    empty) of the process that holds it."""
     try:
         handle = open(lock_file)  # noqa: SIM115 (closed below)
-    except FileNotFoundError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return handle.read().strip() or "unknown"
-        return None
-
-
-@contextlib.contextmanager
-def _run_lock_held(folder: Path) -> Iterator[None]:
-    """Holds the run lock of ``folder`` (when it has a lock file) while it is replaced, so
-    that no ``kmask train`` starts writing into it meanwhile."""
-    try:
-        handle = open(folder / LOCK_FILE)  # noqa: SIM115 (closed below)
     except (FileNotFoundError, NotADirectoryError):
-        yield
+        yield None
         return
     with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FileExistsError(
-                f"--out {folder} is in use by kmask train (pid {handle.read().strip()}); "
-                "nothing was replaced"
-            ) from None
-        yield
+            yield handle.read().strip() or "unknown"
+            return
+        yield None
 
 
 def _marker_kind(folder: Path) -> str | None:

@@ -41,9 +41,7 @@ def encoded_image_size(data: tf.Tensor) -> tf.Tensor:
         return tf.abs(tf.reverse(tf.cast(size, tf.int64), [0]))
 
     def unknown() -> tf.Tensor:
-        check = tf.debugging.Assert(False, ["not a JPEG, PNG or BMP image"])
-        with tf.control_dependencies([check]):
-            return tf.zeros([2], tf.int64)
+        return after_check(tf.zeros([2], tf.int64), False, "not a JPEG, PNG or BMP image")
 
     is_png = tf.logical_and(
         tf.equal(tf.strings.substr(data, 0, 8), PNG_SIGNATURE),

@@ -17,7 +17,6 @@ Two TensorFlow ops get conversion handlers of kmask's own:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 from kmask.config import DataConfig
 from kmask.data.category_map import CategoryMap
+from kmask.data.image_io import write_atomic
 from kmask.export.inference_graph import InferenceGraph, with_roi_align
 from kmask.export.output_paths import check_creatable
 
@@ -161,19 +161,12 @@ class OnnxExporter:
         return model_proto
 
     def export(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-        """Converts and writes ``path`` atomically (temporary file, then rename); the path
-        is checked first (``check_output_file``), before the conversion."""
+        """Converts and writes ``path`` (``image_io.write_atomic``: temporary file, then
+        rename); the path is checked first (``check_output_file``), before the conversion."""
         path = check_output_file(path, overwrite)
         data = self.convert().SerializeToString()
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data)
         return path
 
 

@@ -54,6 +54,9 @@ from types import ModuleType
 
 import tensorflow as tf
 
+# Private, but the only way to read the op determinism switch (TensorFlow >= 2.9).
+from tensorflow.python.framework import config as framework_config
+
 logger = logging.getLogger(__name__)
 
 _LIBRARY_STEM = "kmask_roi_align"
@@ -64,7 +67,10 @@ _GPU_SOURCES = ("roi_align_cuda.cuh", "roi_align_op_gpu.cu.cc")
 _CPU_SOURCE = "roi_align_op.cc"
 _GPU_SOURCE = "roi_align_op_gpu.cu.cc"
 CPU_BUILD_MODES = ("dispatch", "portable", "native")
-_TROUBLESHOOTING = "README.md, Troubleshooting"
+_COMPILE_FIX = (
+    "fix the compiler error and run `kmask build-ops --force`; KMASK_CPU_BUILD=portable "
+    "builds without vector instructions (README.md, Troubleshooting)"
+)
 
 
 class BuildError(RuntimeError):
@@ -281,8 +287,7 @@ def _run(command: list[str], verbose: bool) -> None:
         raise BuildError(
             f"command failed ({result.returncode}): {' '.join(command)}\n"
             f"{result.stdout}{result.stderr}",
-            "fix the compiler error above and run `kmask build-ops --force`; "
-            f"KMASK_CPU_BUILD=portable builds without vector instructions ({_TROUBLESHOOTING})",
+            _COMPILE_FIX,
         )
 
 
@@ -334,11 +339,13 @@ def _compile_cuda(nvcc: str, workdir: Path, verbose: bool) -> list[str]:
     return [str(gpu_object), f"-L{cuda_include.parent / 'lib64'}", "-lcudart"]
 
 
-def _compile_cpu(output: Path, variant: CpuVariant, cuda_objects: list[str], verbose: bool) -> None:
+def _compile_cpu(
+    cxx: str, output: Path, variant: CpuVariant, cuda_objects: list[str], verbose: bool
+) -> None:
     # TensorFlow's flags already carry -std=c++17 and the C++ ABI flag: add no -std of ours.
     _run(
         [
-            _compiler(),
+            cxx,
             "-shared",
             "-O3",
             "-fPIC",
@@ -370,14 +377,16 @@ def _compile_all(
     The first variant must build; a later one that fails is left out and named in the
     manifest's ``skipped``.
     """
-    _compiler()  # no compiler: one clear error, not one per variant
+    cxx = _compiler()  # no compiler: one clear error, not one per variant
     with tempfile.TemporaryDirectory(dir=directory) as workdir:
         work = Path(workdir)
         cuda_objects = _compile_cuda(nvcc, work, verbose) if nvcc else []
         workers = max(1, min(len(variants), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             futures = [
-                pool.submit(_compile_cpu, work / _library_name(v.name), v, cuda_objects, verbose)
+                pool.submit(
+                    _compile_cpu, cxx, work / _library_name(v.name), v, cuda_objects, verbose
+                )
                 for v in variants
             ]
         built, skipped = [], {}
@@ -418,9 +427,9 @@ class _Build:
         return text
 
 
-def _finished_build(mode: str, directory: Path) -> _Build:
+def _finished_build(mode: str, directory: Path, cpu: frozenset[str]) -> _Build:
     manifest = json.loads((directory / _MANIFEST).read_text())
-    variant = select_variant(manifest["variants"], cpu_flags())
+    variant = select_variant(manifest["variants"], cpu)
     return _Build(
         mode,
         directory,
@@ -432,8 +441,8 @@ def _finished_build(mode: str, directory: Path) -> _Build:
 
 
 def _build(force: bool, verbose: bool) -> _Build:
-    mode = cpu_build_mode()
-    variants = cpu_variants(mode, cpu_flags())
+    mode, cpu = cpu_build_mode(), cpu_flags()
+    variants = cpu_variants(mode, cpu)
     nvcc, _ = cuda_plan()
     for attempt in [nvcc, None] if nvcc else [None]:
         directory = cache_root() / "ops" / _build_key(attempt, mode, variants)
@@ -442,16 +451,14 @@ def _build(force: bool, verbose: bool) -> _Build:
         with open(directory / "build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not force and (directory / _MANIFEST).is_file():
-                return _finished_build(mode, directory)
+                return _finished_build(mode, directory, cpu)
             if not force and failed.is_file():
                 if attempt is not None:
                     continue  # this CUDA build failed before: build CPU only
                 raise BuildError(
                     f"the last build failed (log: {failed}; not retried until "
                     f"`kmask build-ops --force`)\n{failed.read_text()}",
-                    "fix the compiler error and run `kmask build-ops --force`; "
-                    f"KMASK_CPU_BUILD=portable builds without vector instructions "
-                    f"({_TROUBLESHOOTING})",
+                    _COMPILE_FIX,
                 )
             (directory / _MANIFEST).unlink(missing_ok=True)
             failed.unlink(missing_ok=True)
@@ -467,7 +474,7 @@ def _build(force: bool, verbose: bool) -> _Build:
                     "kmask: CUDA build of RoIAlign failed (see %s); building CPU only", failed
                 )
                 continue
-            return _finished_build(mode, directory)
+            return _finished_build(mode, directory, cpu)
     raise AssertionError("unreachable: the CPU attempt returns or raises")
 
 
@@ -510,35 +517,39 @@ def load() -> ModuleType | None:
 
 
 def status(build: bool = True) -> OpStatus:
-    """Which implementation ``"auto"`` picks and why; ``build=False`` never compiles."""
+    """Which implementation ``"auto"`` picks and why; ``build=False`` never compiles.
+
+    With GPUs visible, ``"auto"`` takes the pure-TensorFlow twin when the library has no
+    CUDA kernels, and under op determinism (``train.deterministic``), where the custom op's
+    CUDA gradient (atomicAdd) refuses to run.
+    """
     _, cuda_reason = cuda_plan()
     forced = os.environ.get("KMASK_ROI_ALIGN")
     module = load() if build or "module" in _loaded else None
     finished: _Build | None = _loaded.get("build")  # type: ignore[assignment]
-    library = str(finished.library) if finished else None
-    cpu_build = finished.describe() if finished else "not built"
     cuda_built = bool(finished and finished.cuda)
-    common = {"library": library, "cpu_build": cpu_build, "cuda_built": cuda_built}
+    common = {
+        "library": str(finished.library) if finished else None,
+        "cpu_build": finished.describe() if finished else "not built",
+        "cuda_built": cuda_built,
+        "cuda_reason": cuda_reason,
+    }
     if forced:
-        return OpStatus(
-            forced, f"forced by KMASK_ROI_ALIGN={forced}", **common, cuda_reason=cuda_reason
-        )
+        return OpStatus(forced, f"forced by KMASK_ROI_ALIGN={forced}", **common)
     if module is None:
         reason = _loaded.get("error", "not built (run `kmask build-ops`)")
-        return OpStatus(
-            "tf",
-            f"custom op unavailable: {reason}",
-            **common,
-            cuda_reason=cuda_reason,
-            fix=_loaded.get("fix", "run `kmask build-ops`"),
-        )
-    if tf.config.list_physical_devices("GPU") and not cuda_built:
-        return OpStatus(
-            "tf",
-            "GPUs are visible but the custom op has no CUDA kernels",
-            **common,
-            cuda_reason=cuda_reason,
-        )
-    return OpStatus(
-        "custom", "custom op built for this TensorFlow", **common, cuda_reason=cuda_reason
-    )
+        fix = _loaded.get("fix", "run `kmask build-ops`")
+        return OpStatus("tf", f"custom op unavailable: {reason}", **common, fix=fix)
+    if tf.config.list_physical_devices("GPU"):
+        if not cuda_built:
+            return OpStatus(
+                "tf", "GPUs are visible but the custom op has no CUDA kernels", **common
+            )
+        if framework_config.is_op_determinism_enabled():
+            return OpStatus(
+                "tf",
+                "op determinism is on (train.deterministic) and GPUs are visible: the custom "
+                "op's CUDA gradient sums with atomics and refuses to run",
+                **common,
+            )
+    return OpStatus("custom", "custom op built for this TensorFlow", **common)

@@ -26,9 +26,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-# Private, but the only way to read the op determinism switch (TensorFlow >= 2.9).
-from tensorflow.python.framework import config as framework_config
-
 from kmask.ops import _custom_ops
 from kmask.ops.levels import level_of
 from kmask.ops.roi_align_tf import (
@@ -61,25 +58,13 @@ def resolve_implementation(implementation: str = "auto") -> str:
             implementation = forced
         else:
             status = _custom_ops.status()
-            if (
-                status.auto_choice == "custom"
-                and framework_config.is_op_determinism_enabled()
-                and tf.config.list_physical_devices("GPU")
-            ):
-                if "determinism" not in _warned:
-                    _warned.add("determinism")
-                    logger.warning(
-                        "kmask: RoIAlign uses the pure TensorFlow implementation (op "
-                        "determinism is on, train.deterministic, and GPUs are visible: the "
-                        "custom op's CUDA gradient sums with atomics and refuses to run)"
-                    )
-                return "tf"
             if status.auto_choice == "tf" and "auto" not in _warned:
                 _warned.add("auto")
+                fix = f"; fix: {status.fix}" if status.fix else ""
                 logger.warning(
-                    "kmask: RoIAlign uses the pure TensorFlow implementation (%s; fix: %s)",
+                    "kmask: RoIAlign uses the pure TensorFlow implementation (%s%s)",
                     status.reason,
-                    status.fix,
+                    fix,
                 )
             return status.auto_choice
     if implementation == "custom" and _custom_ops.load() is None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-# Private, but the switch kmask.ops.roi_align reads.
+# Private, but the switch kmask.ops._custom_ops.status reads.
 from tensorflow.python.framework import config as framework_config
 
 from kmask.ops import _custom_ops, assign_levels, multilevel_roi_align, roi_align
@@ -358,11 +358,10 @@ def test_auto_takes_the_twin_under_op_determinism_with_gpus(
     # The custom op's CUDA gradient sums with atomics and refuses to run under op
     # determinism (train.deterministic): "auto" must not pick it then.
     monkeypatch.delenv("KMASK_ROI_ALIGN", raising=False)
-    monkeypatch.setattr(
-        _custom_ops,
-        "status",
-        lambda build=True: types.SimpleNamespace(auto_choice="custom", reason="", fix=None),
-    )
+    # A custom op built with CUDA kernels, as status() sees it.
+    monkeypatch.setattr(_custom_ops, "load", lambda: object())
+    built = types.SimpleNamespace(library="kmask_roi_align.so", cuda=True, describe=str)
+    monkeypatch.setitem(_custom_ops._loaded, "build", built)
     devices = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if gpus else []
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices)
     monkeypatch.setattr(framework_config, "is_op_determinism_enabled", lambda: determinism)

@@ -13,11 +13,39 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # train.deterministic (on in the tiny configuration) needs oneDNN off, which TensorFlow
 # reads when it is imported (kmask.training.Determinism).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn(shapes: Path, out: Path, implementation: str, *arguments: str) -> subprocess.Popen:
+    """This worker in a subprocess with RoIAlign ``implementation`` (``KMASK_ROI_ALIGN``)
+    and ``arguments`` (options, then ``KEY=VALUE`` overrides); its output (stdout and
+    stderr together) is read as text from ``stdout``."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.training.resume_worker",
+            "--shapes",
+            str(shapes),
+            "--out",
+            str(out),
+            *arguments,
+        ],
+        cwd=_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KMASK_ROI_ALIGN": implementation},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def main() -> None:
@@ -28,8 +56,6 @@ def main() -> None:
     parser.add_argument("--kill-in-save", type=int)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-
-    from pathlib import Path
 
     import keras
     import numpy as np

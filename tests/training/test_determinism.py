@@ -23,6 +23,7 @@ from kmask.data.stream_position import STREAM_START
 from kmask.training import CheckpointCallback, Determinism, Trainer
 from tests.cli_runner import CONFIGS
 from tests.toy_data import tiny_config, write_shapes
+from tests.training.resume_worker import spawn
 
 _ROOT = Path(__file__).resolve().parents[2]
 _IMPLEMENTATIONS = ["custom", "tf"]
@@ -62,28 +63,17 @@ def test_gradient_of_a_batch_is_the_same_bits_every_time(shapes, tmp_path, imple
 
 
 def _train(shapes: Path, out: Path, implementation: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.training.resume_worker",
-            "--shapes",
-            str(shapes),
-            "--out",
-            str(out),
-            "--dump",
-            str(out) + ".npz",
-            "train.max_steps=4",
-            "train.steps_per_epoch=2",
-            "train.checkpoint_every_steps=4",
-            "train.num_visualizations=0",
-            "data.min_size=[40,52,64]",
-        ],
-        cwd=_ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KMASK_ROI_ALIGN": implementation},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return spawn(
+        shapes,
+        out,
+        implementation,
+        "--dump",
+        str(out) + ".npz",
+        "train.max_steps=4",
+        "train.steps_per_epoch=2",
+        "train.checkpoint_every_steps=4",
+        "train.num_visualizations=0",
+        "data.min_size=[40,52,64]",
     )
 
 

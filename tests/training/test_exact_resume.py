@@ -7,10 +7,8 @@ anchor and RoI sampling, and the kills fall in the middle of an epoch."""
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +18,8 @@ import pytest
 from kmask.training import CheckpointCallback
 from kmask.training.checkpoint_callback import checkpoint_step
 from tests.toy_data import write_shapes
+from tests.training.resume_worker import spawn
 
-_ROOT = Path(__file__).resolve().parents[2]
 _OVERRIDES = [
     "train.max_steps=8",
     "train.steps_per_epoch=3",
@@ -33,24 +31,7 @@ _OVERRIDES = [
 
 
 def _worker(shapes: Path, out: Path, implementation: str, *options: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.training.resume_worker",
-            "--shapes",
-            str(shapes),
-            "--out",
-            str(out),
-            *options,
-            *_OVERRIDES,
-        ],
-        cwd=_ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KMASK_ROI_ALIGN": implementation},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return spawn(shapes, out, implementation, *options, *_OVERRIDES)
 
 
 def _wait_for_line(process: subprocess.Popen, line: str) -> list[str]:
