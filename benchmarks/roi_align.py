@@ -30,7 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kmask.ops import _custom_ops, multilevel_roi_align  # noqa: E402
+from kmask.native import custom_ops
+from kmask.ops import multilevel_roi_align  # noqa: E402
 
 HEIGHT, WIDTH, CHANNELS = 800, 1344, 256
 
@@ -99,7 +100,7 @@ def main() -> None:
     parser.add_argument(
         "--cpu-builds",
         nargs="+",
-        choices=_custom_ops.CPU_BUILD_MODES,
+        choices=custom_ops.CPU_BUILD_MODES,
         help="time the custom op alone under each KMASK_CPU_BUILD mode (one process each)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --cpu-builds")
@@ -109,7 +110,7 @@ def main() -> None:
         compare_cpu_builds(args)
         return
 
-    status = _custom_ops.status()
+    status = custom_ops.status()
     print(
         f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, intra-op threads "
         f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}"

@@ -17,7 +17,7 @@ def load_model(run_dir: str | os.PathLike[str]) -> Any:
     ``kmask.data.CategoryMap.load(run_dir + "/categories.json")`` gives its classes.
     """
     from kmask.evaluation.predictor import Predictor
-    from kmask.training.run_directory import RunDirectory
+    from kmask.runs.run_directory import RunDirectory
 
     run = RunDirectory(run_dir)
     config = run.load_config()

@@ -33,13 +33,13 @@ def _run_info(args: argparse.Namespace) -> int:
     import keras
     import tensorflow as tf
 
-    from kmask.ops import _custom_ops
+    from kmask.native import custom_ops
 
     print(f"kmask       {_version()}")
     print(f"Python      {platform.python_version()}")
     print(f"TensorFlow  {tf.__version__} (built with CUDA: {tf.test.is_built_with_cuda()})")
     print(f"Keras       {keras.__version__}")
-    status = _custom_ops.status(build=not args.no_build)
+    status = custom_ops.status(build=not args.no_build)
     print(f"RoIAlign    auto -> {status.auto_choice}: {status.reason}")
     if status.fix:
         print(f"  fix: {status.fix}")
@@ -61,14 +61,15 @@ def _add_info(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_build_ops(args: argparse.Namespace) -> int:
-    from kmask.ops import _custom_ops
+    from kmask.errors import BuildError
+    from kmask.native import custom_ops
 
     try:
-        library = _custom_ops.build(force=args.force, verbose=True)
-    except _custom_ops.BuildError as error:
+        library = custom_ops.build(force=args.force, verbose=True)
+    except BuildError as error:
         if "\n" in str(error):  # the compiler's output, before the one-line summary
             print(str(error), file=sys.stderr)
-        return _fail("build-ops", f"{_custom_ops.first_error_line(str(error))}\nfix: {error.fix}")
+        return _fail("build-ops", f"{custom_ops.first_error_line(str(error))}\nfix: {error.fix}")
     print(f"built {library}")
     return 0
 
@@ -453,8 +454,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as error:
         return _fail("train", f"--strategy {args.strategy}: {error}", 2)
 
-    from kmask.config import ConfigError
     from kmask.data import DataError
+    from kmask.errors import ConfigError
     from kmask.training import (
         CheckpointWriteError,
         NonFiniteLossError,
@@ -622,13 +623,13 @@ def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from kmask.config import ConfigError
     from kmask.data import DataError, open_dataset
     from kmask.data.image_io import output_file_problem
+    from kmask.errors import ConfigError
     from kmask.evaluation import COCOEvaluator, DetectorMode, Predictor
     from kmask.evaluation.coco_evaluator import evaluation_batches
+    from kmask.runs.run_directory import atomic_write_json
     from kmask.training.checkpoint_callback import checkpoint_step
-    from kmask.training.run_directory import atomic_write_json
 
     for name in ("batch_size", "max_images"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -725,9 +726,9 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from kmask.config import ConfigError
     from kmask.data import DataError
     from kmask.data.category_map import CategoryMap
+    from kmask.errors import ConfigError
     from kmask.evaluation import PredictionWriter, Predictor
 
     if args.num_proposals < 0:
@@ -812,8 +813,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from kmask.config import ConfigError
     from kmask.data import DataError
+    from kmask.errors import ConfigError
     from kmask.evaluation import Predictor
     from kmask.export import export_onnx, export_saved_model
     from kmask.export.onnx_exporter import check_output_file

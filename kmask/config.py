@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from kmask.errors import ConfigError
+
 # The model sections below are the constructor arguments of the layers they configure,
 # field for field: ``kmask.modeling.factory`` passes each section as keyword arguments and
 # the layers' ``get_config()`` returns the same keys. A hyperparameter is written once, here.
@@ -677,10 +679,6 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-
-
-class ConfigError(ValueError):
-    """A configuration file or override does not fit the schema."""
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -8,14 +8,14 @@ import pytest
 
 MODULES = [
     "kmask.modeling.backbones.resnet",
-    "kmask.modeling.fpn",
-    "kmask.modeling.rpn",
-    "kmask.modeling.segment_proposals",
+    "kmask.modeling.necks.fpn",
+    "kmask.modeling.proposals.rpn",
+    "kmask.modeling.proposals.segment_proposals",
     "kmask.layers.multi_level_roi_align",
-    "kmask.modeling.box_head",
-    "kmask.modeling.mask_head",
-    "kmask.modeling.roi_heads",
-    "kmask.modeling.res5_head",
+    "kmask.modeling.roi_heads.box_head",
+    "kmask.modeling.roi_heads.mask_head",
+    "kmask.modeling.roi_heads.roi_heads",
+    "kmask.modeling.roi_heads.res5_head",
 ]
 
 

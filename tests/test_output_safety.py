@@ -26,7 +26,7 @@ from kmask.cli import main
 from kmask.data.image_io import write_atomic
 from kmask.data.output_folder import MARKER, OutputFolder
 from kmask.evaluation import Predictor
-from kmask.training.run_directory import RunDirectory
+from kmask.runs.run_directory import RunDirectory
 from tests import fake_outputs as fake
 from tests.cli_runner import run_kmask
 

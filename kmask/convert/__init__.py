@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kmask.convert.conversion_error import ConversionError
 from kmask.convert.converter import Converter
 from kmask.convert.detectron2_converter import Detectron2Converter
 from kmask.convert.torchvision_converter import TorchvisionConverter
+from kmask.errors import ConversionError
 
 CONVERTERS: dict[str, type[Converter]] = {
     "torchvision": TorchvisionConverter,

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from kmask.convert.conversion_error import ConversionError
 from kmask.convert.restricted_unpickler import RestrictedUnpickler
+from kmask.errors import ConversionError
 
 # The first PyTorch release whose torch.load(weights_only=True) has the fixes of the known
 # ways for a crafted file to run code (CVE-2025-32434: 2.6, CVE-2026-24747: 2.10).

@@ -42,8 +42,8 @@ def write_converted_run(
     """
     import dataclasses
 
+    from kmask.runs.run_directory import RunDirectory, atomic_write_json
     from kmask.training.checkpoint_callback import POINTER, checkpoint_name
-    from kmask.training.run_directory import RunDirectory, atomic_write_json
 
     out = Path(out).absolute()
     with OutputFolder(out, "run").write(overwrite) as temporary:

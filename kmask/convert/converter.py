@@ -12,7 +12,6 @@ import numpy as np
 
 from kmask.config import Config, ConfigError, config_from_dict
 from kmask.convert.coco_categories import COCO_CATEGORIES
-from kmask.convert.conversion_error import ConversionError
 from kmask.convert.weight_mapping import (
     WeightMapping,
     conv_kernel,
@@ -20,7 +19,8 @@ from kmask.convert.weight_mapping import (
     dense_kernel,
     nchw_dense_kernel,
 )
-from kmask.modeling.keypoint_head import KeypointHead
+from kmask.errors import ConversionError
+from kmask.modeling.roi_heads.keypoint_head import KeypointHead
 
 _NORM_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 

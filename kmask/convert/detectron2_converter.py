@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from kmask.convert.coco_categories import COCO_PERSON_CATEGORY
-from kmask.convert.conversion_error import ConversionError
 from kmask.convert.converter import Converter
 from kmask.convert.weight_mapping import WeightMapping
+from kmask.errors import ConversionError
 
 _INPUT = {"channel_order": "BGR", "pixel_scale": 1.0, "pixel_mean": [103.53, 116.28, 123.675]}
 _STD_R = [1.0, 1.0, 1.0]

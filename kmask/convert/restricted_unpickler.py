@@ -8,7 +8,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from kmask.convert.conversion_error import ConversionError
+from kmask.errors import ConversionError
 
 
 def _latin1_bytes(text: str, encoding: str) -> bytes:

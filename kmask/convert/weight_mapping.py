@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
-from kmask.convert.conversion_error import ConversionError
+from kmask.errors import ConversionError
 
 # PyTorch layouts -> Keras layouts.
 

@@ -68,12 +68,12 @@ from kmask.data.bad_input_report import BadInputReport
 from kmask.data.builder import build_dataset, open_dataset
 from kmask.data.category_map import CategoryMap
 from kmask.data.coco_dataset import CocoDataset
-from kmask.data.data_error import DataError
 from kmask.data.image_record import ImageRecord
 from kmask.data.shapes_dataset import ShapesDataset
 from kmask.data.shard_dataset import ShardDataset
 from kmask.data.shard_writer import ShardWriter
 from kmask.data.stream_position import StreamPosition
+from kmask.errors import DataError
 
 __all__ = [
     "BadInputReport",

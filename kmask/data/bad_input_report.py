@@ -6,7 +6,7 @@ import collections
 import logging
 import threading
 
-from kmask.data.data_error import DataError
+from kmask.errors import DataError
 
 logger = logging.getLogger("kmask.data")
 

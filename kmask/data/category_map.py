@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kmask.data import coco_fields
-from kmask.data.data_error import DataError
+from kmask.errors import DataError
 
 
 class CategoryMap:

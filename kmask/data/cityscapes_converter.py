@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from kmask.data import coco_fields, image_io
 from kmask.data.coco_dataset import CocoDataset
-from kmask.data.data_error import DataError
 from kmask.data.output_folder import MARKER, OutputFolder
 from kmask.data.shard_writer import ShardWriter
+from kmask.errors import DataError
 
 # The 8 classes of the instance segmentation benchmark (cityscapesScripts labels.py:
 # hasInstances and not ignoreInEval) as (COCO category id, name, supercategory,

@@ -18,9 +18,9 @@ from kmask.config import DataConfig
 from kmask.data import coco_fields, image_io, pipeline
 from kmask.data.bad_input_report import BadInputReport
 from kmask.data.category_map import CategoryMap
-from kmask.data.data_error import DataError
 from kmask.data.image_record import ImageRecord
 from kmask.data.stream_position import STREAM_START, StreamPosition
+from kmask.errors import DataError
 
 
 class CocoDataset:

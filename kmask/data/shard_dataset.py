@@ -13,8 +13,8 @@ import tensorflow as tf
 from kmask.config import DataConfig
 from kmask.data import pipeline
 from kmask.data.category_map import CategoryMap
-from kmask.data.data_error import DataError
 from kmask.data.stream_position import STREAM_START, StreamPosition
+from kmask.errors import DataError
 
 # File beside the shards that holds the COCO ``categories`` list (written by ShardWriter).
 CATEGORIES_FILE = "categories.json"

@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from kmask.data import image_io
 from kmask.data.coco_dataset import CocoDataset
-from kmask.data.data_error import DataError
 from kmask.data.image_record import ImageRecord
 from kmask.data.shard_dataset import CATEGORIES_FILE
+from kmask.errors import DataError
 
 # Images per shard when the number of shards is not given (~100-200 MB of COCO images).
 IMAGES_PER_SHARD = 1000

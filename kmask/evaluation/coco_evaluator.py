@@ -17,8 +17,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from kmask.data.category_map import CategoryMap
-from kmask.data.data_error import DataError
 from kmask.data.image_io import write_atomic
+from kmask.errors import DataError
 from kmask.evaluation.coco_results import load_results, quiet
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor

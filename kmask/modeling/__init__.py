@@ -1,27 +1,36 @@
-"""Mask R-CNN model: stages (backbone, FPN, RPN, RoI heads), heads and the factory."""
+"""Mask R-CNN model by stage: ``backbones/`` (ResNet/ResNeXt), ``necks/`` (FPN),
+``proposals/`` (RPN, segment proposals), ``roi_heads/`` (RoI stage and instance heads);
+``MaskRCNN`` runs them in order and ``build_mask_rcnn`` builds them from the config."""
 
 from kmask.modeling.backbones import ResNet
-from kmask.modeling.box_head import BoxHead
 from kmask.modeling.factory import build_mask_rcnn
-from kmask.modeling.fpn import FPN
-from kmask.modeling.keypoint_head import KeypointHead
-from kmask.modeling.mask_head import MaskHead
 from kmask.modeling.mask_rcnn import MaskRCNN
-from kmask.modeling.res5_head import Res5Head
-from kmask.modeling.roi_heads import ROIHeads
-from kmask.modeling.rpn import RPN
-from kmask.modeling.rpn_head import RPNHead
+from kmask.modeling.necks import FPN
+from kmask.modeling.proposals import (
+    RPN,
+    AnchorGenerator,
+    ProposalGenerator,
+    RPNHead,
+    RPNTargetAssigner,
+    SegmentProposals,
+)
+from kmask.modeling.roi_heads import BoxHead, KeypointHead, MaskHead, Res5Head, ROIHeads, ROISampler
 
 __all__ = [
     "FPN",
     "RPN",
+    "AnchorGenerator",
     "BoxHead",
     "KeypointHead",
     "MaskHead",
     "MaskRCNN",
+    "ProposalGenerator",
     "ROIHeads",
-    "Res5Head",
+    "ROISampler",
     "RPNHead",
+    "RPNTargetAssigner",
+    "Res5Head",
     "ResNet",
+    "SegmentProposals",
     "build_mask_rcnn",
 ]

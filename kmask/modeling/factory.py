@@ -9,15 +9,15 @@ import keras
 from kmask.config import ModelConfig
 from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling.backbones import build_backbone
-from kmask.modeling.box_head import BoxHead
-from kmask.modeling.fpn import FPN
-from kmask.modeling.keypoint_head import KeypointHead
-from kmask.modeling.mask_head import MaskHead
 from kmask.modeling.mask_rcnn import MaskRCNN
-from kmask.modeling.res5_head import Res5Head
-from kmask.modeling.roi_heads import ROIHeads
-from kmask.modeling.rpn import RPN
-from kmask.modeling.segment_proposals import SegmentProposals
+from kmask.modeling.necks.fpn import FPN
+from kmask.modeling.proposals.rpn import RPN
+from kmask.modeling.proposals.segment_proposals import SegmentProposals
+from kmask.modeling.roi_heads.box_head import BoxHead
+from kmask.modeling.roi_heads.keypoint_head import KeypointHead
+from kmask.modeling.roi_heads.mask_head import MaskHead
+from kmask.modeling.roi_heads.res5_head import Res5Head
+from kmask.modeling.roi_heads.roi_heads import ROIHeads
 
 # Levels the RoI heads pool from (FPN section 4.2: P2..P5; P6 serves the RPN only).
 _POOLER_LEVELS = (2, 5)

@@ -8,7 +8,7 @@ original paper's op (ONNX ``output_half_pixel``, RoI size clamped to >= 1);
 NHWC. Boxes get no gradient, as in every peer implementation.
 
 ``implementation``: ``"custom"`` is the C++/CUDA op ``Kmask>RoiAlign`` (see
-``kmask.ops._custom_ops``), ``"tf"`` the pure-TensorFlow twin (same numbers to 1e-5,
+``kmask.native.custom_ops``), ``"tf"`` the pure-TensorFlow twin (same numbers to 1e-5,
 XLA-compilable), ``"auto"`` takes the custom op when it is built for the running TensorFlow
 (and has CUDA kernels when GPUs are visible), else warns once and takes ``"tf"``; with GPUs
 visible and op determinism on (``train.deterministic``) it takes ``"tf"`` too, as the custom
@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kmask.ops import _custom_ops
+from kmask.native import custom_ops
 from kmask.ops.levels import level_of
 from kmask.ops.roi_align_tf import (
     MAX_GRID,
@@ -57,7 +57,7 @@ def resolve_implementation(implementation: str = "auto") -> str:
                 raise ValueError(f"KMASK_ROI_ALIGN must be 'custom' or 'tf', got {forced!r}")
             implementation = forced
         else:
-            status = _custom_ops.status()
+            status = custom_ops.status()
             if status.auto_choice == "tf" and "auto" not in _warned:
                 _warned.add("auto")
                 fix = f"; fix: {status.fix}" if status.fix else ""
@@ -67,9 +67,9 @@ def resolve_implementation(implementation: str = "auto") -> str:
                     fix,
                 )
             return status.auto_choice
-    if implementation == "custom" and _custom_ops.load() is None:
+    if implementation == "custom" and custom_ops.load() is None:
         raise RuntimeError(
-            f"RoIAlign custom op unavailable: {_custom_ops.status().reason}; "
+            f"RoIAlign custom op unavailable: {custom_ops.status().reason}; "
             "use implementation='tf' or run `kmask build-ops` to see the error"
         )
     return implementation
@@ -111,7 +111,7 @@ def _sampling_ratio(sampling_ratio: int) -> int:
 @tf.RegisterGradient("Kmask>RoiAlign")
 def _roi_align_grad(op: tf.Operation, grad: tf.Tensor) -> list[tf.Tensor | None]:
     features, boxes, box_indices = op.inputs
-    grad_features = _custom_ops.load().kmask_roi_align_grad(
+    grad_features = custom_ops.load().kmask_roi_align_grad(
         grad,
         boxes,
         box_indices,
@@ -157,7 +157,7 @@ def roi_align(
     boxes = tf.cast(boxes, tf.float32)
     box_indices = tf.cast(box_indices, tf.int32)
     if resolve_implementation(implementation) == "custom":
-        return _custom_ops.load().kmask_roi_align(
+        return custom_ops.load().kmask_roi_align(
             features,
             boxes,
             box_indices,

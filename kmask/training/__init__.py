@@ -26,16 +26,19 @@ Modules: ``trainer.Trainer``, ``optimizer.build_optimizer``,
 ``trainable_phase_callback.TrainablePhaseCallback``.
 """
 
+from kmask.errors import (
+    CheckpointWriteError,
+    NonFiniteLossError,
+    RunLockedError,
+    WeightTransferError,
+)
+from kmask.runs.run_directory import RunDirectory
 from kmask.training.checkpoint_callback import CheckpointCallback
-from kmask.training.checkpoint_write_error import CheckpointWriteError
 from kmask.training.coupled_weight_decay_sgd import CoupledWeightDecaySGD
 from kmask.training.determinism import Determinism
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
-from kmask.training.non_finite_loss_error import NonFiniteLossError
 from kmask.training.optimizer import build_optimizer, scaled_learning_rate
-from kmask.training.run_directory import RunDirectory
-from kmask.training.run_locked_error import RunLockedError
 from kmask.training.strategy import is_chief, select_strategy
 from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainable_phase_callback import TrainablePhaseCallback
@@ -43,7 +46,6 @@ from kmask.training.trainable_preset import TrainablePreset
 from kmask.training.trainer import Trainer
 from kmask.training.warmup_step_schedule import WarmupStepSchedule
 from kmask.training.weight_transfer import WeightTransfer
-from kmask.training.weight_transfer_error import WeightTransferError
 
 __all__ = [
     "CheckpointCallback",

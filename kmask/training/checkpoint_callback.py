@@ -15,10 +15,9 @@ import h5py
 import keras
 import numpy as np
 
-from kmask.training.checkpoint_write_error import CheckpointWriteError
-from kmask.training.non_finite_loss_error import NonFiniteLossError
+from kmask.errors import CheckpointWriteError, NonFiniteLossError
+from kmask.runs.run_directory import atomic_write_json
 from kmask.training.optimizer import optimizer_step
-from kmask.training.run_directory import atomic_write_json
 
 _NAME = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
 POINTER = "checkpoint"

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as framework_config
 from tensorflow.python.util import _pywrap_util_port
 
-from kmask.config import ConfigError
+from kmask.errors import ConfigError
 
 # TensorFlow reads this variable once, when it is imported (kmask.cli sets it for
 # ``kmask train`` before importing TensorFlow).

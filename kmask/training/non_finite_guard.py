@@ -8,7 +8,7 @@ from typing import Any
 
 import keras
 
-from kmask.training.non_finite_loss_error import NonFiniteLossError
+from kmask.errors import NonFiniteLossError
 from kmask.training.optimizer import optimizer_step
 
 

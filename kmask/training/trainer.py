@@ -15,19 +15,19 @@ import tensorflow as tf
 from kmask.config import Config, ConfigError
 from kmask.data.builder import open_dataset
 from kmask.data.category_map import CategoryMap
-from kmask.data.data_error import DataError
 from kmask.data.pipeline import POSITION_KEY
 from kmask.data.stream_position import STREAM_START, StreamPosition
+from kmask.errors import DataError
 from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches
 from kmask.evaluation.predictor import Predictor
 from kmask.modeling.factory import build_mask_rcnn
 from kmask.modeling.mask_rcnn import MaskRCNN
+from kmask.runs.run_directory import RunDirectory
 from kmask.training.checkpoint_callback import CheckpointCallback, checkpoint_step
 from kmask.training.determinism import Determinism
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
 from kmask.training.optimizer import build_optimizer, optimizer_step
-from kmask.training.run_directory import RunDirectory
 from kmask.training.strategy import is_chief
 from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainable_phase_callback import TrainablePhaseCallback

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kmask.training.weight_transfer_error import WeightTransferError
+from kmask.errors import WeightTransferError
 
 # Layers whose shapes follow the number of classes (or of keypoints): they are left as the
 # model initialized them when the source's shape differs. A new class-dependent layer
@@ -150,7 +150,7 @@ class WeightTransfer:
             configured model.
         """
         from kmask.evaluation.predictor import Predictor
-        from kmask.training.run_directory import RunDirectory
+        from kmask.runs.run_directory import RunDirectory
 
         path = Path(path)
         if not path.exists():

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kmask.modeling.fpn import FPN
+from kmask.modeling.necks.fpn import FPN
 from tests.keras_harness import assert_mixed_precision, assert_round_trip
 
 RESNET_CHANNELS = {"C2": 256, "C3": 512, "C4": 1024, "C5": 2048}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from kmask.modeling.postprocess import Postprocess
+from kmask.modeling.roi_heads.postprocess import Postprocess
 from tests.keras_harness import assert_round_trip
 
 

@@ -3,10 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
-from kmask.layers.roi_sampler import ROISampler
-from kmask.modeling.box_head import BoxHead
-from kmask.modeling.mask_head import MaskHead
-from kmask.modeling.roi_heads import ROIHeads
+from kmask.modeling.roi_heads.box_head import BoxHead
+from kmask.modeling.roi_heads.mask_head import MaskHead
+from kmask.modeling.roi_heads.roi_heads import ROIHeads
+from kmask.modeling.roi_heads.roi_sampler import ROISampler
 from kmask.ops.roi_align import assign_levels
 from tests.keras_harness import assert_round_trip
 

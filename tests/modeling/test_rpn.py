@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmask.layers.proposal_generator import ProposalGenerator
-from kmask.layers.rpn_target_assigner import RPNTargetAssigner
-from kmask.modeling.rpn import RPN
-from kmask.modeling.rpn_head import RPNHead
+from kmask.modeling.proposals.proposal_generator import ProposalGenerator
+from kmask.modeling.proposals.rpn import RPN
+from kmask.modeling.proposals.rpn_head import RPNHead
+from kmask.modeling.proposals.rpn_target_assigner import RPNTargetAssigner
 from tests.keras_harness import assert_mixed_precision, assert_round_trip
 
 

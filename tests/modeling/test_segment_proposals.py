@@ -14,7 +14,7 @@ import tensorflow as tf
 from kmask.config import ConfigError, ModelConfig, SegmentProposalsConfig, load_config
 from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling import FPN, MaskRCNN, build_mask_rcnn
-from kmask.modeling.segment_proposals import SegmentProposals
+from kmask.modeling.proposals.segment_proposals import SegmentProposals
 from kmask.ops.masks import mask_targets
 from kmask.ops.segment_windows import assign_heads, head_scales, mask_boxes, segment_targets
 from tests.keras_harness import assert_round_trip

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmask.layers.anchor_generator import AnchorGenerator
+from kmask.modeling.proposals.anchor_generator import AnchorGenerator
 from kmask.ops import anchors as anchor_ops
 from tests.keras_harness import assert_round_trip
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmask.ops import _custom_ops
+from kmask.errors import BuildError
+from kmask.native import custom_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,37 +48,37 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("cpu", CPUS, ids=list(CPUS))
 def test_dispatch_picks_the_best_variant_the_cpu_runs(cpu: str) -> None:
     flags, expected = CPUS[cpu]
-    variants = _custom_ops.cpu_variants("dispatch", frozenset(flags.split()))
+    variants = custom_ops.cpu_variants("dispatch", frozenset(flags.split()))
     # The variants compiled do not depend on the building CPU; none enables AVX512-FP16,
     # whose Eigen header does not compile under g++ 12.
     assert [v.name for v in variants] == ["baseline", "avx2", "avx512"]
     assert not any("fp16" in flag and "f16c" not in flag for v in variants for flag in v.flags)
     assert not any("native" in flag for v in variants for flag in v.flags)
-    chosen = _custom_ops.select_variant([v.name for v in variants], frozenset(flags.split()))
+    chosen = custom_ops.select_variant([v.name for v in variants], frozenset(flags.split()))
     assert chosen.name == expected
     # A variant that did not build is never picked.
-    fallback = _custom_ops.select_variant(["baseline", "avx2"], frozenset(flags.split()))
+    fallback = custom_ops.select_variant(["baseline", "avx2"], frozenset(flags.split()))
     assert fallback.name == ("avx2" if expected == "avx512" else expected)
 
 
 @pytest.mark.parametrize("cpu", CPUS, ids=list(CPUS))
 def test_native_masks_the_features_tensorflow_headers_cannot_compile(cpu: str) -> None:
     flags, _ = CPUS[cpu]
-    (variant,) = _custom_ops.cpu_variants("native", frozenset(flags.split()))
+    (variant,) = custom_ops.cpu_variants("native", frozenset(flags.split()))
     assert variant.flags[0] == "-march=native"
     assert ("-mno-avx512fp16" in variant.flags) == ("avx512fp16" in flags.split())
 
 
 def test_build_mode_defaults_and_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KMASK_CPU_BUILD", raising=False)
-    assert _custom_ops.cpu_build_mode("x86_64") == "dispatch"
-    assert _custom_ops.cpu_build_mode("aarch64") == "portable"
-    assert _custom_ops.cpu_variants("portable", frozenset()) == (_custom_ops._BASELINE,)
+    assert custom_ops.cpu_build_mode("x86_64") == "dispatch"
+    assert custom_ops.cpu_build_mode("aarch64") == "portable"
+    assert custom_ops.cpu_variants("portable", frozenset()) == (custom_ops._BASELINE,)
     monkeypatch.setenv("KMASK_CPU_BUILD", "dispatch")
-    assert _custom_ops.cpu_build_mode("aarch64") == "portable"  # x86 variants only
+    assert custom_ops.cpu_build_mode("aarch64") == "portable"  # x86 variants only
     monkeypatch.setenv("KMASK_CPU_BUILD", "fast")
-    with pytest.raises(_custom_ops.BuildError, match="KMASK_CPU_BUILD must be one of"):
-        _custom_ops.cpu_build_mode("x86_64")
+    with pytest.raises(BuildError, match="KMASK_CPU_BUILD must be one of"):
+        custom_ops.cpu_build_mode("x86_64")
 
 
 def test_first_error_line_skips_the_command_and_notes() -> None:
@@ -88,20 +89,20 @@ def test_first_error_line_skips_the_command_and_notes() -> None:
         "before '<' token\n"
         "PacketMathFP16.h:748:48: error: another\n"
     )
-    assert _custom_ops.first_error_line(output).startswith("Eigen/src/Core/arch/AVX512/Packet")
-    assert _custom_ops.first_error_line("ld: cannot find -lfoo\n") == "ld: cannot find -lfoo"
+    assert custom_ops.first_error_line(output).startswith("Eigen/src/Core/arch/AVX512/Packet")
+    assert custom_ops.first_error_line("ld: cannot find -lfoo\n") == "ld: cannot find -lfoo"
 
 
 def test_the_default_build_holds_every_variant_with_its_instruction_set() -> None:
     """Whatever CPU builds it, a dispatch build compiles AVX2 and AVX-512 code (checked in
     the machine code: ymm / zmm registers) and loads the variant this CPU runs."""
-    if _custom_ops.cpu_build_mode() != "dispatch":
-        pytest.skip(f"KMASK_CPU_BUILD={_custom_ops.cpu_build_mode()} (not dispatch)")
+    if custom_ops.cpu_build_mode() != "dispatch":
+        pytest.skip(f"KMASK_CPU_BUILD={custom_ops.cpu_build_mode()} (not dispatch)")
     if shutil.which("objdump") is None:
         pytest.skip("objdump (binutils) is not installed")
-    library = _custom_ops.build()
-    assert library.parent.name.startswith(f"tf{_custom_ops.tf.__version__}-")
-    assert _custom_ops.build() == library  # cache hit: same path, no rebuild
+    library = custom_ops.build()
+    assert library.parent.name.startswith(f"tf{custom_ops.tf.__version__}-")
+    assert custom_ops.build() == library  # cache hit: same path, no rebuild
     assert not list(library.parent.glob("tmp*")), "no temporary build directory left behind"
     registers = {}
     for variant in ("baseline", "avx2", "avx512"):
@@ -118,13 +119,14 @@ def test_the_default_build_holds_every_variant_with_its_instruction_set() -> Non
         "avx2": (True, False),
         "avx512": (True, True),
     }
-    expected = _custom_ops.select_variant(["baseline", "avx2", "avx512"], _custom_ops.cpu_flags())
+    expected = custom_ops.select_variant(["baseline", "avx2", "avx512"], custom_ops.cpu_flags())
     assert library.name == f"kmask_roi_align-{expected.name}.so"
 
 
 _FORWARD_AND_GRADIENT = """
     import numpy as np, tensorflow as tf
-    from kmask.ops import _custom_ops, roi_align
+    from kmask.native import custom_ops
+    from kmask.ops import roi_align
     rng = np.random.default_rng(0)
     features = tf.constant(rng.normal(size=(2, 23, 31, 37)).astype(np.float32))
     boxes = tf.constant(rng.uniform(-4, 30, size=(40, 4)).astype(np.float32))
@@ -135,7 +137,7 @@ _FORWARD_AND_GRADIENT = """
         loss = tf.reduce_sum(out * tf.cos(out))
     grad = tape.gradient(loss, features)
     np.savez(OUT, out=out.numpy(), grad=grad.numpy())
-    print(_custom_ops.status().cpu_build)
+    print(custom_ops.status().cpu_build)
 """
 
 
@@ -158,8 +160,9 @@ def test_portable_and_dispatched_variants_give_the_same_bits(tmp_path: Path) -> 
 
 def test_two_processes_build_once_in_a_fresh_cache(tmp_path: Path) -> None:
     code = """
-        from kmask.ops import _custom_ops, roi_align
-        print(_custom_ops.status().auto_choice)
+        from kmask.native import custom_ops
+        from kmask.ops import roi_align
+        print(custom_ops.status().auto_choice)
         print(float(roi_align([[[[1.0]]]], [[0.0, 0.0, 1.0, 1.0]], [0], 1,
                               implementation="custom")[0, 0, 0, 0]))
     """
@@ -186,8 +189,9 @@ def test_two_processes_build_once_in_a_fresh_cache(tmp_path: Path) -> None:
 def test_without_a_compiler_falls_back_to_tf_and_says_so_once(tmp_path: Path) -> None:
     result = run_python(
         """
-        from kmask.ops import _custom_ops, roi_align
-        print(_custom_ops.status().auto_choice)
+        from kmask.native import custom_ops
+        from kmask.ops import roi_align
+        print(custom_ops.status().auto_choice)
         print(float(roi_align([[[[2.0]]]], [[0.0, 0.0, 1.0, 1.0]], [0], 1)[0, 0, 0, 0]))
         print(float(roi_align([[[[3.0]]]], [[0.0, 0.0, 1.0, 1.0]], [0], 1)[0, 0, 0, 0]))
     """,
@@ -253,7 +257,7 @@ def test_kmask_info_reports_versions_choice_build_and_cuda() -> None:
     assert f"TensorFlow  {tf.__version__}" in result.stdout
     assert f"Keras       {keras.__version__}" in result.stdout
     assert "RoIAlign    auto -> custom" in result.stdout
-    assert f"  CPU build: {_custom_ops.cpu_build_mode()} (loaded " in result.stdout
+    assert f"  CPU build: {custom_ops.cpu_build_mode()} (loaded " in result.stdout
     cuda = [line for line in result.stdout.splitlines() if line.startswith("  CUDA: kernels ")]
     assert len(cuda) == 1
     if tf.test.is_built_with_cuda():

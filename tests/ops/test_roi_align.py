@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-# Private, but the switch kmask.ops._custom_ops.status reads.
+# Private, but the switch kmask.native.custom_ops.status reads.
 from tensorflow.python.framework import config as framework_config
 
-from kmask.ops import _custom_ops, assign_levels, multilevel_roi_align, roi_align
+from kmask.native import custom_ops
+from kmask.ops import assign_levels, multilevel_roi_align, roi_align
 from kmask.ops.roi_align import resolve_implementation
 from tests.ops.roi_align_reference import roi_align_reference
 
@@ -21,7 +22,7 @@ IMPLEMENTATIONS = ["custom", "tf"]
 
 @pytest.fixture(scope="module", autouse=True)
 def _custom_op_built() -> None:
-    assert _custom_ops.load() is not None, "the custom op must build on the test machine"
+    assert custom_ops.load() is not None, "the custom op must build on the test machine"
 
 
 def random_boxes(
@@ -235,7 +236,7 @@ def test_bad_input_raises_naming_the_argument(implementation: str) -> None:
 
 
 def test_raw_op_rejects_bad_attributes_and_shapes() -> None:
-    op = _custom_ops.load()
+    op = custom_ops.load()
     box = tf.constant([[0.0, 0.0, 2.0, 2.0]])
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="output_size"):
         op.kmask_roi_align(tf.zeros([1, 4, 4, 1]), box, [0], pooled_height=-2, pooled_width=2)
@@ -359,9 +360,9 @@ def test_auto_takes_the_twin_under_op_determinism_with_gpus(
     # determinism (train.deterministic): "auto" must not pick it then.
     monkeypatch.delenv("KMASK_ROI_ALIGN", raising=False)
     # A custom op built with CUDA kernels, as status() sees it.
-    monkeypatch.setattr(_custom_ops, "load", lambda: object())
+    monkeypatch.setattr(custom_ops, "load", lambda: object())
     built = types.SimpleNamespace(library="kmask_roi_align.so", cuda=True, describe=str)
-    monkeypatch.setitem(_custom_ops._loaded, "build", built)
+    monkeypatch.setitem(custom_ops._loaded, "build", built)
     devices = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")] if gpus else []
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: devices)
     monkeypatch.setattr(framework_config, "is_op_determinism_enabled", lambda: determinism)

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kmask.ops import _custom_ops
+from kmask.native import custom_ops
 from kmask.ops.roi_align import multilevel_roi_align, roi_align
 from kmask.ops.roi_align_tf import roi_align_tf
 
 _CUSTOM_OP_SCRIPT = textwrap.dedent(
     """
     import tensorflow as tf
-    from kmask.ops import _custom_ops
+    from kmask.native import custom_ops
 
-    op = _custom_ops.load().kmask_roi_align
+    op = custom_ops.load().kmask_roi_align
     features = tf.ones([1, 8, 8, 2])
     boxes = tf.constant([[0.0, 0.0, 4.0, 4.0]])
     indices = tf.constant([0])
@@ -46,7 +46,7 @@ _CUSTOM_OP_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(_custom_ops.load() is None, reason="custom op not built")
+@pytest.mark.skipif(custom_ops.load() is None, reason="custom op not built")
 def test_custom_op_refuses_absurd_arguments_in_a_subprocess():
     result = subprocess.run(
         [sys.executable, "-c", _CUSTOM_OP_SCRIPT],
@@ -72,7 +72,7 @@ def test_custom_op_refuses_absurd_arguments_in_a_subprocess():
     ],
 )
 def test_dispatcher_refuses_absurd_arguments(implementation, kwargs, argument):
-    if implementation == "custom" and _custom_ops.load() is None:
+    if implementation == "custom" and custom_ops.load() is None:
         pytest.skip("custom op not built")
     arguments = {"output_size": 7, "sampling_ratio": 0, **kwargs}
     with pytest.raises(ValueError, match=argument):
@@ -125,6 +125,6 @@ def test_twin_sample_loop_skips_what_lies_off_the_map():
     assert count.numpy().tolist()[2] == 2  # a box inside the map: its whole grid
     assert max(count.numpy().tolist()[:2]) <= 8  # far outside: a few samples per bin
     pooled = roi_align(features, boxes, tf.zeros([3], tf.int32), 7, implementation="tf")
-    if _custom_ops.load() is not None:
+    if custom_ops.load() is not None:
         expected = roi_align(features, boxes, tf.zeros([3], tf.int32), 7, implementation="custom")
         np.testing.assert_allclose(pooled, expected, atol=1e-5)

@@ -32,7 +32,7 @@ def test_second_trainer_refuses_a_locked_run_naming_the_pid(shapes, tmp_path):
             textwrap.dedent(
                 f"""
                 import sys, time
-                from kmask.training.run_directory import RunDirectory
+                from kmask.runs.run_directory import RunDirectory
                 with RunDirectory({str(tmp_path)!r}).lock():
                     print("locked", flush=True)
                     time.sleep(600)

@@ -96,7 +96,7 @@ class SegmentProposals(keras.layers.Layer):
     Example::
 
         >>> import keras, numpy as np
-        >>> from kmask.modeling.segment_proposals import SegmentProposals
+        >>> from kmask.modeling.proposals.segment_proposals import SegmentProposals
         >>> pyramid = {f"P{k}": keras.random.normal((1, 64 >> k, 64 >> k, 8)) for k in range(2, 7)}
         >>> stage = SegmentProposals(hidden_dim=16, num_proposals=50, name="segments")
         >>> outputs, losses = stage(pyramid, np.array([[64, 64]], "int32"))

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from kmask.layers.roi_sampler import ROISampler
+from kmask.modeling.roi_heads.roi_sampler import ROISampler
 
 
 @keras.saving.register_keras_serializable(package="kmask")

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from kmask.layers.conv_stack import msra_fill
-from kmask.modeling.pooled_head import PooledHead
+from kmask.modeling.roi_heads.pooled_head import PooledHead
 from kmask.ops.losses import mask_loss
 from kmask.ops.masks import mask_targets, select_class
 

@@ -8,10 +8,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from kmask.layers.anchor_generator import AnchorGenerator
-from kmask.layers.proposal_generator import ProposalGenerator
-from kmask.layers.rpn_target_assigner import RPNTargetAssigner
-from kmask.modeling.rpn_head import RPNHead
+from kmask.modeling.proposals.anchor_generator import AnchorGenerator
+from kmask.modeling.proposals.proposal_generator import ProposalGenerator
+from kmask.modeling.proposals.rpn_head import RPNHead
+from kmask.modeling.proposals.rpn_target_assigner import RPNTargetAssigner
 from kmask.ops.levels import sorted_levels
 from kmask.ops.losses import rpn_losses
 

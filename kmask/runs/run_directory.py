@@ -33,7 +33,7 @@ from kmask.config import Config, ModelConfig, config_to_dict, load_config
 from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import write_atomic
 from kmask.data.output_folder import OutputFolder
-from kmask.training.run_locked_error import RunLockedError
+from kmask.errors import RunLockedError
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

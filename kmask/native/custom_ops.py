@@ -57,6 +57,8 @@ import tensorflow as tf
 # Private, but the only way to read the op determinism switch (TensorFlow >= 2.9).
 from tensorflow.python.framework import config as framework_config
 
+from kmask.errors import BuildError
+
 logger = logging.getLogger(__name__)
 
 _LIBRARY_STEM = "kmask_roi_align"
@@ -71,15 +73,6 @@ _COMPILE_FIX = (
     "fix the compiler error and run `kmask build-ops --force`; KMASK_CPU_BUILD=portable "
     "builds without vector instructions (README.md, Troubleshooting)"
 )
-
-
-class BuildError(RuntimeError):
-    """The custom op could not be compiled; the message carries the compiler output and
-    ``fix`` says what to do about it."""
-
-    def __init__(self, message: str, fix: str) -> None:
-        super().__init__(message)
-        self.fix = fix
 
 
 @dataclasses.dataclass(frozen=True)

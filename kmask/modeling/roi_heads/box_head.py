@@ -8,8 +8,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from kmask.modeling.pooled_head import PooledHead
-from kmask.modeling.postprocess import Postprocess
+from kmask.modeling.roi_heads.pooled_head import PooledHead
+from kmask.modeling.roi_heads.postprocess import Postprocess
 from kmask.ops import boxes as box_ops
 from kmask.ops.losses import fast_rcnn_losses
 
