@@ -8,6 +8,8 @@ REPORTS_DIR holds what .ci/run wrote:
   limit in seconds or -<TAB>per-test timeout in seconds or -``;
 * ``<tier>.xml``: pytest's --junitxml report of each test tier (``default``, ``slow``);
 * ``info.txt``: the output of ``kmask info``;
+* ``imports.txt``: the output of ``lint-imports`` (the import contract in pyproject.toml);
+* ``sizes.txt``: the output of ``.ci/module_sizes.py``;
 * ``start``: the run's start time (seconds since the epoch).
 
 EXIT_STATUS is the status .ci/run exits with; this script only reports it. Standard library
@@ -23,10 +25,11 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-STEPS = ["install+build", "lint", "default", "slow"]
+STEPS = ["install+build", "lint", "imports", "sizes", "default", "slow"]
 TIERS = {"default", "slow"}
 CUDA_MODULE = "tests.ops.test_roi_align_cuda"
 INFO_PREFIXES = ["  CPU build: ", "  CUDA: "]
+BREACHES_SHOWN = 6
 PYTEST_EXIT = {
     1: "tests failed",
     2: "interrupted",
@@ -113,6 +116,23 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def breaches(reports: Path) -> list[str]:
+    """Broken import contracts, modules over the size limit, then the contracts' imports."""
+    path = reports / "imports.txt"
+    imports = path.read_text().splitlines() if path.is_file() else []
+    path = reports / "sizes.txt"
+    sizes = path.read_text().splitlines() if path.is_file() else []
+    return (
+        [
+            f"  broken contract: {line.removesuffix(' BROKEN')}"
+            for line in imports
+            if line.endswith(" BROKEN")
+        ]
+        + [f"  size: {line.removeprefix('OVER: ')}" for line in sizes if line.startswith("OVER: ")]
+        + [f"    {line.strip()}" for line in imports if " is not allowed to import " in line]
+    )
+
+
 def main(reports: Path, exit_status: int) -> None:
     steps = read_steps(reports)
     junit = {tier: read_junit(reports / f"{tier}.xml") for tier in ("default", "slow")}
@@ -179,6 +199,15 @@ def main(reports: Path, exit_status: int) -> None:
     reasons = Counter(case["message"] for case in cuda if case["result"] == "skipped")
     for reason, count in reasons.most_common(4):
         lines.append(shorten(f"  skipped {count}x: {reason}", WIDTH))
+
+    found = breaches(reports)
+    if found:
+        lines.append("layering and module sizes:")
+        lines += [shorten(line, WIDTH) for line in found[:BREACHES_SHOWN]]
+        if len(found) > BREACHES_SHOWN:
+            lines.append(
+                f"  ... and {len(found) - BREACHES_SHOWN} more (see the imports/sizes steps)"
+            )
 
     failed = [
         (tier, case)

@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from kmask.config import DataConfig
-    from kmask.data import CocoDataset, ShardWriter, build_dataset
+    from kmask.data import COCODataset, ShardWriter, build_dataset
 
     config = DataConfig(seed=0)
     print(f"CPU cores: {os.cpu_count()}; DataConfig: {config}")
@@ -70,7 +70,7 @@ def main() -> None:
 
         start = time.perf_counter()
         writer = ShardWriter(root / "shards", num_shards=4, prefix="bench")
-        writer.write(CocoDataset(json_path, root), progress=False)
+        writer.write(COCODataset(json_path, root), progress=False)
         conversion = writer.images_written / (time.perf_counter() - start)
         print(f"convert-coco: {conversion:.1f} images/s (4 shards)")
 

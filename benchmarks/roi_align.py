@@ -1,4 +1,4 @@
-"""Prints forward and forward+backward times of ``multilevel_roi_align``.
+"""Prints forward and forward+backward times of ``multi_level_roi_align``.
 
 Setting (the RoIAlign issue): a P2..P5 pyramid of one 800x1344 image, C=256; 512 and 1000
 RoIs at 7x7 (box head) and 14x14 (mask head), adaptive sampling (``sampling_ratio=0``).
@@ -30,8 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kmask.native import custom_ops
-from kmask.ops import multilevel_roi_align  # noqa: E402
+from kmask.native import cpu_variant, custom_ops
+from kmask.ops import multi_level_roi_align  # noqa: E402
 
 HEIGHT, WIDTH, CHANNELS = 800, 1344, 256
 
@@ -76,7 +76,7 @@ def median_ms(function, *args, repeats: int) -> float:
 
 def make_functions(implementation: str, size: int, sampling_ratio: int, jit: bool):
     def forward(pyramid, boxes):
-        return multilevel_roi_align(
+        return multi_level_roi_align(
             pyramid, boxes, size, sampling_ratio=sampling_ratio, implementation=implementation
         )
 
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument(
         "--cpu-builds",
         nargs="+",
-        choices=custom_ops.CPU_BUILD_MODES,
+        choices=cpu_variant.CPU_BUILD_MODES,
         help="time the custom op alone under each KMASK_CPU_BUILD mode (one process each)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --cpu-builds")

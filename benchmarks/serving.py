@@ -52,12 +52,11 @@ def main() -> None:
     from kmask.evaluation import Predictor
     from kmask.export import export_onnx, export_saved_model
     from kmask.modeling.factory import build_mask_rcnn
-    from kmask.training import RunDirectory
+    from kmask.runs import InferenceSource
 
     if args.run:
-        run = RunDirectory(args.run)
-        config = run.load_config()
-        model = Predictor.from_checkpoint(config, run.latest_checkpoint()).model
+        source = InferenceSource.resolve(run=args.run)
+        config, model = source.config, source.load_model()
     else:
         config = load_config(args.config)
         keras.utils.set_random_seed(0)

@@ -44,7 +44,7 @@ def synthetic_batch(config, batch: int, seed: int = 0) -> tuple[dict, dict]:
     boxes *= side
     classes = np.full((batch, count), -1, np.int32)
     classes[:, :3] = np.arange(3) % config.model.num_classes
-    masks = np.zeros((batch, count, config.data.mask_size, config.data.mask_size), np.uint8)
+    masks = np.zeros((batch, count, config.data.gt_mask_size, config.data.gt_mask_size), np.uint8)
     masks[:, :3, 10:-10, 10:-10] = 1
     features = {
         "images": rng.uniform(0, 255, (batch, side, side, 3)).astype(np.float32),

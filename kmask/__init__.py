@@ -16,12 +16,6 @@ def load_model(run_dir: str | os.PathLike[str]) -> Any:
 
     ``kmask.data.CategoryMap.load(run_dir + "/categories.json")`` gives its classes.
     """
-    from kmask.evaluation.predictor import Predictor
-    from kmask.runs.run_directory import RunDirectory
+    from kmask.runs.inference_source import InferenceSource
 
-    run = RunDirectory(run_dir)
-    config = run.load_config()
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint in {run.checkpoints_dir}")
-    return Predictor.from_checkpoint(config, checkpoint).model
+    return InferenceSource.resolve(run=run_dir).load_model()

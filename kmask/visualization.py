@@ -11,12 +11,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from kmask.modeling.roi_heads.instance_head import OutputKind, head_outputs
+
 # Images whose longer side is below this are enlarged (nearest neighbour, integer factor)
 # before drawing, so that labels stay legible on small images.
 MIN_DISPLAY_SIDE = 512
 # Keypoints scoring below this are not drawn (detectron2's visualizer: 0.05 on the same
 # softmax probability, ``kmask.ops.keypoints.heatmaps_to_keypoints``).
 KEYPOINT_THRESHOLD = 0.05
+# The instance heads' output kinds drawn (``InstanceHead.outputs``): pasted box-frame maps
+# as masks, points as keypoints; other kinds (areas) are not drawn.
+_DRAWN_KINDS = (OutputKind.BOX_FRAME, OutputKind.POINTS)
 
 
 def instance_color(index: int) -> tuple[int, int, int]:
@@ -137,6 +142,9 @@ def draw_image_detections(
       scoring ``>= score_threshold``;
     - detections without masks (Faster R-CNN): the same without masks;
     - with ``keypoints`` (Keypoint R-CNN) also the keypoints joined by the ``skeleton``;
+      in general the instance heads' outputs drawn by kind (``OutputKind``): the first
+      ``BOX_FRAME`` output (pasted, ``masks``) as masks, the first ``POINTS`` output
+      (``keypoints``) as keypoints;
     - proposals only (RPN-only model): the ``max_proposals`` best proposals, whatever
       their score, labelled ``"proposal 0.97"`` (the objectness; no label without
       ``proposal_scores``), with their ``proposal_masks`` when present (segment proposals).
@@ -156,15 +164,20 @@ def draw_image_detections(
       uint8 RGB, enlarged as ``draw_detections`` does.
     """
     if "boxes" in detections:
+        # The instance heads' drawable outputs, the first of each kind (masks, keypoints).
+        drawn: dict[OutputKind, Any] = {}
+        for output in head_outputs().values():
+            if output.detection_key in detections and output.kind in _DRAWN_KINDS:
+                drawn.setdefault(output.kind, detections[output.detection_key])
         return draw_detections(
             image,
             np.asarray(detections["boxes"]).reshape(-1, 4),
             np.asarray(detections["classes"]),
             np.asarray(detections["scores"]),
-            detections.get("masks"),
+            drawn.get(OutputKind.BOX_FRAME),
             class_names,
             score_threshold,
-            keypoints=detections.get("keypoints"),
+            keypoints=drawn.get(OutputKind.POINTS),
             skeleton=skeleton,
         )
     proposals = np.asarray(detections.get("proposals", np.zeros((0, 4)))).reshape(-1, 4)

@@ -58,3 +58,51 @@ def test_no_tensorflow_start_up_lines():
     assert "TensorFlow" in result.stdout
     for marker in ("cpu_feature_guard", "cudart_stub", "absl::InitializeLog", "oneDNN"):
         assert marker not in result.stderr, result.stderr[-2000:]
+
+
+def test_every_command_and_option_has_help():
+    """``kmask --help`` lists a help line for every command, and each command's ``--help``
+    one for every option (``export --format`` and ``info`` once had none)."""
+    import argparse
+
+    commands = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    listed = {choice.dest: choice.help for choice in commands._choices_actions}
+    assert set(listed) == set(commands.choices) and all(listed.values()), listed
+    for name, parser in commands.choices.items():
+        missing = [
+            action.option_strings or action.dest
+            for action in parser._actions
+            if not action.help and not isinstance(action, argparse._HelpAction)
+        ]
+        assert not missing, f"kmask {name}: no help for {missing}"
+
+
+def test_readme_names_only_files_that_exist():
+    """Every repository file the README cites in backticks (a ``.md`` file, or a path in one
+    of the repository's folders) exists: it once cited a DESIGN.md the project does not
+    have. Files that runs write (``runs/``, ``data/``, ``exports/``) are not cited files."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names = re.findall(r"`([\w./-]+\.(?:md|py|yaml|ipynb|toml))`", (root / "README.md").read_text())
+    folders = ("benchmarks/", "configs/", "docs/", "kmask/", "notebooks/", "tests/", ".ci/")
+    cited = {name for name in names if name.endswith(".md") or name.startswith(folders)}
+    assert {"docs/architecture.md", "configs/shapes_tiny.yaml"} <= cited
+    missing = sorted(name for name in cited if not (root / name).exists())
+    assert not missing, missing
+
+
+def test_set_without_equals_is_the_commands_usage_error(capsys):
+    """``--set train.max_steps 150`` stops with ``train``'s usage naming the argument,
+    not with the top-level usage."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--config", "x.yaml", "--out", "o", "--set", "train.max_steps", "150"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: kmask train ")
+    assert "kmask train: error: argument --set: expected KEY=VALUE, got 'train.max_steps'" in err

@@ -42,9 +42,9 @@ def test_non_utf8_file_is_named(tmp_path):
         "train.seed=-1",
         "data.seed=-1",
         "data.num_parallel_calls=0",
-        "model.box_head.pooler_resolution=0",
-        "model.mask_head.pooler_sampling_ratio=100000",
-        "model.box_head.pooler_sampling_ratio=-1",
+        "model.box_head.pooler.resolution=0",
+        "model.mask_head.pooler.sampling_ratio=100000",
+        "model.box_head.pooler.sampling_ratio=-1",
         "train.base_learning_rate=.nan",
         "train.momentum=.nan",
         "train.momentum=1.5",
@@ -55,3 +55,22 @@ def test_out_of_range_values_name_the_field(override):
     field = override.split("=")[0]
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_a_bad_override_is_blamed_not_the_file(tmp_path):
+    """A typo in ``--set`` names the override and the closest key; a typo in the file
+    names the file; overrides that are valid only together still load."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  max_steps: 10\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["train.seed=3", "train.max_step=150"])
+    message = str(error.value)
+    assert message.startswith(f"override 'train.max_step=150' (over {path}): train: ")
+    assert "unknown key(s) max_step (did you mean max_steps?)" in message
+    path.write_text("train:\n  max_step: 10\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: train: unknown key\(s\) max_step \(did"):
+        load_config(path, ["train.seed=3"])
+    rpn_only = load_config(None, ["model.box_head=null", "model.mask_head=null"]).model
+    assert rpn_only.box_head is None and not rpn_only.instance_heads
+    with pytest.raises(ConfigError, match=r"^override 'model.box_head=null' \(over defaults\)"):
+        load_config(None, ["model.box_head=null"])

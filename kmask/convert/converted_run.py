@@ -42,8 +42,8 @@ def write_converted_run(
     """
     import dataclasses
 
-    from kmask.runs.run_directory import RunDirectory, atomic_write_json
-    from kmask.training.checkpoint_callback import POINTER, checkpoint_name
+    from kmask.runs.checkpoints import checkpoint_name, write_pointer
+    from kmask.runs.run_directory import RunDirectory
 
     out = Path(out).absolute()
     with OutputFolder(out, "run").write(overwrite) as temporary:
@@ -52,11 +52,9 @@ def write_converted_run(
             run.write_config(config)
             run.write_categories(CategoryMap(categories or [], str(run.categories_path)))
             run.checkpoints_dir.mkdir(parents=True)
-            name = checkpoint_name(0)
-            model.save_weights(run.checkpoints_dir / name)
-            atomic_write_json(
-                run.checkpoints_dir / POINTER, {"latest": name, "step": 0, "checkpoints": [name]}
-            )
+            checkpoint = run.checkpoints_dir / checkpoint_name(0)
+            model.save_weights(checkpoint)
+            write_pointer(run.checkpoints_dir, checkpoint, [checkpoint])
             if keras_file:
                 model.save(temporary / "model.keras")
         else:

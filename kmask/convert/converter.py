@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,8 +18,9 @@ from kmask.convert.weight_mapping import (
     dense_kernel,
     nchw_dense_kernel,
 )
+from kmask.data.category_map import CategoryMap
 from kmask.errors import ConversionError
-from kmask.modeling.roi_heads.keypoint_head import KeypointHead
+from kmask.modeling.roi_heads.instance_head import WeightSource, conv_stack_sources
 
 _NORM_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 
@@ -28,10 +28,12 @@ _NORM_SUFFIXES = ("weight", "bias", "running_mean", "running_var")
 class Converter:
     """Base of ``TorchvisionConverter`` and ``Detectron2Converter``.
 
-    A subclass lists its architectures (``ARCHITECTURES``: name -> the config values that
-    reproduce the source's conventions) and names the source key of every kmask layer;
-    this class builds the kmask model from the config and fills every weight, checking
-    shapes and that no key is left over.
+    A subclass names its source (``SOURCE``), lists its architectures (``ARCHITECTURES``:
+    name -> the config values that reproduce the source's conventions) and names the
+    source key of every layer of the backbone, FPN, RPN and box head; each instance head
+    names its own (``InstanceHead.weight_sources(SOURCE)``). This class builds the kmask
+    model from the config and fills every weight, checking shapes and that no key is left
+    over.
 
     Args:
       arch: one of ``ARCHITECTURES``.
@@ -40,6 +42,8 @@ class Converter:
       ConversionError: for an unknown architecture.
     """
 
+    #: the converter's name, which the instance heads' ``weight_sources`` know.
+    SOURCE = ""
     #: name -> nested config values (``kmask.config`` sections) of the architecture.
     ARCHITECTURES: Mapping[str, Mapping[str, Any]] = {}
     #: name -> description (where the checkpoint comes from and what it scores).
@@ -70,8 +74,9 @@ class Converter:
 
     def class_rows(self, mapping: WeightMapping) -> tuple[list[int], list[int], list[int]]:
         """Source rows of kmask's classes: ``(score rows [background, class 0..K-1], box
-        groups [classes (with background first when the source predicts it)], mask
-        channels (likewise))``. Implemented by detector converters."""
+        groups [classes (with background first when the source predicts it)], channels of
+        the instance heads' per-class outputs, the mask predictor's (likewise))``.
+        Implemented by detector converters."""
         raise NotImplementedError
 
     def categories(self, num_classes: int) -> list[dict[str, Any]]:
@@ -79,7 +84,7 @@ class Converter:
         COCO checkpoint, ``class_1`` .. otherwise (a checkpoint trained on other data)."""
         if num_classes == len(COCO_CATEGORIES):
             return [dict(c) for c in COCO_CATEGORIES]
-        return [{"id": k + 1, "name": f"class_{k + 1}"} for k in range(num_classes)]
+        return [dict(c) for c in CategoryMap.placeholder(num_classes).categories]
 
     # ----------------------------------------------------------------- conversion
 
@@ -94,7 +99,7 @@ class Converter:
 
         Raises:
           ConversionError: naming the file and the key for missing, unused or misshapen
-            arrays.
+            arrays; naming the instance head that has no mapping for this converter.
         """
         from kmask.modeling.backbones import build_backbone
         from kmask.modeling.factory import build_float32_model
@@ -109,13 +114,17 @@ class Converter:
         except ConfigError as error:
             raise ConversionError(f"{source}: {error}") from None
         if self.backbone_only:
-            backbone_args = dataclasses.asdict(config.model.backbone)
-            backbone = build_backbone(backbone_args.pop("type"), **backbone_args, name="backbone")
+            backbone_config = config.model.backbone
+            backbone = build_backbone(
+                backbone_config.type, **backbone_config.layer_arguments(), name="backbone"
+            )
             backbone.build((None, None, None, 3))
             self.assign_backbone(mapping, backbone)
             mapping.finish()
             return config, backbone
         model = build_float32_model(config.model)
+        heads = [] if model.roi_heads is None else model.roi_heads.instance_heads
+        sources = [self.instance_head_sources(mapping, head) for head in heads]
         self.assign_backbone(mapping, model.backbone)
         if model.fpn is not None:
             self.assign_fpn(mapping, model.fpn)
@@ -124,11 +133,8 @@ class Converter:
             if model.roi_heads.shared_head is not None:
                 self.assign_res5_head(mapping, model.roi_heads.shared_head)
             self.assign_box_head(mapping, model.roi_heads.box_head)
-            for head in model.roi_heads.instance_heads:
-                if isinstance(head, KeypointHead):
-                    self.assign_keypoint_head(mapping, head)
-                else:
-                    self.assign_mask_head(mapping, head)
+        for head_sources in sources:
+            self.assign_sources(mapping, head_sources)
         mapping.finish()
         return config, model
 
@@ -161,14 +167,6 @@ class Converter:
 
     def box_predictor_keys(self) -> tuple[str, str]:
         """(class score, box regression) prefixes."""
-        raise NotImplementedError
-
-    def mask_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
-        """``([(conv, norm)], deconv, predictor)`` prefixes of the mask head."""
-        raise NotImplementedError
-
-    def keypoint_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str]:
-        """``([(conv, norm)], deconv)`` prefixes of the keypoint head."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------- assignment
@@ -214,13 +212,6 @@ class Converter:
         kernel = dense_kernel(weight) if pooled is None else nchw_dense_kernel(weight, *pooled)
         mapping.assign(dense, keys, [kernel, bias])
 
-    def _conv_stack(
-        self, mapping: WeightMapping, stack: keras.layers.Layer, keys: Sequence[tuple[str, str]]
-    ) -> None:
-        for conv, norm, (conv_key, norm_key) in zip(stack.convs, stack.norms, keys):
-            self._conv(mapping, conv, conv_key)
-            self._norm(mapping, norm, norm_key)
-
     def assign_backbone(self, mapping: WeightMapping, backbone: keras.layers.Layer) -> None:
         """Fills a ``ResNet`` (convs and norms, named as keras.applications)."""
         self._assign_resnet_layers(mapping, backbone._weighted_layers(), self.backbone_key)
@@ -256,14 +247,14 @@ class Converter:
     def assign_rpn_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
         """Fills the RPN head; box deltas go from (dx, dy, dw, dh) to (dy, dx, dh, dw)."""
         convs, objectness, deltas = self.rpn_keys(head.num_conv)
-        self._conv_stack(mapping, head.conv, convs)
+        self.assign_sources(mapping, conv_stack_sources(head.conv, convs))
         self._conv(mapping, head.objectness, objectness)
         self._conv(mapping, head.deltas, deltas, out_rows=delta_rows(head.num_anchors))
 
     def assign_box_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
         """Fills the box head: the first fc reads NCHW-flattened features in PyTorch."""
         convs, fcs = self.box_head_keys(head.convs.num_conv, len(head.fcs))
-        self._conv_stack(mapping, head.convs, convs)
+        self.assign_sources(mapping, conv_stack_sources(head.convs, convs))
         side = head.pooler_resolution
         for i, (fc, key) in enumerate(zip(head.fcs, fcs)):
             pooled = (fc.kernel.shape[0] // side**2, side, side) if i == 0 else None
@@ -278,18 +269,35 @@ class Converter:
             rows=np.concatenate([delta_rows(1) + 4 * group for group in boxes]),
         )
 
-    def assign_mask_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
-        """Fills the mask head; the predictor keeps the channels of kmask's classes."""
-        convs, deconv, predictor = self.mask_head_keys(head.convs.num_conv)
-        self._conv_stack(mapping, head.convs, convs)
-        self._conv(mapping, head.deconv, deconv)
-        _, _, channels = self.class_rows(mapping)
-        self._conv(mapping, head.predictor, predictor, out_rows=np.asarray(channels))
+    def instance_head_sources(
+        self, mapping: WeightMapping, head: keras.layers.Layer
+    ) -> list[WeightSource]:
+        """The head's ``weight_sources`` for this converter.
 
-    def assign_keypoint_head(self, mapping: WeightMapping, head: keras.layers.Layer) -> None:
-        """Fills the keypoint head: conv trunk and the heatmap deconv (``ConvTranspose2d``
-        [in, K, 4, 4] with ``padding=1`` is ``Conv2DTranspose`` with "same" padding: both
-        crop one row and column on each side of the 2S + 2 full output)."""
-        convs, deconv = self.keypoint_head_keys(head.convs.num_conv)
-        self._conv_stack(mapping, head.convs, convs)
-        self._conv(mapping, head.deconv, deconv)
+        Raises:
+          ConversionError: naming the head when it has no mapping for ``SOURCE`` (a head
+            the source library does not have).
+        """
+        sources = head.weight_sources(self.SOURCE) if hasattr(head, "weight_sources") else None
+        if sources is None:
+            raise ConversionError(
+                f"{mapping.source}: the model's instance head {head.name!r} "
+                f"({type(head).__name__}) has no {self.SOURCE} weight mapping "
+                "(InstanceHead.weight_sources); remove its section from the configuration"
+            )
+        return sources
+
+    def assign_sources(self, mapping: WeightMapping, sources: Sequence[WeightSource]) -> None:
+        """Fills each source's layer: convs (``Conv2DTranspose`` too) and fcs from PyTorch
+        layouts, norms from their four arrays; ``class_rows`` outputs keep the channels of
+        kmask's classes (``class_rows``)."""
+        for source in sources:
+            layer, rows = source.layer, None
+            if source.class_rows:
+                rows = np.asarray(self.class_rows(mapping)[2])
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+                self._conv(mapping, layer, source.key, out_rows=rows)
+            elif isinstance(layer, keras.layers.Dense):
+                self._dense(mapping, layer, source.key, rows=rows)
+            else:
+                self._norm(mapping, layer, source.key)

@@ -19,7 +19,7 @@ _DATA = {"min_size": [640, 672, 704, 736, 768, 800], "max_size": 1333, "size_div
 
 
 def _backbone(depth: int, resnext: bool) -> dict[str, Any]:
-    backbone: dict[str, Any] = {
+    resnet: dict[str, Any] = {
         "depth": depth,
         "norm": "frozen_bn",
         "norm_epsilon": 1e-5,
@@ -28,13 +28,13 @@ def _backbone(depth: int, resnext: bool) -> dict[str, Any]:
         "stride_in_1x1": not resnext,
     }
     if resnext:
-        backbone.update(groups=32, width_per_group=8)
-    return backbone
+        resnet.update(groups=32, width_per_group=8)
+    return {"resnet": resnet}
 
 
 def _model(depth: int, resnext: bool = False, masks: bool = True) -> dict[str, Any]:
     """detectron2's Base-RCNN-FPN config (``mask_rcnn_*_FPN_*`` / ``faster_rcnn_*``)."""
-    pooler = {"pooler_sampling_ratio": 0, "pooler_aligned": True}  # ROIAlignV2, adaptive
+    pooler = {"pooler": {"sampling_ratio": 0, "aligned": True}}  # ROIAlignV2, adaptive
     model = {
         "input": {**_INPUT, "pixel_std": _STD_X if resnext else _STD_R},
         "backbone": _backbone(depth, resnext),
@@ -71,14 +71,12 @@ def _c4_model(depth: int, masks: bool = True) -> dict[str, Any]:
         "post_nms_topk_test": 1000,
     }
     model["res5_head"] = {
-        "pooler_resolution": 14,
-        "pooler_sampling_ratio": 0,
-        "pooler_aligned": True,
+        "pooler": {"resolution": 14, "sampling_ratio": 0, "aligned": True},
         "stride": 2,
     }
     model["box_head"].update(pool="average", num_fc=0)
     if masks:
-        model["mask_head"] = {"pooler_resolution": 7, "num_conv": 0}
+        model["mask_head"] = {"pooler": {"resolution": 7}, "num_conv": 0}
     return values
 
 
@@ -130,6 +128,7 @@ class Detectron2Converter(Converter):
     A ``pixel_mean`` / ``pixel_std`` pair inside the file overrides the architecture's.
     """
 
+    SOURCE = "detectron2"
     ARCHITECTURES = {
         "mask_rcnn_R_50_FPN_1x": _model(50),
         "mask_rcnn_R_50_FPN_3x": _model(50),
@@ -283,18 +282,7 @@ class Detectron2Converter(Converter):
     def box_predictor_keys(self) -> tuple[str, str]:
         return "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"
 
-    def keypoint_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str]:
-        head = "roi_heads.keypoint_head"
-        return [(f"{head}.conv_fcn{k + 1}", "") for k in range(num_conv)], f"{head}.score_lowres"
-
     def categories(self, num_classes: int) -> list[dict[str, Any]]:
         if self.arch.startswith("keypoint_rcnn"):
             return [dict(COCO_PERSON_CATEGORY)]
         return super().categories(num_classes)
-
-    def mask_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
-        head = "roi_heads.mask_head"
-        convs = [
-            (f"{head}.mask_fcn{k + 1}", f"{head}.mask_fcn{k + 1}.norm") for k in range(num_conv)
-        ]
-        return convs, f"{head}.deconv", f"{head}.predictor"

@@ -22,20 +22,20 @@ _INPUT = {
     "pixel_mean": [0.485, 0.456, 0.406],
     "pixel_std": [0.229, 0.224, 0.225],
 }
-_BACKBONE = {"norm": "frozen_bn", "stride_in_1x1": False, "conv_bias": False}
+_RESNET = {"norm": "frozen_bn", "stride_in_1x1": False, "conv_bias": False}
 _DATA = {"min_size": [800], "max_size": 1333, "size_divisibility": 32, "resize_rounding": "floor"}
 
 
 def _detector(version: int, masks: bool) -> dict[str, Any]:
     """The config values of torchvision's ``*rcnn_resnet50_fpn`` (v1) / ``_v2`` models."""
     v2 = version == 2
-    pooler = {"pooler_sampling_ratio": 2, "pooler_aligned": False}
+    pooler = {"pooler": {"sampling_ratio": 2, "aligned": False}}
     head_norm = {"norm": "bn"} if v2 else {}
     model: dict[str, Any] = {
         "input": dict(_INPUT),
         # COCO_V1 weights run their frozen BN with eps 0 (torchvision's overwrite_eps);
         # the v2 weights with the default 1e-5.
-        "backbone": {**_BACKBONE, "depth": 50, "norm_epsilon": 1e-5 if v2 else 0.0},
+        "backbone": {"resnet": {**_RESNET, "depth": 50, "norm_epsilon": 1e-5 if v2 else 0.0}},
         "fpn": {"norm": "bn"} if v2 else {},
         "rpn": {
             "anchor_offset": 0.0,
@@ -59,14 +59,14 @@ def _detector(version: int, masks: bool) -> dict[str, Any]:
 
 
 def _backbone(depth: int, groups: int = 1, width_per_group: int = 64) -> dict[str, Any]:
-    backbone = {
-        **_BACKBONE,
+    resnet = {
+        **_RESNET,
         "depth": depth,
         "norm_epsilon": 1e-5,
         "groups": groups,
         "width_per_group": width_per_group,
     }
-    return {"model": {"input": dict(_INPUT), "backbone": backbone}, "data": dict(_DATA)}
+    return {"model": {"input": dict(_INPUT), "backbone": {"resnet": resnet}}, "data": dict(_DATA)}
 
 
 def _keypoint_detector() -> dict[str, Any]:
@@ -76,8 +76,7 @@ def _keypoint_detector() -> dict[str, Any]:
     values = _detector(1, masks=False)
     values["model"]["keypoint_head"] = {
         "num_keypoints": 17,
-        "pooler_sampling_ratio": 2,
-        "pooler_aligned": False,
+        "pooler": {"sampling_ratio": 2, "aligned": False},
     }
     return values
 
@@ -119,6 +118,7 @@ class TorchvisionConverter(Converter):
     on other data) keeps every slot as a class ``class_k``.
     """
 
+    SOURCE = "torchvision"
     ARCHITECTURES = {
         "maskrcnn_resnet50_fpn": _detector(1, masks=True),
         "maskrcnn_resnet50_fpn_v2": _detector(2, masks=True),
@@ -202,21 +202,6 @@ class TorchvisionConverter(Converter):
 
     def box_predictor_keys(self) -> tuple[str, str]:
         return "roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"
-
-    def mask_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str, str]:
-        convs = [
-            (f"roi_heads.mask_head.{i}.0", f"roi_heads.mask_head.{i}.1") for i in range(num_conv)
-        ]
-        return (
-            convs,
-            "roi_heads.mask_predictor.conv5_mask",
-            "roi_heads.mask_predictor.mask_fcn_logits",
-        )
-
-    def keypoint_head_keys(self, num_conv: int) -> tuple[list[tuple[str, str]], str]:
-        # KeypointRCNNHeads: a Sequential of (Conv2d, ReLU) pairs, no norm.
-        convs = [(f"roi_heads.keypoint_head.{2 * i}", "") for i in range(num_conv)]
-        return convs, "roi_heads.keypoint_predictor.kps_score_lowres"
 
     def categories(self, num_classes: int) -> list[dict[str, Any]]:
         if self.arch == "keypointrcnn_resnet50_fpn":

@@ -17,7 +17,7 @@ a pure function of the data and ``config.data.seed`` that resumes at any positio
 the very batches of the uninterrupted stream (``pipeline.training_stream``).
 
 Element ``(features, targets)``, ``B`` = batch size, ``N`` = ``data.max_instances`` (100),
-``M`` = ``data.mask_size`` (112); unbatched elements have the same keys without ``B``:
+``M`` = ``data.gt_mask_size`` (112); unbatched elements have the same keys without ``B``:
 
 features
   ``images`` float32 ``[B, H, W, 3]``: RGB, pixel values 0..255, NOT normalized. The model
@@ -41,8 +41,9 @@ targets
   bytes = 2.5 MB per batch, against 200 MB for full-image masks at 1024 x 1024. Because
   masks live in their box frame, resizing the image does not touch them and the flip
   reverses their columns.
-  ``gt_keypoints`` float32 ``[B, N, K, 3]`` (K = 17 for COCO persons): ``(y, x, v)`` in
-  resized-image pixels (continuous: COCO's integer pixel index + 0.5), ``v`` the COCO
+  ``gt_keypoints`` float32 ``[B, N, K, 3]`` (K = 17 for COCO persons): ``(x, y, v)``, the
+  order of COCO's annotations and of the model's ``detection_keypoints`` ``(x, y, score)``,
+  in resized-image pixels (continuous: COCO's integer pixel index + 0.5), ``v`` the COCO
   visibility 0/1/2, ``(0, 0, 0)`` when unlabelled; left/right swapped on flip. Only when
   the dataset's categories define keypoints.
   ``seed`` int64 ``[B]`` (training only): the image's random seed. Its scale choice and
@@ -56,9 +57,10 @@ Training draws the shorter side from ``data.min_size`` (evaluation uses the larg
 flips with probability 0.5; images without non-crowd instances are dropped in training
 (``data.drop_images_without_annotations``) and always kept in evaluation.
 
-Modules: ``coco_dataset.CocoDataset`` (JSON + images), ``shard_dataset.ShardDataset``
-(TFRecords), ``shard_writer.ShardWriter`` (``kmask convert-coco``),
-``cityscapes_converter.CityscapesConverter`` (``kmask convert-cityscapes``),
+Modules: ``coco_dataset.COCODataset`` (JSON + images; ``coco_parser.COCOParser`` validates
+the JSON), ``shard_dataset.ShardDataset`` (TFRecords), ``shard_writer.ShardWriter``
+(``kmask convert-coco``), ``cityscapes_converter.CityscapesConverter`` (``kmask
+convert-cityscapes``),
 ``shapes_dataset.ShapesDataset`` (``kmask make-shapes``), ``transforms`` (tf ops),
 ``pipeline`` (batching, the training stream), ``stream_position.StreamPosition``,
 ``category_map.CategoryMap``, ``bad_input_report.BadInputReport``.
@@ -67,7 +69,7 @@ Modules: ``coco_dataset.CocoDataset`` (JSON + images), ``shard_dataset.ShardData
 from kmask.data.bad_input_report import BadInputReport
 from kmask.data.builder import build_dataset, open_dataset
 from kmask.data.category_map import CategoryMap
-from kmask.data.coco_dataset import CocoDataset
+from kmask.data.coco_dataset import COCODataset
 from kmask.data.image_record import ImageRecord
 from kmask.data.shapes_dataset import ShapesDataset
 from kmask.data.shard_dataset import ShardDataset
@@ -75,9 +77,12 @@ from kmask.data.shard_writer import ShardWriter
 from kmask.data.stream_position import StreamPosition
 from kmask.errors import DataError
 
+CocoDataset = COCODataset  # the class's name in kmask 0.1, which users' code imports
+
 __all__ = [
     "BadInputReport",
     "CategoryMap",
+    "COCODataset",
     "CocoDataset",
     "DataError",
     "ImageRecord",

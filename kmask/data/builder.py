@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from kmask.config import DataConfig
 from kmask.data.category_map import CategoryMap
-from kmask.data.coco_dataset import CocoDataset
+from kmask.data.coco_dataset import COCODataset
 from kmask.data.shard_dataset import ShardDataset
 
 
@@ -22,14 +22,15 @@ def open_dataset(
     categories: CategoryMap | Sequence[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
     strict: bool = False,
     allow_outside_images: bool = False,
-) -> CocoDataset | ShardDataset:
+) -> COCODataset | ShardDataset:
     """The dataset object of a COCO JSON + image folder, or of TFRecord shards.
 
     Give either ``json_path`` and ``images_dir``, or ``tfrecord_pattern`` (with
-    ``categories`` when no ``categories.json`` lies beside the shards). The object has
-    ``category_ids``, ``category_names``, ``num_classes``, ``keypoint_names`` and
-    ``build(config, training=..., batch_size=...)``. ``allow_outside_images`` lets a COCO
-    JSON name image files outside ``images_dir`` (``CocoDataset``).
+    ``categories`` when no ``categories.json`` lies beside the shards). Either is an
+    ``ExampleSource``: ``category_ids``, ``category_names``, ``num_classes``,
+    ``keypoint_names``, ``build(config, training=..., batch_size=...)`` and
+    ``training_stream``. ``allow_outside_images`` lets a COCO
+    JSON name image files outside ``images_dir`` (``COCODataset``).
     """
     if tfrecord_pattern is not None:
         if json_path is not None or images_dir is not None:
@@ -39,7 +40,7 @@ def open_dataset(
         raise ValueError("give json_path and images_dir, or tfrecord_pattern")
     if categories is not None:
         raise ValueError("categories applies to TFRecord shards; a COCO JSON has its own")
-    return CocoDataset(
+    return COCODataset(
         json_path, images_dir, strict=strict, allow_outside_images=allow_outside_images
     )
 

@@ -152,6 +152,13 @@ class CategoryMap:
         return json.dumps(list(self.categories), indent=1, sort_keys=True)
 
     @classmethod
+    def placeholder(cls, num_classes: int) -> CategoryMap:
+        """Categories for a model whose own are unknown (a run without
+        ``categories.json``, a checkpoint trained on other data): ``class_1`` ..
+        ``class_K`` with ids 1 .. K."""
+        return cls([{"id": k + 1, "name": f"class_{k + 1}"} for k in range(num_classes)])
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CategoryMap:
         """Reads categories from a COCO JSON (its ``categories``) or a JSON list of them."""
         path = Path(path)

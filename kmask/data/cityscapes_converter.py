@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from kmask.data import coco_fields, image_io
-from kmask.data.coco_dataset import CocoDataset
+from kmask.data.coco_dataset import COCODataset
 from kmask.data.output_folder import MARKER, OutputFolder
 from kmask.data.shard_writer import ShardWriter
 from kmask.errors import DataError
@@ -198,7 +198,7 @@ class CityscapesConverter:
                 json_path = staging / f"instances_{split}.json"
                 json_path.write_text(json.dumps(self.convert(split)))
                 if shards:
-                    dataset = CocoDataset(json_path, self.images_dir(split), strict=True)
+                    dataset = COCODataset(json_path, self.images_dir(split), strict=True)
                     writer = ShardWriter(staging, num_shards=num_shards, prefix=json_path.stem)
                     writer.write(dataset, progress=self.progress)
         return sorted(path for path in out.iterdir() if path.name != MARKER)

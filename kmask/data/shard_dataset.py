@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,15 +12,16 @@ import tensorflow as tf
 from kmask.config import DataConfig
 from kmask.data import pipeline
 from kmask.data.category_map import CategoryMap
-from kmask.data.stream_position import STREAM_START, StreamPosition
+from kmask.data.example_source import ExampleSource
 from kmask.errors import DataError
 
 # File beside the shards that holds the COCO ``categories`` list (written by ShardWriter).
 CATEGORIES_FILE = "categories.json"
 
 
-class ShardDataset:
-    """Reads ``tf.train.Example`` shards into decoded examples (``kmask.data.transforms``).
+class ShardDataset(ExampleSource):
+    """Reads ``tf.train.Example`` shards into decoded examples (``kmask.data.transforms``);
+    ``build`` and ``training_stream`` batch them (``ExampleSource``).
 
     Feature keys (those of the Object Detection API and the Model Garden): ``image/encoded``
     (JPEG/PNG/...), ``image/source_id`` (the image id as a decimal string; any other string
@@ -82,25 +82,9 @@ class ShardDataset:
         else:
             self.categories = CategoryMap(categories)
 
-    @property
-    def category_ids(self) -> tuple[int, ...]:
-        """Original category id of each class."""
-        return self.categories.category_ids
-
-    @property
-    def category_names(self) -> tuple[str, ...]:
-        """Name of each class."""
-        return self.categories.category_names
-
-    @property
-    def num_classes(self) -> int:
-        """Number of foreground classes."""
-        return self.categories.num_classes
-
-    @property
-    def keypoint_names(self) -> tuple[str, ...]:
-        """Keypoint names; empty when the dataset has no keypoints."""
-        return self.categories.keypoint_names
+    def reader_options(self, config: DataConfig) -> dict[str, Any]:
+        """``num_parallel_calls`` and ``shuffle_buffer`` (records held for shuffling)."""
+        return {**super().reader_options(config), "shuffle_buffer": config.shuffle_buffer}
 
     def _feature_spec(self) -> dict[str, Any]:
         spec = {
@@ -304,45 +288,6 @@ class ShardDataset:
             dataset = dataset.filter(lambda example: tf.shape(example["boxes"])[0] > 0)
         return dataset
 
-    def build(self, config: DataConfig, *, training: bool, batch_size: int) -> tf.data.Dataset:
-        """The batched ``(features, targets)`` pipeline (see ``kmask.data``), one epoch."""
-        examples = self.examples(
-            shuffle=training,
-            seed=config.seed,
-            drop_empty=training and config.drop_images_without_annotations,
-            shuffle_buffer=config.shuffle_buffer,
-            num_parallel_calls=config.num_parallel_calls,
-        )
-        return pipeline.batch_examples(
-            examples,
-            config,
-            training=training,
-            batch_size=batch_size,
-            flip_permutation=self.categories.flip_permutation(),
-        )
-
-    def training_stream(
-        self,
-        config: DataConfig,
-        *,
-        batch_size: int,
-        start: StreamPosition = STREAM_START,
-    ) -> tf.data.Dataset:
-        """The endless training batches from ``start`` (``pipeline.training_stream``):
-        passes ordered by ``config.seed`` (which must be set) and the pass number."""
-        return pipeline.training_stream(
-            functools.partial(
-                self.pass_examples,
-                drop_empty=config.drop_images_without_annotations,
-                shuffle_buffer=config.shuffle_buffer,
-                num_parallel_calls=config.num_parallel_calls,
-            ),
-            config,
-            batch_size=batch_size,
-            start=start,
-            flip_permutation=self.categories.flip_permutation(),
-        )
-
 
 def _check_framing(path: str) -> None:
     """Walks the record headers of a local TFRecord file (8-byte length, 4-byte CRC, data,
@@ -396,7 +341,7 @@ def _box_masks(boxes: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tens
 def _decode_keypoints(
     dense: Mapping[str, tf.Tensor], count: tf.Tensor, num_keypoints: int, size_yx: tf.Tensor
 ) -> tf.Tensor:
-    """``[n, K, 3]`` ``(y, x, v)`` in continuous pixels (index + 0.5); zeros when absent."""
+    """``[n, K, 3]`` ``(x, y, v)`` in continuous pixels (index + 0.5); zeros when absent."""
     xs = dense["image/object/keypoint/x"]
     ys = dense["image/object/keypoint/y"]
     visibility = dense["image/object/keypoint/visibility"]
@@ -405,7 +350,7 @@ def _decode_keypoints(
         v = tf.cast(tf.reshape(visibility, [count, num_keypoints]), tf.float32)
         y = tf.reshape(ys, [count, num_keypoints]) * size_yx[0] + 0.5
         x = tf.reshape(xs, [count, num_keypoints]) * size_yx[1] + 0.5
-        return tf.stack([tf.where(v > 0, y, 0.0), tf.where(v > 0, x, 0.0), v], axis=-1)
+        return tf.stack([tf.where(v > 0, x, 0.0), tf.where(v > 0, y, 0.0), v], axis=-1)
 
     expected = count * num_keypoints
     return tf.cond(

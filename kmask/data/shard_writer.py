@@ -15,7 +15,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from kmask.data import image_io
-from kmask.data.coco_dataset import CocoDataset
+from kmask.data.coco_dataset import COCODataset
 from kmask.data.image_record import ImageRecord
 from kmask.data.shard_dataset import CATEGORIES_FILE
 from kmask.errors import DataError
@@ -25,7 +25,7 @@ IMAGES_PER_SHARD = 1000
 
 
 class ShardWriter:
-    """Converts a ``CocoDataset`` to ``{prefix}-NNNNN-of-MMMMM.tfrecord`` shards.
+    """Converts a ``COCODataset`` to ``{prefix}-NNNNN-of-MMMMM.tfrecord`` shards.
 
     Records use the Object Detection API / Model Garden feature keys (see
     ``ShardDataset``): the original image bytes when TensorFlow decodes them to the same
@@ -75,7 +75,7 @@ class ShardWriter:
             for i in range(num_shards)
         ]
 
-    def write(self, dataset: CocoDataset, progress: bool = True) -> list[Path]:
+    def write(self, dataset: COCODataset, progress: bool = True) -> list[Path]:
         """Writes the shards and ``categories.json``; returns the shard paths.
 
         Raises:
@@ -127,7 +127,7 @@ class ShardWriter:
             if match and not _process_alive(int(match.group(1))):
                 path.unlink(missing_ok=True)
 
-    def _check_out_dir(self, dataset: CocoDataset, num_shards: int) -> None:
+    def _check_out_dir(self, dataset: COCODataset, num_shards: int) -> None:
         pattern = re.compile(rf"{re.escape(self.prefix)}-\d{{5}}-of-(\d{{5}})\.tfrecord")
         stale = sorted(
             p.name
@@ -148,7 +148,7 @@ class ShardWriter:
 
     def _write_shard(
         self,
-        dataset: CocoDataset,
+        dataset: COCODataset,
         shard: int,
         num_shards: int,
         path: Path,
@@ -196,7 +196,7 @@ def _ints(values: np.ndarray) -> tf.train.Feature:
 
 
 def _example(
-    dataset: CocoDataset,
+    dataset: COCODataset,
     record: ImageRecord,
     rgb: np.ndarray,
     data: bytes,

@@ -1,6 +1,6 @@
 """Per-example transforms of the input pipeline, all TensorFlow ops (no Python per example).
 
-The input of ``preprocess`` is a decoded example (what ``CocoDataset.examples`` and
+The input of ``preprocess`` is a decoded example (what ``COCODataset.examples`` and
 ``ShardDataset.examples`` yield):
 
 - ``image`` uint8 ``[H, W, 3]`` RGB;
@@ -9,8 +9,8 @@ The input of ``preprocess`` is a decoded example (what ``CocoDataset.examples`` 
   it, non-crowd instances only;
 - ``classes`` int32 ``[n]`` contiguous 0-based class ids;
 - ``masks`` uint8 ``[n, H, W]`` in {0, 1}, full-image masks;
-- ``keypoints`` float32 ``[n, K, 3]`` ``(y, x, visibility)`` in continuous pixel
-  coordinates, only when the dataset has keypoints.
+- ``keypoints`` float32 ``[n, K, 3]`` ``(x, y, visibility)`` (COCO's order) in continuous
+  pixel coordinates, only when the dataset has keypoints.
 
 Coordinates are continuous: pixel ``p`` spans ``[p, p + 1)``, so a box ``(0, 0, H, W)``
 covers the whole image, resizing by ``s`` multiplies coordinates by ``s`` and a left-right
@@ -79,14 +79,14 @@ def flip_boxes_left_right(boxes: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
 def flip_keypoints_left_right(
     keypoints: tf.Tensor, width: tf.Tensor, permutation: Sequence[int]
 ) -> tf.Tensor:
-    """Keypoints ``[n, K, 3]`` ``(y, x, v)`` mirrored; ``permutation`` swaps left and right.
+    """Keypoints ``[n, K, 3]`` ``(x, y, v)`` mirrored; ``permutation`` swaps left and right.
 
     Unlabelled keypoints (``v == 0``) stay ``(0, 0, 0)``.
     """
     keypoints = tf.gather(keypoints, list(permutation), axis=1)
-    y, x, v = tf.unstack(keypoints, axis=-1)
+    x, y, v = tf.unstack(keypoints, axis=-1)
     x = tf.where(v > 0, tf.cast(width, keypoints.dtype) - x, x)
-    return tf.stack([y, x, v], axis=-1)
+    return tf.stack([x, y, v], axis=-1)
 
 
 def _sample_grid(low: tf.Tensor, high: tf.Tensor, size: tf.Tensor, mask_size: int):
@@ -184,7 +184,7 @@ def preprocess(
     max_instances = config.max_instances
     boxes = tf.cast(example["boxes"][:max_instances], tf.float32)
     classes = tf.cast(example["classes"][:max_instances], tf.int32)
-    masks = crop_masks_to_boxes(example["masks"][:max_instances], boxes, config.mask_size)
+    masks = crop_masks_to_boxes(example["masks"][:max_instances], boxes, config.gt_mask_size)
     keypoints = example.get("keypoints")
     if keypoints is not None:
         keypoints = tf.cast(keypoints[:max_instances], tf.float32)
@@ -218,7 +218,8 @@ def preprocess(
     size_float = tf.cast(size, tf.float32)
     boxes = tf.minimum(scale_boxes(boxes, scale_yx), tf.tile(size_float, [2]))
     if keypoints is not None:
-        keypoints = tf.concat([keypoints[..., :2] * scale_yx, keypoints[..., 2:]], axis=-1)
+        scale_xy = tf.reverse(scale_yx, axis=[0])
+        keypoints = tf.concat([keypoints[..., :2] * scale_xy, keypoints[..., 2:]], axis=-1)
 
     if training and config.horizontal_flip:
         flip = tf.random.stateless_uniform([], tf.stack([seed, 1])) < 0.5

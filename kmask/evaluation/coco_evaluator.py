@@ -99,7 +99,7 @@ def _xywh(box: np.ndarray) -> list[float]:
 def evaluation_batches(
     source: Any, data_config: Any, batch_size: int, max_images: int | None = None
 ) -> tuple[Any, int, int]:
-    """The evaluation pipeline of a dataset (``CocoDataset`` / ``ShardDataset``): its first
+    """The evaluation pipeline of a dataset (``COCODataset`` / ``ShardDataset``): its first
     ``max_images`` images (all when None) in batches of ``batch_size``.
 
     Returns:

@@ -4,7 +4,6 @@ proposals mapped back to source-image pixels."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -14,6 +13,7 @@ import tensorflow as tf
 from kmask.config import Config, DataConfig
 from kmask.data import transforms
 from kmask.evaluation.detector_mode import DetectorMode
+from kmask.modeling.roi_heads.instance_head import OutputKind, head_outputs
 from kmask.ops.masks import paste_masks
 
 # Segment proposal masks pasted per paste_masks call.
@@ -69,19 +69,9 @@ class Predictor:
           FileNotFoundError: naming the checkpoint when it does not exist.
           ValueError: naming the checkpoint when its weights do not fit the model.
         """
-        from kmask.modeling.factory import build_float32_model
+        from kmask.runs.inference_source import load_checkpoint_model
 
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        model = build_float32_model(config.model)
-        try:
-            model.load_weights(path)
-        except (ValueError, KeyError, OSError) as error:
-            raise ValueError(
-                f"{path}: cannot load into the configured model ({error}); does the "
-                f"configuration match the one the checkpoint was trained with?"
-            ) from None
+        model = load_checkpoint_model(config.model, checkpoint)
         return cls(model, config.data, config.eval.mask_threshold, config.eval.mask_paste)
 
     def predict_batch(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -128,10 +118,12 @@ class Predictor:
           the target image (``H x W`` source or resized pixels as ``source_pixels`` says):
 
           - with detections: ``boxes [n, 4]``, ``scores [n]`` float32, ``classes [n]``
-            int32 0-based; Mask R-CNN also ``masks [n, H, W]`` bool (pasted at the target
-            size and thresholded at ``mask_threshold``); Keypoint R-CNN also
-            ``keypoints [n, K, 3]`` float32 ``(x, y, score)`` in the target pixels
-            (continuous coordinates, not clipped);
+            int32 0-based, and each instance head's outputs under their detection keys
+            (``InstanceHead.outputs``), mapped as their ``OutputKind`` says: Mask R-CNN's
+            ``masks [n, H, W]`` bool (box-frame maps pasted at the target size and
+            thresholded at ``mask_threshold``); Keypoint R-CNN's ``keypoints [n, K, 3]``
+            float32 ``(x, y, score)`` in the target pixels (continuous coordinates, not
+            clipped);
           - with proposals: ``proposals [p, 4]``, best first, and ``proposal_scores [p]``
             when the model returns them; segment proposals also ``proposal_masks [p, H, W]``
             bool (each window's mask pasted through its unclipped window, thresholded at
@@ -161,16 +153,22 @@ class Predictor:
             result["boxes"] = boxes
             result["scores"] = outputs["detection_scores"][index, :count].astype(np.float32)
             result["classes"] = outputs["detection_classes"][index, :count].astype(np.int32)
-            if mode.has_masks:
-                masks = outputs["detection_masks"][index : index + 1, :count]
-                pasted = paste_masks(
-                    masks,
-                    boxes[None],
-                    (height, width),
-                    threshold=self.mask_threshold,
-                    method=self.mask_paste,
-                )
-                result["masks"] = np.asarray(pasted[0])
+            for output in head_outputs().values():
+                if output.key not in outputs:
+                    continue
+                values = outputs[output.key][index, :count]
+                if output.kind is OutputKind.BOX_FRAME:
+                    pasted = paste_masks(
+                        values[None],
+                        boxes[None],
+                        (height, width),
+                        threshold=self.mask_threshold,
+                        method=self.mask_paste,
+                    )
+                    result[output.detection_key] = np.asarray(pasted[0])
+                else:
+                    values = output.to_source(values.astype(np.float32), scale[0], scale[1])
+                    result[output.detection_key] = np.asarray(values)
         if "proposals" in outputs:
             count = _valid_count(outputs, "num_proposals", "proposals", index)
             windows = outputs["proposals"][index, :count].reshape(-1, 4).astype(np.float32)
@@ -183,11 +181,6 @@ class Predictor:
                 result["proposal_scores"] = outputs["proposal_scores"][index, :count].astype(
                     np.float32
                 )
-        if "detection_keypoints" in outputs and mode.has_detections:
-            count = len(result["boxes"])
-            keypoints = outputs["detection_keypoints"][index, :count].astype(np.float32)
-            keypoints[..., :2] *= scale[[1, 0]]  # (x, y)
-            result["keypoints"] = keypoints
         return result
 
     def _paste(

@@ -11,6 +11,7 @@ import tensorflow as tf
 from kmask.config import DataConfig
 from kmask.data import transforms
 from kmask.data.category_map import CategoryMap
+from kmask.modeling.roi_heads.instance_head import OutputKind, head_outputs
 from kmask.ops.masks import paste_masks
 
 INPUT_TYPES = ("image_bytes", "image_tensor", "tf_example")
@@ -164,12 +165,13 @@ class InferenceGraph:
     clipped to the image; entries past the count are zero (classes ``-1``):
 
     - detection models: ``detection_boxes [B, N, 4]``, ``detection_scores [B, N]``,
-      ``detection_classes [B, N]`` int32 category ids, ``num_detections [B]`` int32;
-      Mask R-CNN adds ``detection_masks [B, N, M, M]`` float32 probabilities in the box
-      frame and, with ``full_masks``, ``detection_full_masks [B, N, H, W]`` uint8 {0, 1}
-      pasted into a canvas of the largest source image of the batch (``H x W``); with a
-      keypoint head ``detection_keypoints [B, N, K, 3]`` float32 (x, y, score), x and y in
-      source-image pixels;
+      ``detection_classes [B, N]`` int32 category ids, ``num_detections [B]`` int32; and
+      every instance head's outputs (``InstanceHead.outputs``), mapped to source pixels as
+      their ``OutputKind`` says: Mask R-CNN's ``detection_masks [B, N, M, M]`` float32
+      probabilities in the box frame and, with ``full_masks``, ``detection_full_masks [B,
+      N, H, W]`` uint8 {0, 1} pasted into a canvas of the largest source image of the batch
+      (``H x W``); a keypoint head's ``detection_keypoints [B, N, K, 3]`` float32 (x, y,
+      score), x and y in source-image pixels;
     - RPN only: ``proposals [B, P, 4]``, ``proposal_scores [B, P]``, ``num_proposals [B]``;
     - always ``original_size [B, 2]`` int32 ``(height, width)`` of each source image
       (``(0, 0)`` where it did not decode);
@@ -197,9 +199,7 @@ class InferenceGraph:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         num_classes = None if model.roi_heads is None else model.roi_heads.box_head.num_classes
         if categories is None and num_classes is not None:
-            categories = CategoryMap(
-                [{"id": k + 1, "name": f"class_{k + 1}"} for k in range(num_classes)]
-            )
+            categories = CategoryMap.placeholder(num_classes)
         if categories is not None and num_classes not in (None, categories.num_classes):
             raise ValueError(
                 f"categories: {categories.num_classes} categories for a model with "
@@ -385,20 +385,21 @@ class InferenceGraph:
             detection_classes=tf.where(valid, classes, -1),
             num_detections=count,
         )
-        if "detection_masks" in outputs:
-            masks = tf.where(valid[..., None, None], outputs["detection_masks"], 0.0)
-            result["detection_masks"] = masks
-            if full_masks:
+        scale_y, scale_x = (source[:, k : k + 1] / resized[:, k : k + 1] for k in (0, 1))
+        for output in head_outputs().values():
+            if output.key not in outputs:
+                continue
+            values = output.to_source(outputs[output.key], scale_y, scale_x)
+            keep = valid
+            for _ in range(values.shape.rank - 2):
+                keep = keep[..., None]
+            values = tf.where(keep, values, 0.0)
+            result[output.key] = values
+            if full_masks and output.kind is OutputKind.BOX_FRAME:
                 canvas = tf.reduce_max(tf.concat([original_size, [[1, 1]]], 0), axis=0)
                 pasted = paste_masks(
-                    masks, boxes, canvas, threshold=self.mask_threshold, method=self.mask_paste
+                    values, boxes, canvas, threshold=self.mask_threshold, method=self.mask_paste
                 )
                 pasted = tf.logical_and(pasted, valid[..., None, None])
-                result["detection_full_masks"] = tf.cast(pasted, tf.uint8)
-        if "detection_keypoints" in outputs:
-            # (x, y, score) in resized pixels -> source pixels; the score is kept.
-            xy_scale = tf.reverse(source / resized, axis=[1])[:, None, None, :]  # [B,1,1,2]
-            keypoints = outputs["detection_keypoints"]
-            keypoints = tf.concat([keypoints[..., :2] * xy_scale, keypoints[..., 2:]], -1)
-            result["detection_keypoints"] = tf.where(valid[..., None, None], keypoints, 0.0)
+                result[output.pasted_key] = tf.cast(pasted, tf.uint8)
         return result

@@ -1,4 +1,4 @@
-"""Keras layer over ``kmask.ops.multilevel_roi_align`` (FPN level assignment)."""
+"""Keras layer over ``kmask.ops.multi_level_roi_align`` (FPN level assignment)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from kmask.ops.levels import level_of
 from kmask.ops.roi_align import (
-    multilevel_roi_align,
+    multi_level_roi_align,
     output_size_pair,
     resolve_implementation,
 )
@@ -81,7 +81,7 @@ class MultiLevelROIAlign(keras.layers.Layer):
         return {by_level[level]: features[by_level[level]] for level in wanted}
 
     def call(self, features: Mapping[str, tf.Tensor], boxes: tf.Tensor) -> tf.Tensor:
-        return multilevel_roi_align(
+        return multi_level_roi_align(
             self._levels(features),
             boxes,
             self.output_size,

@@ -6,7 +6,7 @@ import dataclasses
 
 import keras
 
-from kmask.config import ModelConfig
+from kmask.config import ModelConfig, layer_arguments
 from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling.backbones import build_backbone
 from kmask.modeling.mask_rcnn import MaskRCNN
@@ -14,8 +14,7 @@ from kmask.modeling.necks.fpn import FPN
 from kmask.modeling.proposals.rpn import RPN
 from kmask.modeling.proposals.segment_proposals import SegmentProposals
 from kmask.modeling.roi_heads.box_head import BoxHead
-from kmask.modeling.roi_heads.keypoint_head import KeypointHead
-from kmask.modeling.roi_heads.mask_head import MaskHead
+from kmask.modeling.roi_heads.instance_head import HeadContext, instance_head_class
 from kmask.modeling.roi_heads.res5_head import Res5Head
 from kmask.modeling.roi_heads.roi_heads import ROIHeads
 
@@ -28,10 +27,13 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
 
     Each config section is passed field for field to the layer it configures
     (``model.rpn`` to ``RPN``, ``model.box_head`` to ``BoxHead``, ...); ``model.backbone.type``
-    picks the backbone from the registry (``kmask.modeling.backbones``). The detector mode
-    follows the heads present: Mask R-CNN, Faster R-CNN (``mask_head: null``) or RPN only
-    (``box_head: null``); with ``fpn: null`` and ``res5_head`` it is the ResNet-C4 variant
-    (Mask R-CNN figure 3, left): RPN on C4, conv5 per RoI shared by the heads.
+    picks the backbone from the registry (``kmask.modeling.backbones``); each instance head
+    that is set (``config.instance_heads``: ``model.mask_head``, ``model.keypoint_head``,
+    any registered head's section) is built by its registered class's ``from_section``.
+    The detector mode follows the heads present: Mask R-CNN, Faster R-CNN (``mask_head:
+    null``) or RPN only (``box_head: null``); with ``fpn: null`` and ``res5_head`` it is
+    the ResNet-C4 variant (Mask R-CNN figure 3, left): RPN on C4, conv5 per RoI shared by
+    the heads.
 
     The layers take the global Keras dtype policy at construction, so set
     ``keras.mixed_precision.set_global_policy("mixed_bfloat16")`` (or ``mixed_float16``)
@@ -57,43 +59,39 @@ def build_mask_rcnn(config: ModelConfig) -> MaskRCNN:
             f"the RoI heads pool from P{_POOLER_LEVELS[0]}..P{_POOLER_LEVELS[1]}; "
             f"model.fpn levels are P{config.fpn.min_level}..P{config.fpn.max_level}"
         )
-    backbone_args = dataclasses.asdict(config.backbone)
-    backbone = build_backbone(backbone_args.pop("type"), **backbone_args, name="backbone")
+    backbone = build_backbone(
+        config.backbone.type, **config.backbone.layer_arguments(), name="backbone"
+    )
     shared_head = None
     if config.res5_head is not None:
-        layout = ("norm", "norm_epsilon", "stride_in_1x1", "conv_bias", "groups", "width_per_group")
+        resnet = config.backbone.resnet  # conv5's layout is the backbone's, but its depth
         shared_head = Res5Head(
-            **dataclasses.asdict(config.res5_head),
-            **{key: backbone_args[key] for key in layout},
+            **layer_arguments(config.res5_head),
+            **{key: value for key, value in dataclasses.asdict(resnet).items() if key != "depth"},
             roi_align_implementation=config.roi_align_implementation,
             name="res5_head",
         )
+        shared_head.freeze(config.backbone.freeze_at)  # conv5 is the backbone's stage 5
         if config.backbone.weights is not None:
-            shared_head.load_backbone_weights(config.backbone.weights, config.backbone.depth)
-    head_args = {
-        "num_classes": config.num_classes,
-        # Heads under a shared head run on its pooled maps (no pooler of their own).
-        "pooler_levels": None if shared_head is not None else _POOLER_LEVELS,
-        "roi_align_implementation": config.roi_align_implementation,
-    }
+            shared_head.load_backbone_weights(config.backbone.weights, resnet.depth)
+    # Heads under a shared head run on its pooled maps (no pooler of their own).
+    context = HeadContext(
+        num_classes=config.num_classes,
+        pooler_levels=None if shared_head is not None else _POOLER_LEVELS,
+        roi_align_implementation=config.roi_align_implementation,
+    )
     roi_heads = None
     if config.box_head is not None:
-        instance_heads = []
-        if config.mask_head is not None:
-            instance_heads.append(
-                MaskHead(**dataclasses.asdict(config.mask_head), **head_args, name="mask_head")
-            )
-        if config.keypoint_head is not None:
-            instance_heads.append(
-                KeypointHead(
-                    **dataclasses.asdict(config.keypoint_head),
-                    pooler_levels=_POOLER_LEVELS,
-                    roi_align_implementation=config.roi_align_implementation,
-                    name="keypoint_head",
-                )
-            )
+        instance_heads = [
+            instance_head_class(section).from_section(values, context)
+            for section, values in config.instance_heads.items()
+        ]
         roi_heads = ROIHeads(
-            BoxHead(**dataclasses.asdict(config.box_head), **head_args, name="box_head"),
+            BoxHead(
+                **layer_arguments(config.box_head),
+                **dataclasses.asdict(context),
+                name=BoxHead.section,
+            ),
             instance_heads,
             **dataclasses.asdict(config.roi_heads),
             shared_head=shared_head,

@@ -7,9 +7,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-# Target keys of the data pipeline's batches (everything else is a model input); "seed"
-# is each image's random seed, which the stages' sampling is a stateless function of.
-TARGET_KEYS = ("gt_boxes", "gt_classes", "gt_masks", "gt_keypoints", "seed")
+from kmask.modeling.roi_heads.instance_head import target_keys
+
 # Feature keys passed through ``predict`` next to the detections.
 PASSTHROUGH_KEYS = ("image_id", "image_size", "original_size")
 _STAGES = ("normalizer", "backbone", "fpn", "rpn", "roi_heads")
@@ -33,8 +32,10 @@ class MaskRCNN(keras.Model):
     {"images" [B, H, W, 3] float32 RGB 0..255 (padded bottom/right), "image_size" [B, 2]
     int32 (h, w) of the valid area, "original_size", "image_id"}`` and ``targets =
     {"gt_boxes" [B, G, 4] float32 (y1, x1, y2, x2) pixels, "gt_classes" [B, G] int32
-    0-based (-1 padding), "gt_masks" [B, G, M, M] uint8 box-frame masks, "seed" [B] int64
-    (optional)}``. With ``seed`` (the pipeline's training batches have it) the RPN's and
+    0-based (-1 padding), "seed" [B] int64 (optional)}`` plus what the instance heads read
+    (their ``target_keys``: "gt_masks" [B, G, M, M] uint8 box-frame masks,
+    "gt_keypoints", ...; ``kmask.modeling.roi_heads.instance_head.target_keys`` lists
+    them). With ``seed`` (the pipeline's training batches have it) the RPN's and
     the RoI stage's random sampling is a stateless function of each image's seed, so
     training is a pure function of the data; without it the sampling draws from
     TensorFlow's stateful random ops.
@@ -114,7 +115,7 @@ class MaskRCNN(keras.Model):
         pyramid = self.backbone(images, training=training)
         if self.fpn is not None:
             pyramid = self.fpn(pyramid, training=training)
-        targets = {key: inputs[key] for key in TARGET_KEYS if key in inputs} or None
+        targets = {key: inputs[key] for key in target_keys() if key in inputs} or None
         proposals, losses = self.rpn(pyramid, image_size, targets=targets, training=training)
         if targets is not None:
             if self.roi_heads is not None:
@@ -177,7 +178,8 @@ class MaskRCNN(keras.Model):
         ``original_size`` when the features carry them.
         """
         features = data[0] if isinstance(data, (tuple, list)) else data
-        inputs = {key: value for key, value in features.items() if key not in TARGET_KEYS}
+        ground_truth = target_keys()
+        inputs = {key: value for key, value in features.items() if key not in ground_truth}
         outputs = self(inputs, training=False)
         passthrough = {key: inputs[key] for key in PASSTHROUGH_KEYS if key in inputs}
         return {**outputs, **passthrough}

@@ -5,6 +5,9 @@ pixel index ``i`` is ``i + 0.5``). A RoI ``(y1, x1, y2, x2)`` is divided into an
 grid (``m = 56``); cell ``(i, j)`` spans ``y1 + [i, i + 1) * h / m`` and
 ``x1 + [j, j + 1) * w / m``. This is detectron2's ``keypoints_to_heatmap`` and
 torchvision's ``keypoints_to_heatmap_labels`` (Heckbert 1990: ``c = d + 0.5``).
+
+Keypoints are ``(x, y, v)`` (ground truth) and ``(x, y, score)`` (detections), COCO's order,
+while boxes stay ``(y1, x1, y2, x2)`` as everywhere in kmask.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ def keypoint_targets(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One-hot heatmap targets of each RoI's matched ground-truth keypoints.
 
-    A keypoint at ``(y, x)`` falls in cell ``(floor((y - y1) m / h), floor((x - x1) m / w))``
+    A keypoint at ``(x, y)`` falls in cell ``(floor((y - y1) m / h), floor((x - x1) m / w))``
     of the RoI (a keypoint exactly on the bottom/right edge goes to the last cell). It is a
     target when it is labelled (``v > 0``: COCO's visible 2 and occluded-but-labelled 1)
     and the cell is inside the grid; keypoints outside the RoI give no target.
 
     Args:
-      gt_keypoints: [B, G, K, 3] float32 ``(y, x, v)`` in pixels (``kmask.data``).
+      gt_keypoints: [B, G, K, 3] float32 ``(x, y, v)`` in pixels (``kmask.data``; COCO's
+        order, and the order of ``heatmaps_to_keypoints``'s ``(x, y, score)``).
       rois: [B, Q, 4] float32 ``(y1, x1, y2, x2)`` pixels.
       matched_index: [B, Q] int32 ground-truth index of each RoI.
       heatmap_size: m.
@@ -38,7 +42,7 @@ def keypoint_targets(
       valid) and bool [B, Q, K].
     """
     keypoints = tf.gather(tf.cast(gt_keypoints, tf.float32), matched_index, batch_dims=1)
-    y, x, v = tf.unstack(keypoints, axis=-1)  # [B, Q, K]
+    x, y, v = tf.unstack(keypoints, axis=-1)  # [B, Q, K]
     y1, x1, y2, x2 = (c[..., None] for c in tf.unstack(tf.cast(rois, tf.float32), axis=-1))
     size = float(heatmap_size)
 

@@ -31,7 +31,7 @@ from kmask.ops.levels import level_of
 from kmask.ops.roi_align_tf import (
     MAX_GRID,
     MAX_OUTPUT_SIZE,
-    multilevel_roi_align_tf,
+    multi_level_roi_align_tf,
     roi_align_tf,
 )
 
@@ -215,7 +215,7 @@ def _levels(features: Mapping[str, tf.Tensor]) -> dict[int, tf.Tensor]:
     return levels
 
 
-def multilevel_roi_align(
+def multi_level_roi_align(
     features: Mapping[str, tf.Tensor],
     boxes: tf.Tensor,
     output_size: int | Sequence[int],
@@ -242,7 +242,7 @@ def multilevel_roi_align(
     boxes = tf.cast(boxes, tf.float32)
     box_levels = assign_levels(boxes, keys[0], keys[-1])
     if resolve_implementation(implementation) == "tf":
-        return multilevel_roi_align_tf(
+        return multi_level_roi_align_tf(
             levels, boxes, box_levels, (out_h, out_w), sampling_ratio, aligned
         )
     # Custom op: one call per level (not per box) on that level's boxes, stitched back.

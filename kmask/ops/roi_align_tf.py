@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -161,38 +162,33 @@ def pool_flat(
     count = tf.cast(tf.maximum(grid_h * grid_w, 1), acc_dtype)
     inv_count = tf.where(finite, 1.0 / count, tf.zeros_like(count))
 
-    pool = _pool_function((out_h, out_w), acc_dtype)
-    return pool(
-        flat_features,
-        start_h,
-        start_w,
-        bin_h,
-        bin_w,
-        grid_h,
-        grid_w,
-        first_y,
-        first_x,
-        count_y,
-        count_x,
-        inv_count,
-        base,
-        height,
-        width,
+    geometry = _Geometry(
+        start_h, start_w, bin_h, bin_w, grid_h, grid_w, first_y, first_x, count_y, count_x
     )
+    pool = _pool_function((out_h, out_w), acc_dtype)
+    return pool(flat_features, inv_count, base, height, width, *geometry)
+
+
+class _Geometry(NamedTuple):
+    """Where each box samples: float32 [K] start and bin size per axis (in map pixels),
+    int32 [K] samples per bin per axis (``grid_*``), and ``_sample_window``'s int32
+    [K, out] first in-map sample of each bin and [K] samples per bin that may be in the map."""
+
+    start_h: tf.Tensor
+    start_w: tf.Tensor
+    bin_h: tf.Tensor
+    bin_w: tf.Tensor
+    grid_h: tf.Tensor
+    grid_w: tf.Tensor
+    first_y: tf.Tensor
+    first_x: tf.Tensor
+    count_y: tf.Tensor
+    count_x: tf.Tensor
 
 
 def _corners(
     sample: tf.Tensor,
-    start_h: tf.Tensor,
-    start_w: tf.Tensor,
-    bin_h: tf.Tensor,
-    bin_w: tf.Tensor,
-    grid_h: tf.Tensor,
-    grid_w: tf.Tensor,
-    first_y: tf.Tensor,
-    first_x: tf.Tensor,
-    count_y: tf.Tensor,
-    count_x: tf.Tensor,
+    geometry: _Geometry,
     base: tf.Tensor,
     height: tf.Tensor,
     width: tf.Tensor,
@@ -202,8 +198,10 @@ def _corners(
     """(row index [K,oh,ow], weight [K,oh,ow] in `dtype`) of the 4 neighbours of sample
     number `sample` of every bin of every box: (jy, jx) = divmod(sample, count_x[k]) per box,
     the sample (first_y[k, bin] + jy, first_x[k, bin] + jx) of each bin (``_sample_window``),
-    so the loop runs max(count_y * count_x) times rather than max(count_y) * max(count_x)."""
+    so the loop runs max(count_y * count_x) times rather than max(count_y) * max(count_x).
+    ``base``, ``height``, ``width``: [K] int32 first row and size of each box's map."""
     out_h, out_w = output_size
+    start_h, start_w, bin_h, bin_w, grid_h, grid_w, first_y, first_x, count_y, count_x = geometry
     columns_per_row = tf.maximum(count_x, 1)
     jy, jx = sample // columns_per_row, sample % columns_per_row
     iy = first_y + jy[:, None]
@@ -252,42 +250,20 @@ def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
     @tf.custom_gradient
     def pool(
         flat: tf.Tensor,
-        start_h: tf.Tensor,
-        start_w: tf.Tensor,
-        bin_h: tf.Tensor,
-        bin_w: tf.Tensor,
-        grid_h: tf.Tensor,
-        grid_w: tf.Tensor,
-        first_y: tf.Tensor,
-        first_x: tf.Tensor,
-        count_y: tf.Tensor,
-        count_x: tf.Tensor,
         inv_count: tf.Tensor,
         base: tf.Tensor,
         height: tf.Tensor,
         width: tf.Tensor,
+        *geometry_tensors: tf.Tensor,
     ):
-        geometry = (
-            start_h,
-            start_w,
-            bin_h,
-            bin_w,
-            grid_h,
-            grid_w,
-            first_y,
-            first_x,
-            count_y,
-            count_x,
-            base,
-            height,
-            width,
-        )
-        num_samples = _num_samples(count_y, count_x)
+        geometry = _Geometry(*geometry_tensors)
+        maps = (base, height, width)
+        num_samples = _num_samples(geometry.count_y, geometry.count_x)
         scale = inv_count[:, None, None, None]
-        out_shape = tf.stack([tf.shape(start_h)[0], *output_size, tf.shape(flat)[-1]])
+        out_shape = tf.stack([tf.shape(geometry.start_h)[0], *output_size, tf.shape(flat)[-1]])
 
         def forward_step(sample: tf.Tensor, acc: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            for index, weight in _corners(sample, *geometry, output_size, acc_dtype):
+            for index, weight in _corners(sample, geometry, *maps, output_size, acc_dtype):
                 acc += weight[..., None] * tf.cast(tf.gather(flat, index), acc_dtype)
             return sample + 1, acc
 
@@ -303,7 +279,7 @@ def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
             def backward_step(
                 sample: tf.Tensor, grad_flat: tf.Tensor
             ) -> tuple[tf.Tensor, tf.Tensor]:
-                for index, weight in _corners(sample, *geometry, output_size, acc_dtype):
+                for index, weight in _corners(sample, geometry, *maps, output_size, acc_dtype):
                     updates = weight[..., None] * upstream
                     grad_flat = tf.tensor_scatter_nd_add(grad_flat, index[..., None], updates)
                 return sample + 1, grad_flat
@@ -313,7 +289,7 @@ def _pool_function(output_size: tuple[int, int], acc_dtype: tf.DType):
                 backward_step,
                 (tf.constant(0), tf.zeros(tf.shape(flat), acc_dtype)),
             )
-            return (tf.cast(grad_flat, flat.dtype),) + (None,) * 14
+            return (tf.cast(grad_flat, flat.dtype),) + (None,) * (4 + len(geometry))
 
         return tf.cast(acc * scale, flat.dtype), grad
 
@@ -377,7 +353,7 @@ def _concat_rows(parts: list[tf.Tensor]) -> tf.Tensor:
     return concat(*parts)
 
 
-def multilevel_roi_align_tf(
+def multi_level_roi_align_tf(
     features: Mapping[int, tf.Tensor],
     boxes: tf.Tensor,
     levels: tf.Tensor,

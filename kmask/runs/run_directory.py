@@ -33,7 +33,8 @@ from kmask.config import Config, ModelConfig, config_to_dict, load_config
 from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import write_atomic
 from kmask.data.output_folder import OutputFolder
-from kmask.errors import RunLockedError
+from kmask.errors import ConfigError, RunLockedError
+from kmask.runs.checkpoints import latest_checkpoint
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -129,11 +130,21 @@ class RunDirectory:
             categories.check_model(model.num_classes, head.num_keypoints if head else 0)
         return categories
 
-    def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint, or None (see ``CheckpointCallback.latest``)."""
-        from kmask.training.checkpoint_callback import CheckpointCallback
+    def check_categories(self, categories: CategoryMap) -> None:
+        """Raises ``ConfigError`` when the run has a ``categories.json`` whose category ids
+        differ from ``categories`` (the training data of a resumed run)."""
+        if not self.categories_path.is_file():
+            return
+        saved = self.load_categories()
+        if saved.category_ids != categories.category_ids:
+            raise ConfigError(
+                f"the training data's category ids {list(categories.category_ids)} differ "
+                f"from the run's {self.categories_path}: {list(saved.category_ids)}"
+            )
 
-        return CheckpointCallback.latest(self.checkpoints_dir)
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint, or None (``kmask.runs.checkpoints``)."""
+        return latest_checkpoint(self.checkpoints_dir)
 
     @classmethod
     def of_checkpoint(cls, checkpoint: str | os.PathLike[str]) -> RunDirectory:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,28 +15,17 @@ import keras
 import numpy as np
 
 from kmask.errors import CheckpointWriteError, NonFiniteLossError
-from kmask.runs.run_directory import atomic_write_json
+from kmask.runs.checkpoints import (
+    STATE_ATTRIBUTE,
+    all_checkpoints,
+    checkpoint_name,
+    latest_checkpoint,
+    write_pointer,
+)
 from kmask.training.optimizer import optimizer_step
 
-_NAME = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
-POINTER = "checkpoint"
 # Free space kept beyond the variables' bytes (HDF5 metadata, the pointer file).
 _HEADROOM = 16 * 2**20
-# Attribute of a checkpoint file's root group that holds the ``state`` JSON.
-STATE_ATTRIBUTE = "kmask_state"
-
-
-def checkpoint_name(step: int) -> str:
-    """File name of the checkpoint after ``step`` optimizer steps."""
-    return f"ckpt-{step:08d}.weights.h5"
-
-
-def checkpoint_step(path: str | os.PathLike[str]) -> int:
-    """The step a checkpoint file name encodes (``ValueError`` for other names)."""
-    match = _NAME.match(Path(path).name)
-    if match is None:
-        raise ValueError(f"{path}: not a kmask checkpoint name (ckpt-NNNNNNNN.weights.h5)")
-    return int(match.group(1))
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -55,7 +43,8 @@ class CheckpointCallback(keras.callbacks.Callback):
     ``state``, when given, is called at each save; what it returns (JSON) is written into
     the same file, as the ``kmask_state`` attribute of its root group, before the file is
     renamed into place, so it is always that of the checkpoint's step (the ``Trainer``
-    keeps its input stream position there). ``read_state`` reads it back; Keras'
+    keeps its input stream position there). ``kmask.runs.checkpoints`` names, lists and
+    restores the checkpoints and reads the state back (``read_checkpoint_state``); Keras'
     ``load_weights`` ignores it.
 
     Args:
@@ -86,52 +75,6 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.is_chief = is_chief
         self.state = state
         self.last_saved_step: int | None = None
-
-    # ------------------------------------------------------------------ reading
-
-    @staticmethod
-    def all_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
-        """The complete checkpoints in ``directory``, oldest first."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            return []
-        found = [p for p in directory.iterdir() if _NAME.match(p.name)]
-        return sorted(found, key=checkpoint_step)
-
-    @staticmethod
-    def latest(directory: str | os.PathLike[str]) -> Path | None:
-        """The checkpoint the pointer file names, or the newest file when the pointer is
-        missing or stale; None when there is no checkpoint."""
-        directory = Path(directory)
-        pointer = directory / POINTER
-        if pointer.is_file():
-            try:
-                name = json.loads(pointer.read_text())["latest"]
-                if (directory / name).is_file():
-                    return directory / name
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass
-        found = CheckpointCallback.all_checkpoints(directory)
-        return found[-1] if found else None
-
-    @staticmethod
-    def read_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-        """The ``state`` saved in the checkpoint ``path``; None when it has none.
-
-        Raises:
-          OSError: the file cannot be read as HDF5.
-          ValueError: the state is not a JSON object.
-        """
-        with h5py.File(path, "r") as handle:
-            text = handle.attrs.get(STATE_ATTRIBUTE)
-        if text is None:
-            return None
-        state = json.loads(text)
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: the saved state is not a JSON object")
-        return state
-
-    # ------------------------------------------------------------------ writing
 
     def _saved(self) -> list[Any]:
         """The variables a checkpoint holds: the model's and its optimizer's."""
@@ -170,7 +113,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / checkpoint_name(step)
         temporary = self.directory / f".tmp-{os.getpid()}-{final.name}"
-        older = [p for p in self.all_checkpoints(self.directory) if p != final]
+        older = [p for p in all_checkpoints(self.directory) if p != final]
         kept = (older[-(self.keep - 1) :] if self.keep > 1 else []) + [final]
         # A write that fails half-way leaves HDF5 in a state that can crash the process at
         # exit: refuse up front when the disk cannot hold the checkpoint.
@@ -178,7 +121,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         free = shutil.disk_usage(self.directory).free
         if free < needed + _HEADROOM:
             error = OSError(errno.ENOSPC, f"{free} bytes free, about {needed} needed")
-            raise CheckpointWriteError(final, error, self.latest(self.directory))
+            raise CheckpointWriteError(final, error, latest_checkpoint(self.directory))
         try:
             self.model.save_weights(temporary)
             if self.state is not None:
@@ -187,12 +130,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             with open(temporary, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(temporary, final)
-            atomic_write_json(
-                self.directory / POINTER,
-                {"latest": final.name, "step": step, "checkpoints": [p.name for p in kept]},
-            )
+            write_pointer(self.directory, final, kept)
         except OSError as error:  # a full disk, a file size limit, ...
-            raise CheckpointWriteError(final, error, self.latest(self.directory)) from None
+            raise CheckpointWriteError(final, error, latest_checkpoint(self.directory)) from None
         finally:
             temporary.unlink(missing_ok=True)
         for old in older:

@@ -12,7 +12,8 @@ from kmask.training.trainable_preset import TrainablePreset
 
 class TrainablePhaseCallback(keras.callbacks.Callback):
     """Trains with the ``first`` preset until optimizer step ``switch_step``, then with
-    ``then`` (``train.heads_first_steps``: the heads first, then more of the backbone).
+    ``then`` (``train.heads_first_steps``: the heads first, then the preset of
+    ``model.backbone.freeze_at``, ``TrainablePreset.freezing``).
 
     The phase follows the optimizer step, so a resumed run continues in the right phase.
     At each change the model's train function is rebuilt (one retrace), because its

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -15,20 +16,22 @@ import tensorflow as tf
 from kmask.config import Config, ConfigError
 from kmask.data.builder import open_dataset
 from kmask.data.category_map import CategoryMap
-from kmask.data.pipeline import POSITION_KEY
 from kmask.data.stream_position import STREAM_START, StreamPosition
 from kmask.errors import DataError
 from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches
 from kmask.evaluation.predictor import Predictor
 from kmask.modeling.factory import build_mask_rcnn
 from kmask.modeling.mask_rcnn import MaskRCNN
+from kmask.runs.checkpoints import read_checkpoint_state, restore_checkpoint
 from kmask.runs.run_directory import RunDirectory
-from kmask.training.checkpoint_callback import CheckpointCallback, checkpoint_step
+from kmask.training.batch_counter import BatchCounter
+from kmask.training.checkpoint_callback import CheckpointCallback
 from kmask.training.determinism import Determinism
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
 from kmask.training.optimizer import build_optimizer, optimizer_step
 from kmask.training.strategy import is_chief
+from kmask.training.stream_position_recorder import StreamPositionRecorder
 from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainable_phase_callback import TrainablePhaseCallback
 from kmask.training.trainable_preset import TrainablePreset
@@ -72,8 +75,9 @@ class Trainer:
 
     Fine-tuning: a new run (no checkpoint) with ``train.init_from`` starts from another
     kmask model's weights (``WeightTransfer``: by name, class-dependent layers
-    re-initialized when the class count differs); ``train.trainable`` picks the backbone
-    stages that train (``TrainablePreset``) and ``train.heads_first_steps`` trains the
+    re-initialized when the class count differs); ``model.backbone.freeze_at`` (or its
+    alias ``train.trainable``, a ``TrainablePreset`` name) picks the backbone stages that
+    train, conv5 of a ResNet-C4 model included, and ``train.heads_first_steps`` trains the
     heads alone first (``TrainablePhaseCallback``).
 
     Exact resume: training is a pure function of the configuration and the data. The
@@ -82,7 +86,7 @@ class Trainer:
     number, each image's augmentation and the model's anchor and RoI sampling stateless
     functions of a seed derived from the image's position in the stream. Every checkpoint
     holds, besides the weights and the optimizer (step, momentum, loss scale), the stream
-    position after the last batch trained on (``CheckpointCallback.read_state``). A run
+    position after the last batch trained on (``StreamPositionRecorder``). A run
     killed at any moment (SIGKILL included, during a step or a checkpoint write) and
     resumed therefore ends, on the CPU, with weights bit-identical to the uninterrupted
     run's, given the process settings of ``train.deterministic`` (``Determinism``: op
@@ -174,13 +178,8 @@ class Trainer:
                 f"{list(categories.keypoint_names)}; set model.keypoint_head.num_keypoints to "
                 "that number (model.keypoint_head: null for data without keypoints)"
             )
-        if resume and self.run.categories_path.is_file():
-            saved = self.run.load_categories()
-            if saved.category_ids != categories.category_ids:
-                raise ConfigError(
-                    f"the training data's category ids {list(categories.category_ids)} differ "
-                    f"from the run's {self.run.categories_path}: {list(saved.category_ids)}"
-                )
+        if resume:
+            self.run.check_categories(categories)
 
     def _global_batch_size(self) -> int:
         batch = self.config.train.batch_size
@@ -201,8 +200,6 @@ class Trainer:
             with self.strategy.scope():
                 model = build_mask_rcnn(self.config.model)
                 model.build({"images": (None, None, None, 3)})
-                if self.config.train.trainable is not None:  # before the optimizer is built
-                    TrainablePreset(self.config.train.trainable).apply(model)
                 model.compile(optimizer=build_optimizer(self.config.train, global_batch_size))
                 model.optimizer.build(model.trainable_variables)
         finally:
@@ -240,7 +237,7 @@ class Trainer:
             callbacks.append(
                 TrainablePhaseCallback(
                     TrainablePreset("heads"),
-                    TrainablePreset(config.train.trainable),
+                    TrainablePreset.freezing(config.model.backbone.freeze_at),
                     config.train.heads_first_steps,
                 )
             )
@@ -344,19 +341,8 @@ class Trainer:
             print(f"already trained to step {step} (train.max_steps={config.train.max_steps})")
             return self.history
 
-        # The stream position after the last batch trained on, kept by the train step.
-        with self.strategy.scope():
-            position = tf.Variable(
-                start.key,
-                dtype=tf.int64,
-                trainable=False,
-                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-            )
-        model.train_step = _recording_position(model.train_step, position)
-
-        def stream_position() -> StreamPosition:
-            return StreamPosition.from_key(int(position.numpy()))
-
+        position = StreamPositionRecorder(start, self.strategy)
+        model.train_step = position.recording(model.train_step)
         # Saved at the end of the whole run, not at the end of each fit call.
         checkpoints = CheckpointCallback(
             self.run.checkpoints_dir,
@@ -365,11 +351,11 @@ class Trainer:
             save_on_train_end=False,
             is_chief=self.is_chief,
             state=lambda: {
-                "stream_position": stream_position().to_dict(),
+                "stream_position": position.value().to_dict(),
                 "intra_op_threads": Determinism.intra_op_threads(),
             },
         )
-        counter = _BatchCounter()
+        counter = BatchCounter()
         callbacks = [
             counter,
             *self._callbacks(model, categories, checkpoints),
@@ -382,7 +368,7 @@ class Trainer:
                 counter.batches = 0
                 try:
                     history = model.fit(
-                        self.dataset(stream_position()),
+                        self.dataset(position.value()),
                         initial_epoch=initial_epoch,
                         epochs=epochs,
                         steps_per_epoch=steps,
@@ -402,69 +388,47 @@ class Trainer:
         checkpoints.save(optimizer_step(model))
         return self.history
 
-    def _restore(self, model: MaskRCNN, latest: os.PathLike[str]) -> tuple[int, StreamPosition]:
-        """Loads the newest intact checkpoint, ``latest`` first; returns its step and the
-        stream position it saved.
+    def _restore(self, model: MaskRCNN, latest: Path) -> tuple[int, StreamPosition]:
+        """Loads the newest intact checkpoint, ``latest`` first (``restore_checkpoint``:
+        damaged ones are skipped with a warning); returns its step and the stream position
+        it saved.
 
-        A checkpoint that cannot be read (truncated, damaged) or whose optimizer step
-        differs from its name is skipped with a warning naming it. One without a stream
-        position (written before kmask saved it) resumes the stream from its start, with
-        a warning that the run will not match an uninterrupted one.
+        One without a stream position (written before kmask saved it) resumes the stream
+        from its start, with a warning that the run will not match an uninterrupted one.
 
         Raises:
           FileNotFoundError: no checkpoint of the run could be loaded.
         """
-        candidates = [latest] + [
-            path
-            for path in reversed(CheckpointCallback.all_checkpoints(self.run.checkpoints_dir))
-            if path != latest
-        ]
-        problems = []
-        for path in candidates:
-            try:
-                model.load_weights(path)
-                step = optimizer_step(model)
-                if step != checkpoint_step(path):
-                    raise ValueError(
-                        f"holds optimizer step {step}, its name says {checkpoint_step(path)}"
-                    )
-                state = CheckpointCallback.read_state(path)
-                start = STREAM_START
-                if state is not None:
-                    start = StreamPosition.from_dict(state.get("stream_position"))
-            except (OSError, ValueError, KeyError, RuntimeError) as error:
-                problem = str(error).splitlines()[0] if str(error) else type(error).__name__
-                problems.append(f"{path}: {problem}")
-                print(
-                    f"kmask: warning: cannot resume from {path} ({problem}); trying an older "
-                    "checkpoint",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                continue
+
+        def read_state(path: Path) -> tuple[dict[str, Any] | None, StreamPosition]:
+            state = read_checkpoint_state(path)
             if state is None:
-                print(
-                    f"kmask: warning: {path} holds no input stream position (an older "
-                    "kmask wrote it); the data restart from the beginning of the stream, so "
-                    "the run will not match an uninterrupted one",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            saved, threads = (state or {}).get("intra_op_threads"), Determinism.intra_op_threads()
-            if self.config.train.deterministic and saved not in (None, threads):
-                print(
-                    f"kmask: warning: {path} was trained with {saved} intra-op threads and "
-                    f"this process has {threads}, which round sums differently: the run will "
-                    "not be bit-identical to an uninterrupted one (give it as many CPUs, or "
-                    f"TF_NUM_INTRAOP_THREADS={saved})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            print(f"resuming from {path} at step {step}", flush=True)
-            return step, start
-        raise FileNotFoundError(
-            f"no intact checkpoint in {self.run.checkpoints_dir}: " + "; ".join(problems)
+                return None, STREAM_START
+            return state, StreamPosition.from_dict(state.get("stream_position"))
+
+        path, step, (state, start) = restore_checkpoint(
+            model, self.run.checkpoints_dir, latest, read_state
         )
+        if state is None:
+            print(
+                f"kmask: warning: {path} holds no input stream position (an older "
+                "kmask wrote it); the data restart from the beginning of the stream, so "
+                "the run will not match an uninterrupted one",
+                file=sys.stderr,
+                flush=True,
+            )
+        saved, threads = (state or {}).get("intra_op_threads"), Determinism.intra_op_threads()
+        if self.config.train.deterministic and saved not in (None, threads):
+            print(
+                f"kmask: warning: {path} was trained with {saved} intra-op threads and "
+                f"this process has {threads}, which round sums differently: the run will "
+                "not be bit-identical to an uninterrupted one (give it as many CPUs, or "
+                f"TF_NUM_INTRAOP_THREADS={saved})",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(f"resuming from {path} at step {step}", flush=True)
+        return step, start
 
     def _initialize_from(self, model: MaskRCNN, source: str, categories: CategoryMap) -> None:
         """Copies the weights of ``source`` (``train.init_from``) into the new model by
@@ -512,34 +476,6 @@ class Trainer:
         if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             model.train_step = _rank_one_logs(model.train_step)
         return self.strategy.scope()
-
-
-class _BatchCounter(keras.callbacks.Callback):
-    """Counts the batches ``fit`` trained on (``batches``, reset by the trainer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches = 0
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.batches += 1
-
-
-def _recording_position(train_step: Any, position: tf.Variable) -> Any:
-    """``train_step`` that also stores in ``position`` the stream position after its
-    global batch: one past the largest ``POSITION_KEY`` of the targets over all replicas
-    (each replica holds a slice of the batch, in stream order)."""
-
-    def step(data: Any) -> dict[str, tf.Tensor]:
-        _, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
-        last = tf.reduce_max(targets[POSITION_KEY])
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            last = tf.reduce_max(context.all_gather(last[tf.newaxis], axis=0))
-        position.assign(last + 1)
-        return train_step(data)
-
-    return step
 
 
 def _rank_one_logs(train_step: Any) -> Any:

@@ -13,33 +13,32 @@ import keras
 import numpy as np
 
 from kmask.errors import WeightTransferError
-
-# Layers whose shapes follow the number of classes (or of keypoints): they are left as the
-# model initialized them when the source's shape differs. A new class-dependent layer
-# (a head's predictor) is added here.
-CLASS_DEPENDENT_LAYERS = (
-    "box_head/cls_score",
-    "box_head/bbox_pred",
-    "mask_head/predictor",
-    "keypoint_head/deconv",
-)
-
-# The class-dependent layers whose output units are per class, as (units per class,
-# whether a background slot always comes first): with a class map (``class_rows``) each
-# class's units are copied from its source class. Units: cls_score one logit per class
-# after the background's; bbox_pred four deltas per class; the mask predictor one map per
-# class; bbox_pred and the mask predictor have a leading background slot when the model
-# predicts one (``predict_background``, recognized by one slot more than classes).
-CLASS_ROW_LAYERS = {
-    "box_head/cls_score": (1, True),
-    "box_head/bbox_pred": (4, False),
-    "mask_head/predictor": (1, False),
-}
+from kmask.modeling.roi_heads.box_head import BoxHead
+from kmask.modeling.roi_heads.instance_head import ClassRows, instance_heads
 
 LOADED = "loaded"
 REINITIALIZED = "re-initialized"
 NEW = "new"
 CLASS_ROWS = "class rows"
+
+
+def class_dependent_layers() -> dict[str, ClassRows | None]:
+    """``{"head/layer": ClassRows or None}``: the layers whose shapes follow the number of
+    classes (or of keypoints), as the box head and every registered instance head declare
+    them (``class_dependent_layers``) under their layer names: ``box_head/cls_score``,
+    ``box_head/bbox_pred``, ``mask_head/predictor``, ``keypoint_head/deconv``, ...
+
+    ``ClassRows`` (units per class, whether a background slot always comes first) marks
+    the layers whose output units are per class: with a class map each class's units are
+    copied from its source class. A layer with a leading background slot only when it
+    predicts one (``predict_background``) is recognized by one slot more than classes.
+    """
+    heads = {BoxHead.section: BoxHead, **instance_heads()}
+    return {
+        f"{section}/{name}": rows
+        for section, head in heads.items()
+        for name, rows in head.class_dependent_layers.items()
+    }
 
 
 def weight_names(model: keras.layers.Layer) -> dict[str, keras.Variable]:
@@ -73,8 +72,9 @@ class WeightTransfer:
     """Copies weights into a model by name, re-initializing the class-dependent layers.
 
     Every weight of the target whose name (``weight_names``) and shape match a source
-    weight is copied exactly (bit for bit). A weight of one of ``CLASS_DEPENDENT_LAYERS``
-    (box classifier and regressor, mask predictor, keypoint predictor) whose shape differs
+    weight is copied exactly (bit for bit). A weight of one of the class-dependent layers
+    (``class_dependent_layers``: box classifier and regressor, mask predictor, keypoint
+    predictor, those of any registered instance head) whose shape differs
     keeps the target's own initialization: that is fine-tuning to another number of
     classes. Target weights that the source does not have (a new head) keep their
     initialization; source weights the target does not have are ignored. Any other shape
@@ -92,7 +92,7 @@ class WeightTransfer:
 
     Class by class (``train.init_class_map``; the Mask R-CNN paper's Cityscapes model
     initialized from COCO): ``class_rows`` names the source class of each class of the
-    target, and the per-class units of ``CLASS_ROW_LAYERS`` (the background's included)
+    target, and the per-class units of the class-row layers (the background's included)
     are copied from their source class, whatever the class counts; a class without a
     source class keeps its initialization::
 
@@ -149,7 +149,7 @@ class WeightTransfer:
             member that fails its CRC check), or a file that cannot be read into its
             configured model.
         """
-        from kmask.evaluation.predictor import Predictor
+        from kmask.runs.inference_source import InferenceSource, load_checkpoint_model
         from kmask.runs.run_directory import RunDirectory
 
         path = Path(path)
@@ -158,10 +158,8 @@ class WeightTransfer:
         run = None
         try:
             if path.is_dir():
-                import kmask
-
                 run = RunDirectory(path)
-                model = kmask.load_model(path)
+                model = InferenceSource.resolve(run=path).load_model()
             elif path.name.endswith(".keras"):
                 import kmask.modeling  # noqa: F401 (registers the classes a .keras file names)
 
@@ -176,7 +174,7 @@ class WeightTransfer:
                         f"directory ({run.config_path} not found) to know the architecture; "
                         "give a run directory, a checkpoint inside one, or a .keras file"
                     )
-                model = Predictor.from_checkpoint(run.load_config(), path).model
+                model = load_checkpoint_model(run.load_config().model, path)
             else:
                 raise WeightTransferError(
                     f"--init-from {path}: expected a run directory, a .weights.h5 checkpoint "
@@ -228,7 +226,7 @@ class WeightTransfer:
     def load_into(
         self,
         model: keras.layers.Layer,
-        class_dependent: Sequence[str] = CLASS_DEPENDENT_LAYERS,
+        class_dependent: Sequence[str] | None = None,
         class_rows: Sequence[int | None] | None = None,
     ) -> list[tuple[str, str, str]]:
         """Copies the matching weights into the built ``model``; see the class docstring.
@@ -238,9 +236,10 @@ class WeightTransfer:
             their stage names, or a single stage layer.
           class_dependent: layer names (``"head/layer"``, matched anywhere in a weight's
             name) whose weights may differ in shape; they are then left as initialized.
+            ``None``: ``class_dependent_layers()``.
           class_rows: the source class (0-based) of each class of the model, or None for
-            a class that keeps its initialization (``class_rows``); the weights of
-            ``CLASS_ROW_LAYERS`` are then copied class by class.
+            a class that keeps its initialization (``class_rows``); the weights of the
+            ``class_dependent_layers()`` with ``ClassRows`` are then copied class by class.
 
         Returns:
           One ``(name, status, why)`` row per target weight, ``status`` one of
@@ -253,6 +252,10 @@ class WeightTransfer:
             copied), or no weight of the model has a name in the source; with
             ``class_rows``, a class-row weight whose units do not fit the class counts.
         """
+        declared = class_dependent_layers()
+        if class_dependent is None:
+            class_dependent = tuple(declared)
+        row_layers = {layer: rows for layer, rows in declared.items() if rows is not None}
         targets = weight_names(model)
         if not targets:
             raise WeightTransferError(
@@ -266,10 +269,10 @@ class WeightTransfer:
                 rows.append((name, NEW, "not in the source: kept its initialization"))
                 continue
             source_shape = tuple(self.weights[name].shape)
-            layer = _class_row_layer(name) if class_rows is not None else None
+            layer = _class_row_layer(name, row_layers) if class_rows is not None else None
             if layer is not None:
                 try:
-                    value, why = self._map_rows(name, variable, layer, class_rows)
+                    value, why = self._map_rows(name, variable, row_layers[layer], class_rows)
                 except WeightTransferError as error:
                     refused.append(str(error))
                     continue
@@ -329,12 +332,13 @@ class WeightTransfer:
         self,
         name: str,
         variable: keras.Variable,
-        layer: str,
+        layout: ClassRows,
         class_rows: Sequence[int | None],
     ) -> tuple[np.ndarray, str]:
-        """The target's value of a ``CLASS_ROW_LAYERS`` weight with the units of each mapped
-        class (and the background's) taken from its source class, and a description."""
-        units, background_first = CLASS_ROW_LAYERS[layer]
+        """The target's value of a class-row weight (``layout``) with the units of each
+        mapped class (and the background's) taken from its source class, and a
+        description."""
+        units, background_first = layout
         source = self.weights[name]
         value = np.array(variable.numpy())
 
@@ -408,6 +412,6 @@ def _check_keras_archive(path: Path) -> None:
         )
 
 
-def _class_row_layer(name: str) -> str | None:
-    """The ``CLASS_ROW_LAYERS`` entry a weight name belongs to, or None."""
-    return next((layer for layer in CLASS_ROW_LAYERS if f"/{layer}/" in f"/{name}"), None)
+def _class_row_layer(name: str, row_layers: Mapping[str, ClassRows]) -> str | None:
+    """The class-row layer (``"head/layer"``) a weight name belongs to, or None."""
+    return next((layer for layer in row_layers if f"/{layer}/" in f"/{name}"), None)

@@ -52,7 +52,7 @@ def test_detectron2_pickle_fills_the_same_weights(
     )
     _, reference = TorchvisionConverter(torchvision_arch).convert(state, "tv")
     mine, theirs = _weights(model), _weights(reference)
-    assert config.model.num_classes == num_classes and config.model.box_head.pooler_aligned
+    assert config.model.num_classes == num_classes and config.model.box_head.pooler.aligned
     for name, value in mine.items():
         expected = theirs[name]
         if name.endswith(("bbox_pred/kernel", "bbox_pred/bias")):
@@ -145,12 +145,9 @@ def test_torchvision_imagenet_backbone_trains_from_its_npz(tmp_path):
     out = tmp_path / "r50"
     kmask.convert.convert_weights("torchvision", pth, "resnet50", out)
     config = kmask.config.load_config(out / "config.yaml")
-    import dataclasses
-
     from kmask.modeling.backbones import build_backbone
 
-    args = dataclasses.asdict(config.model.backbone)
-    backbone = build_backbone(args.pop("type"), **args)
+    backbone = build_backbone(config.model.backbone.type, **config.model.backbone.layer_arguments())
     image = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype(np.float32)
     with torch.no_grad():
         x = torch.from_numpy(image.transpose(0, 3, 1, 2))

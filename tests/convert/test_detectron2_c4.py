@@ -112,7 +112,7 @@ def test_mask_rcnn_r50_c4_matches_the_reference_stage_by_stage(tmp_path):
     )
     model_config = config.model
     assert model_config.fpn is None and model_config.backbone.out_levels == (4,)
-    assert (model_config.res5_head.pooler_resolution, model_config.res5_head.stride) == (14, 2)
+    assert (model_config.res5_head.pooler.resolution, model_config.res5_head.stride) == (14, 2)
     assert model_config.num_classes == _K and model.rpn.head.num_anchors == 15
 
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from kmask.data import CategoryMap, CocoDataset, DataError
+from kmask.data import CategoryMap, COCODataset, DataError
 from kmask.data.coco_fields import decode_rle_string
 from tests.cli_runner import run_kmask
 from tests.toy_data import compressed_rle, png_bytes, random_image, write_coco
@@ -68,11 +68,11 @@ def _write(tmp_path, annotations: list[dict], images: list[dict] | None = None):
 def test_bad_annotation_is_a_named_skip_or_a_strict_error(tmp_path, reason, fields):
     good = _annotation(1, segmentation=_GOOD_RLE)
     path = _write(tmp_path, [good, _annotation(99, **fields)])
-    dataset = CocoDataset(path, tmp_path / "images")
+    dataset = COCODataset(path, tmp_path / "images")
     assert dataset.report.skipped == {reason: 1}
     assert len(dataset.records[0].boxes) == 1  # the good annotation is kept
     with pytest.raises(DataError, match=reason) as error:
-        CocoDataset(path, tmp_path / "images", strict=True)
+        COCODataset(path, tmp_path / "images", strict=True)
     message = str(error.value)
     assert str(path) in message and "image id 1" in message and "one.png" in message
     assert "annotation id 99" in message or "annotation id 'x'" in message
@@ -99,11 +99,11 @@ def test_bad_image_entry_is_skipped_with_its_annotations(tmp_path, fields, reaso
     ]
     annotations = [_annotation(1), _annotation(2, image_id=fields.get("id", 2))]
     path = _write(tmp_path, annotations, images)
-    dataset = CocoDataset(path, tmp_path / "images")
+    dataset = COCODataset(path, tmp_path / "images")
     assert dataset.image_ids == (1,)
     assert dataset.report.skipped[reason] == 1
     with pytest.raises(DataError, match=reason) as error:
-        CocoDataset(path, tmp_path / "images", strict=True)
+        COCODataset(path, tmp_path / "images", strict=True)
     assert str(path) in str(error.value)
 
 
@@ -112,8 +112,8 @@ def test_file_names_outside_the_folder_only_when_allowed(tmp_path):
     outside.write_bytes(png_bytes(random_image(np.random.default_rng(1), H, W)))
     images = [{"id": 1, "file_name": "../elsewhere.png", "height": H, "width": W}]
     path = _write(tmp_path, [_annotation(1)], images)
-    assert len(CocoDataset(path, tmp_path / "images")) == 0
-    allowed = CocoDataset(path, tmp_path / "images", allow_outside_images=True)
+    assert len(COCODataset(path, tmp_path / "images")) == 0
+    allowed = COCODataset(path, tmp_path / "images", allow_outside_images=True)
     assert allowed.load(0) is not None
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from kmask.config import DataConfig
-from kmask.data import CocoDataset, DataError
+from kmask.data import COCODataset, DataError
 from kmask.data.image_io import decode_rgb
 from tests.toy_data import jpeg_bytes, png_bytes, random_image, write_coco
 
@@ -23,7 +23,7 @@ def _by_id(dataset, image_id):
 
 def test_masks_agree_with_pycocotools(mixed_coco):
     json_path, images_dir, _ = mixed_coco
-    dataset = CocoDataset(json_path, images_dir)
+    dataset = COCODataset(json_path, images_dir)
     coco = COCO(str(json_path))
     for record in dataset.records:
         masks = dataset.decode_masks(record)
@@ -39,8 +39,15 @@ def test_masks_agree_with_pycocotools(mixed_coco):
                 np.testing.assert_array_equal(mask, expected)
 
 
+def test_the_0_1_name_cocodataset_is_the_same_class(mixed_coco):
+    from kmask.data import CocoDataset
+
+    assert CocoDataset is COCODataset
+    assert isinstance(CocoDataset(*mixed_coco[:2]), COCODataset)
+
+
 def test_categories_contiguous_in_id_order(mixed_coco):
-    dataset = CocoDataset(*mixed_coco[:2])
+    dataset = COCODataset(*mixed_coco[:2])
     assert dataset.category_ids == (1, 3, 7)
     assert dataset.category_names == ("person", "car", "dog")
     assert dataset.num_classes == 3
@@ -50,7 +57,7 @@ def test_categories_contiguous_in_id_order(mixed_coco):
 
 def test_load_leaves_out_crowd_and_carries_keypoints(mixed_coco):
     json_path, images_dir, masks = mixed_coco
-    dataset = CocoDataset(json_path, images_dir)
+    dataset = COCODataset(json_path, images_dir)
     record, example = _by_id(dataset, 11)
     assert record.is_crowd.tolist() == [False, True, False]
     assert example["classes"].tolist() == [0, 2]  # person, dog; the crowd car is left out
@@ -58,9 +65,9 @@ def test_load_leaves_out_crowd_and_carries_keypoints(mixed_coco):
     assert example["masks"].shape == (2, 48, 64)
     keypoints = example["keypoints"]
     assert keypoints.shape == (2, 17, 3)
-    # COCO (x, y) pixel indices -> continuous (y + .5, x + .5); unlabelled stay zero.
-    np.testing.assert_allclose(keypoints[0, 1], [10.5, 20.5, 2])
-    np.testing.assert_allclose(keypoints[0, 2], [11.5, 25.5, 1])
+    # COCO (x, y) pixel indices -> continuous (x + .5, y + .5); unlabelled stay zero.
+    np.testing.assert_allclose(keypoints[0, 1], [20.5, 10.5, 2])
+    np.testing.assert_allclose(keypoints[0, 2], [25.5, 11.5, 1])
     assert not keypoints[0, 3:].any() and not keypoints[1].any()
     _, example = _by_id(dataset, 12)
     np.testing.assert_array_equal(example["masks"], np.stack([masks["rect"], masks["blob"]]))
@@ -69,11 +76,11 @@ def test_load_leaves_out_crowd_and_carries_keypoints(mixed_coco):
 
 
 def test_images_without_annotations_dropped_for_training_only(mixed_coco):
-    dataset = CocoDataset(*mixed_coco[:2])
+    dataset = COCODataset(*mixed_coco[:2])
     ids = lambda ds: sorted(int(e["image_id"]) for e in ds.as_numpy_iterator())  # noqa: E731
     assert ids(dataset.examples(drop_empty=True)) == [11, 12]
     assert ids(dataset.examples()) == [11, 12, 13]
-    config = DataConfig(min_size=(32,), max_size=64, mask_size=8)
+    config = DataConfig(min_size=(32,), max_size=64, gt_mask_size=8)
     train = dataset.build(config, training=True, batch_size=1)
     val = dataset.build(config, training=False, batch_size=1)
     assert sorted(int(f["image_id"][0]) for f, _ in train) == [11, 12]
@@ -99,17 +106,17 @@ def test_not_coco_json_names_the_missing_key(tmp_path):
         path = tmp_path / "bad.json"
         path.write_text(json.dumps(data))
         with pytest.raises(DataError, match=f"no key '{missing}'") as error:
-            CocoDataset(path, tmp_path / "images")
+            COCODataset(path, tmp_path / "images")
         assert str(path) in str(error.value)
     path.write_text("[1, 2]")
     with pytest.raises(DataError, match="not a COCO annotation file"):
-        CocoDataset(path, tmp_path / "images")
+        COCODataset(path, tmp_path / "images")
     path.write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
-        CocoDataset(path, tmp_path / "images")
+        COCODataset(path, tmp_path / "images")
     path.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
     with pytest.raises(DataError, match=r"images\[0\] has no key 'file_name'"):
-        CocoDataset(path, tmp_path / "images")
+        COCODataset(path, tmp_path / "images")
 
 
 def test_bad_annotations_are_fixed_or_skipped_with_warnings(tmp_path, caplog):
@@ -127,7 +134,7 @@ def test_bad_annotations_are_fixed_or_skipped_with_warnings(tmp_path, caplog):
     ]
     path = write_coco(tmp_path, images, annotations)
     with caplog.at_level(logging.WARNING, logger="kmask.data"):
-        dataset = CocoDataset(path, tmp_path / "images")
+        dataset = COCODataset(path, tmp_path / "images")
     record = dataset.records[0]
     np.testing.assert_allclose(record.boxes, [[2, 0, 8, 6], [3, 3, 8, 8]])
     assert dataset.report.skipped == {
@@ -148,7 +155,7 @@ def test_bad_annotations_are_fixed_or_skipped_with_warnings(tmp_path, caplog):
     assert all("one.png" in m for m in messages if "unknown image id" not in m)
     assert "skipped 1 x zero-area box" in dataset.report.summary()
     with pytest.raises(DataError, match="strict"):
-        CocoDataset(path, tmp_path / "images", strict=True)
+        COCODataset(path, tmp_path / "images", strict=True)
 
 
 def test_bad_images_skipped_and_nothing_crashes_mid_epoch(tmp_path, caplog):
@@ -163,8 +170,8 @@ def test_bad_images_skipped_and_nothing_crashes_mid_epoch(tmp_path, caplog):
     ]
     annotations = [_box_annotation(i, [2, 2, 10, 10]) for i in range(1, 6)]
     path = write_coco(tmp_path, images, annotations)
-    dataset = CocoDataset(path, tmp_path / "images")
-    config = DataConfig(min_size=(32,), max_size=64, mask_size=8, seed=0)
+    dataset = COCODataset(path, tmp_path / "images")
+    config = DataConfig(min_size=(32,), max_size=64, gt_mask_size=8, seed=0)
     with caplog.at_level(logging.WARNING, logger="kmask.data"):
         batches = list(dataset.build(config, training=True, batch_size=1))
     assert [int(f["image_id"][0]) for f, _ in batches] == [1]
@@ -178,7 +185,7 @@ def test_bad_images_skipped_and_nothing_crashes_mid_epoch(tmp_path, caplog):
         assert f"image id {image_id}" in messages and name in messages
     assert "end of the first epoch" in messages and "skipped 2 x corrupt" in messages
 
-    strict = CocoDataset(path, tmp_path / "images", strict=True)
+    strict = COCODataset(path, tmp_path / "images", strict=True)
     with pytest.raises(Exception, match="missing image file"):
         list(strict.build(config, training=False, batch_size=1))
 

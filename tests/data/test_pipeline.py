@@ -26,7 +26,7 @@ def _collect(dataset):
 
 def test_element_format(shapes):
     json_path, images_dir = shapes
-    config = DataConfig(min_size=(40, 56), max_size=70, mask_size=14, max_instances=6, seed=1)
+    config = DataConfig(min_size=(40, 56), max_size=70, gt_mask_size=14, max_instances=6, seed=1)
     dataset = build_dataset(
         config, json_path=json_path, images_dir=images_dir, training=True, batch_size=3
     )
@@ -62,7 +62,7 @@ def test_element_format(shapes):
 
 def test_seed_makes_the_pipeline_repeatable(shapes):
     json_path, images_dir = shapes
-    config = DataConfig(min_size=(32, 48), max_size=64, mask_size=8, max_instances=5, seed=7)
+    config = DataConfig(min_size=(32, 48), max_size=64, gt_mask_size=8, max_instances=5, seed=7)
 
     def two_epochs():
         dataset = build_dataset(
@@ -84,7 +84,7 @@ def test_seed_makes_the_pipeline_repeatable(shapes):
 def test_fixed_image_size_gives_static_shapes(shapes):
     json_path, images_dir = shapes
     config = DataConfig(
-        min_size=(40,), max_size=64, image_size=(64, 64), mask_size=8, max_instances=5
+        min_size=(40,), max_size=64, image_size=(64, 64), gt_mask_size=8, max_instances=5
     )
     source = open_dataset(json_path=json_path.with_name("val.json"), images_dir=images_dir)
     dataset = source.build(config, training=False, batch_size=2)

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from kmask.data import CocoDataset, DataError, ShardDataset, ShardWriter
+from kmask.data import COCODataset, DataError, ShardDataset, ShardWriter
 
 
 def test_truncated_shard_is_refused_by_name(mixed_coco, tmp_path):
     out = tmp_path / "out"
-    paths = ShardWriter(out, num_shards=2).write(CocoDataset(*mixed_coco[:2]), progress=False)
+    paths = ShardWriter(out, num_shards=2).write(COCODataset(*mixed_coco[:2]), progress=False)
     ShardDataset(str(out / "coco-*.tfrecord"))  # intact: accepted
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[: len(data) - 100])
@@ -31,5 +31,5 @@ def test_stale_temporary_shards_of_dead_processes_are_removed(mixed_coco, tmp_pa
     stale.write_bytes(b"half a shard")
     other = out / ".other-00000-of-00001.tfrecord.tmp-1"  # another prefix: left alone
     other.write_bytes(b"x")
-    ShardWriter(out, num_shards=1).write(CocoDataset(*mixed_coco[:2]), progress=False)
+    ShardWriter(out, num_shards=1).write(COCODataset(*mixed_coco[:2]), progress=False)
     assert not stale.exists() and other.exists()

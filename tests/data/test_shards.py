@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from kmask.config import DataConfig
-from kmask.data import CocoDataset, DataError, ShardDataset, ShardWriter, open_dataset
+from kmask.data import COCODataset, DataError, ShardDataset, ShardWriter, open_dataset
 from tests.data.mask_crop_reference import assert_crop_matches, bilinear_reference
 from tests.toy_data import CATEGORIES, jpeg_bytes, png_bytes
 
@@ -19,7 +19,7 @@ def _examples_by_id(dataset):
 
 def test_json_and_shards_give_the_same_examples_and_batches(mixed_coco, tmp_path):
     json_path, images_dir, _ = mixed_coco
-    coco = CocoDataset(json_path, images_dir)
+    coco = COCODataset(json_path, images_dir)
     writer = ShardWriter(tmp_path / "shards", num_shards=2, prefix="mixed")
     paths = writer.write(coco, progress=False)
     assert [p.name for p in paths] == [
@@ -42,7 +42,7 @@ def test_json_and_shards_give_the_same_examples_and_batches(mixed_coco, tmp_path
         np.testing.assert_array_equal(actual["masks"], expected["masks"])
         np.testing.assert_allclose(actual["keypoints"], expected["keypoints"], atol=1e-4)
 
-    config = DataConfig(min_size=(40,), max_size=80, mask_size=16, max_instances=4)
+    config = DataConfig(min_size=(40,), max_size=80, gt_mask_size=16, max_instances=4)
     batches = {}
     for name, source in (("json", coco), ("shards", shards)):
         for features, targets in source.build(config, training=False, batch_size=1):
@@ -139,7 +139,7 @@ def test_object_detection_api_shard_reads_correctly(tmp_path):
     np.testing.assert_array_equal(second_out["masks"][0], expected)
     assert second_out["image_id"] != 4242
 
-    config = DataConfig(min_size=(40,), max_size=80, mask_size=8)
+    config = DataConfig(min_size=(40,), max_size=80, gt_mask_size=8)
     features, targets = next(iter(dataset.build(config, training=False, batch_size=2)))
     assert targets["gt_classes"].numpy()[:, :3].tolist() == [[2, 0, -1], [1, -1, -1]]
 
@@ -156,7 +156,7 @@ def test_shards_need_categories(tmp_path):
 
 def test_interrupted_conversion_leaves_no_shard(mixed_coco, tmp_path):
     json_path, images_dir, _ = mixed_coco
-    dataset = CocoDataset(json_path, images_dir)
+    dataset = COCODataset(json_path, images_dir)
     original = dataset.read_image
     calls = []
 
@@ -175,13 +175,13 @@ def test_interrupted_conversion_leaves_no_shard(mixed_coco, tmp_path):
     (images_dir / "b.png").unlink()
     with pytest.raises(DataError, match="missing image file"):
         ShardWriter(out, num_shards=2).write(
-            CocoDataset(json_path, images_dir, strict=True), progress=False
+            COCODataset(json_path, images_dir, strict=True), progress=False
         )
     assert list(out.iterdir()) == []
 
 
 def test_conversion_refuses_to_mix_with_other_shards(mixed_coco, tmp_path):
-    dataset = CocoDataset(*mixed_coco[:2])
+    dataset = COCODataset(*mixed_coco[:2])
     out = tmp_path / "out"
     ShardWriter(out, num_shards=2).write(dataset, progress=False)
     ShardWriter(out, num_shards=2).write(dataset, progress=False)  # same layout: replaced

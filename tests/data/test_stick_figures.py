@@ -8,7 +8,7 @@ from pycocotools.coco import COCO
 
 from kmask.cli import main
 from kmask.config import DataConfig
-from kmask.data import CategoryMap, CocoDataset, transforms
+from kmask.data import CategoryMap, COCODataset, transforms
 from kmask.data.stick_figures_dataset import KEYPOINT_NAMES, StickFiguresDataset
 
 
@@ -38,7 +38,7 @@ def test_make_shapes_keypoints_writes_coco_person_keypoints(tmp_path):
                 assert mask[int(y + 0.5), int(x + 0.5)]
         visibility.extend(keypoints[:, 2].tolist())
     assert {0, 1, 2} <= set(visibility)  # outside, occluded and visible keypoints occur
-    dataset = CocoDataset(tmp_path / "a" / "val.json", tmp_path / "a")
+    dataset = COCODataset(tmp_path / "a" / "val.json", tmp_path / "a")
     assert dataset.keypoint_names == KEYPOINT_NAMES
 
 
@@ -49,13 +49,13 @@ def test_flip_swaps_left_and_right():
         partner = KEYPOINT_NAMES[permutation[k]]
         assert partner == name.replace("left", "#").replace("right", "left").replace("#", "right")
     keypoints = np.zeros((1, len(KEYPOINT_NAMES), 3), np.float32)
-    keypoints[0, :, 0] = np.arange(len(KEYPOINT_NAMES))  # y
-    keypoints[0, :, 1] = 10.0 + np.arange(len(KEYPOINT_NAMES))  # x
+    keypoints[0, :, 0] = 10.0 + np.arange(len(KEYPOINT_NAMES))  # x
+    keypoints[0, :, 1] = np.arange(len(KEYPOINT_NAMES))  # y
     keypoints[0, :, 2] = 2.0
     flipped = transforms.flip_keypoints_left_right(keypoints, 100.0, permutation).numpy()
     left, right = KEYPOINT_NAMES.index("left_knee"), KEYPOINT_NAMES.index("right_knee")
-    np.testing.assert_allclose(flipped[0, left], [right, 100.0 - (10.0 + right), 2.0])
-    np.testing.assert_allclose(flipped[0, right], [left, 100.0 - (10.0 + left), 2.0])
+    np.testing.assert_allclose(flipped[0, left], [100.0 - (10.0 + right), right, 2.0])
+    np.testing.assert_allclose(flipped[0, right], [100.0 - (10.0 + left), left, 2.0])
     # An explicit flip_map replaces the names' rule.
     custom = [dict(StickFiguresDataset.CATEGORIES[0], flip_map=[["head", "left_wrist"]])]
     swapped = CategoryMap(custom).flip_permutation()
@@ -64,7 +64,7 @@ def test_flip_swaps_left_and_right():
 
 def test_range_sampling_draws_every_size_between_the_bounds():
     config = DataConfig(
-        min_size=(20, 26), min_size_sampling="range", max_size=1000, mask_size=8,
+        min_size=(20, 26), min_size_sampling="range", max_size=1000, gt_mask_size=8,
         horizontal_flip=False,
     )  # fmt: skip
     example = {

@@ -14,7 +14,7 @@ from kmask.data.pipeline import POSITION_KEY, SEED_KEY
 from kmask.data.stream_position import StreamPosition
 from tests.toy_data import write_shapes
 
-_CONFIG = DataConfig(min_size=(24, 32), max_size=32, max_instances=4, mask_size=8, seed=7)
+_CONFIG = DataConfig(min_size=(24, 32), max_size=32, max_instances=4, gt_mask_size=8, seed=7)
 
 
 @pytest.fixture(scope="module")

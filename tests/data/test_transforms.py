@@ -59,9 +59,9 @@ def test_crop_matches_numpy_reference_random_boxes():
 def test_flip_helpers_hand_computed():
     boxes = tf.constant([[1.0, 2.0, 5.0, 7.0]])
     np.testing.assert_allclose(transforms.flip_boxes_left_right(boxes, 10.0), [[1, 3, 5, 8]])
-    keypoints = tf.constant([[[1.0, 2.0, 2.0], [3.0, 4.0, 1.0], [0.0, 0.0, 0.0]]])
+    keypoints = tf.constant([[[2.0, 1.0, 2.0], [4.0, 3.0, 1.0], [0.0, 0.0, 0.0]]])  # (x, y, v)
     flipped = transforms.flip_keypoints_left_right(keypoints, 10.0, [1, 0, 2])
-    np.testing.assert_allclose(flipped[0], [[3, 6, 1], [1, 8, 2], [0, 0, 0]])
+    np.testing.assert_allclose(flipped[0], [[6, 3, 1], [8, 1, 2], [0, 0, 0]])
 
 
 def test_coco_flip_permutation():
@@ -81,8 +81,8 @@ def _example(height=30, width=44):
     image[second > 0] = 80
     boxes = np.array([[4, 4, 20, 24], [3, 30, 9, 42]], np.float32)
     keypoints = np.zeros((2, 17, 3), np.float32)
-    keypoints[0, 1] = [10.5, 8.5, 2]  # left_eye (y, x, v)
-    keypoints[0, 2] = [10.5, 20.5, 1]  # right_eye
+    keypoints[0, 1] = [8.5, 10.5, 2]  # left_eye (x, y, v)
+    keypoints[0, 2] = [20.5, 10.5, 1]  # right_eye
     return {
         "image": image,
         "image_id": np.int64(5),
@@ -115,7 +115,7 @@ def _find_flip_seeds(config):
 
 
 def test_preprocess_geometry_against_numpy():
-    config = DataConfig(min_size=(60,), max_size=100, mask_size=12, max_instances=4, seed=0)
+    config = DataConfig(min_size=(60,), max_size=100, gt_mask_size=12, max_instances=4, seed=0)
     example = _example()
     seeds = _find_flip_seeds(config)
     for flipped, seed in seeds.items():
@@ -130,7 +130,7 @@ def test_preprocess_geometry_against_numpy():
         if flipped:
             expected_boxes[:, [1, 3]] = 88 - expected_boxes[:, [3, 1]]
             # left_eye becomes the right eye, both mirrored.
-            expected_keypoints = expected_keypoints[::-1] * [1, -1] + [0, 88]
+            expected_keypoints = expected_keypoints[::-1] * [-1, 1] + [88, 0]
         np.testing.assert_allclose(targets["gt_boxes"][:2], expected_boxes, rtol=1e-6)
         np.testing.assert_array_equal(targets["gt_boxes"][2:], 0)
         np.testing.assert_array_equal(targets["gt_classes"], [1, 0, -1, -1])
@@ -144,7 +144,7 @@ def test_preprocess_geometry_against_numpy():
         # image's instance pixels in the transformed box reproduces the mask target.
         for k, level in enumerate((40, 80)):
             inside = (np.abs(features["images"][..., 0] - level) < level / 2).astype(np.float64)
-            reference = bilinear_reference(inside, targets["gt_boxes"][k], config.mask_size)
+            reference = bilinear_reference(inside, targets["gt_boxes"][k], config.gt_mask_size)
             assert_crop_matches(targets["gt_masks"][k], reference, tolerance=0.15)
             # And against the source mask in the source box, flipped by hand.
             source = bilinear_reference(example["masks"][k], example["boxes"][k], 12)
@@ -152,7 +152,7 @@ def test_preprocess_geometry_against_numpy():
 
 
 def test_preprocess_evaluation_is_deterministic_and_uses_largest_min_size():
-    config = DataConfig(min_size=(20, 40), max_size=1000, mask_size=8, max_instances=3)
+    config = DataConfig(min_size=(20, 40), max_size=1000, gt_mask_size=8, max_instances=3)
     results = [_run(_example(), config, False, seed) for seed in (1, 2)]
     for features, _ in results:
         assert features["image_size"].tolist() == [40, 59]  # 44 * 40 / 30 = 58.67
@@ -160,14 +160,14 @@ def test_preprocess_evaluation_is_deterministic_and_uses_largest_min_size():
 
 
 def test_preprocess_multiscale_draws_each_size():
-    config = DataConfig(min_size=(20, 40), max_size=1000, mask_size=8, horizontal_flip=False)
+    config = DataConfig(min_size=(20, 40), max_size=1000, gt_mask_size=8, horizontal_flip=False)
     sizes = {tuple(_run(_example(), config, True, s)[0]["image_size"]) for s in range(12)}
     assert sizes == {(20, 29), (40, 59)}
 
 
 def test_preprocess_fixed_image_size_and_truncation():
     config = DataConfig(
-        min_size=(60,), max_size=100, image_size=(48, 64), max_instances=1, mask_size=8
+        min_size=(60,), max_size=100, image_size=(48, 64), max_instances=1, gt_mask_size=8
     )
     features, targets = _run(_example(), config, False, 0)
     assert features["images"].shape == (48, 64, 3)
@@ -183,7 +183,7 @@ def test_preprocess_without_instances():
         masks=np.zeros((0, 30, 44), np.uint8),
         keypoints=np.zeros((0, 17, 3), np.float32),
     )
-    config = DataConfig(min_size=(32,), max_size=64, mask_size=8, max_instances=3)
+    config = DataConfig(min_size=(32,), max_size=64, gt_mask_size=8, max_instances=3)
     _, targets = _run(example, config, True, 0)
     np.testing.assert_array_equal(targets["gt_classes"], [-1, -1, -1])
     assert not targets["gt_masks"].any() and not targets["gt_boxes"].any()

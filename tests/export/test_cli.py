@@ -64,14 +64,14 @@ def test_output_checked_before_the_model_is_loaded(model, config, tmp_path, monk
     before the checkpoint is loaded, let alone converted: loading, converting and exporting
     fail the test here."""
     from kmask import cli
-    from kmask.evaluation import Predictor
     from kmask.export import OnnxExporter, SavedModelExporter
+    from kmask.runs import InferenceSource
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded or converted before the --out check")
 
     run = write_run_directory(tmp_path / "run", model, config)
-    monkeypatch.setattr(Predictor, "from_checkpoint", never)
+    monkeypatch.setattr(InferenceSource, "load_model", never)
     monkeypatch.setattr(OnnxExporter, "convert", never)
     monkeypatch.setattr(SavedModelExporter, "export", never)
     a_file = tmp_path / "notes.txt"

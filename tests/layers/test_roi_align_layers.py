@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from kmask.layers import MultiLevelROIAlign, ROIAlign
-from kmask.ops import multilevel_roi_align
+from kmask.ops import multi_level_roi_align
 from tests.keras_harness import assert_mixed_precision, assert_round_trip
 from tests.ops.roi_align_reference import roi_align_reference
 
@@ -48,7 +48,7 @@ def test_multilevel_layer_ignores_p6_and_keeps_float32_boxes(rng: np.random.Gene
         for k in range(2, 7)
     }
     boxes = tf.constant([[[0.0, 0.0, 100.0, 120.0], [10.0, 10.0, 40.0, 30.0]]])
-    expected = multilevel_roi_align({k: v for k, v in pyramid.items() if k != "P6"}, boxes, 5)
+    expected = multi_level_roi_align({k: v for k, v in pyramid.items() if k != "P6"}, boxes, 5)
     # Under the mixed policies, float32 features give float32 output, exactly the op's.
     runs = assert_mixed_precision(lambda: MultiLevelROIAlign(5), pyramid, boxes)
     for run in runs.values():
@@ -85,3 +85,18 @@ def test_multilevel_layer_in_a_functional_model(rng: np.random.Generator, tmp_pa
     model.save(tmp_path / "m.keras")
     restored = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(restored(feed).numpy(), out.numpy())
+
+
+def test_the_stage_parts_keep_their_0_1_names_in_kmask_layers():
+    """``from kmask.layers import ROISampler`` (kmask 0.1) gives the class that lives with
+    its stage now, and other names are still errors."""
+    import kmask.layers
+    from kmask.layers import AnchorGenerator, ProposalGenerator, ROISampler, RPNTargetAssigner
+    from kmask.modeling import proposals, roi_heads
+
+    assert AnchorGenerator is proposals.AnchorGenerator
+    assert ProposalGenerator is proposals.ProposalGenerator
+    assert RPNTargetAssigner is proposals.RPNTargetAssigner
+    assert ROISampler is roi_heads.ROISampler
+    with pytest.raises(AttributeError, match="has no attribute 'RPN'"):
+        kmask.layers.RPN  # noqa: B018

@@ -117,7 +117,7 @@ def test_several_anchor_sizes_on_one_level_are_size_major():
         (["model.fpn=null", "model.res5_head={}"], "out_levels"),
         (
             ["model.fpn=null", "model.res5_head={}", "model.backbone.out_levels=[4]"],
-            "mask_head.pooler_resolution",
+            "mask_head.pooler.resolution",
         ),
     ],
 )

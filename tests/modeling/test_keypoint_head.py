@@ -41,12 +41,12 @@ def test_small_head_outputs_and_round_trip():
 
 
 def _keypoints(visibility: int) -> np.ndarray:
-    """Keypoints (y, x, v) of the three shapes of ``three_shapes``: at their centres."""
+    """Keypoints (x, y, v) of the three shapes of ``three_shapes``: at their centres."""
     centres = [(40, 36), (94, 40), (100, 80)]
     keypoints = np.zeros((3, NUM_KEYPOINTS, 3), np.float32)
     for i, (y, x) in enumerate(centres):
         for k in range(NUM_KEYPOINTS):
-            keypoints[i, k] = (y + 3 * k, x - 2 * k, visibility)
+            keypoints[i, k] = (x - 2 * k, y + 3 * k, visibility)
     return keypoints
 
 
@@ -105,7 +105,7 @@ def test_fixed_normalizer_divides_by_all_slots():
     keras.utils.set_random_seed(1)
     pyramid = _pyramid(1)
     rois = tf.constant([[[20, 20, 60, 60], [0, 0, 10, 10]]], tf.float32)
-    targets = {"gt_keypoints": tf.constant([[[[30, 30, 2], [40, 50, 1], [0, 0, 0]]]])}
+    targets = {"gt_keypoints": tf.constant([[[[30, 30, 2], [50, 40, 1], [0, 0, 0]]]])}
     args = (pyramid, rois, tf.constant([[0, 0]]), tf.constant([[0, 0]]), targets)
     visible = KeypointHead(NUM_KEYPOINTS, num_conv=1, conv_dim=8, **POOLING)
     fixed = KeypointHead(

@@ -446,7 +446,7 @@ def test_configs_build_the_segment_proposal_stage(name):
 
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="model.segment_proposals replaces the RPN"):
-        ModelConfig(segment_proposals=SegmentProposalsConfig(), mask_head=None)
+        ModelConfig(segment_proposals=SegmentProposalsConfig(), instance_heads={})
     for key, value in [
         ("window_sizes", "[0]"),
         ("canonical_scales", "[64, 32, 128, 256, 512]"),

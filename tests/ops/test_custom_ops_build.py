@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from kmask.errors import BuildError
-from kmask.native import custom_ops
+from kmask.native import cpu_variant, custom_ops
+from kmask.native.compiler import first_error_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,37 +49,37 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("cpu", CPUS, ids=list(CPUS))
 def test_dispatch_picks_the_best_variant_the_cpu_runs(cpu: str) -> None:
     flags, expected = CPUS[cpu]
-    variants = custom_ops.cpu_variants("dispatch", frozenset(flags.split()))
+    variants = cpu_variant.cpu_variants("dispatch", frozenset(flags.split()))
     # The variants compiled do not depend on the building CPU; none enables AVX512-FP16,
     # whose Eigen header does not compile under g++ 12.
     assert [v.name for v in variants] == ["baseline", "avx2", "avx512"]
     assert not any("fp16" in flag and "f16c" not in flag for v in variants for flag in v.flags)
     assert not any("native" in flag for v in variants for flag in v.flags)
-    chosen = custom_ops.select_variant([v.name for v in variants], frozenset(flags.split()))
+    chosen = cpu_variant.select_variant([v.name for v in variants], frozenset(flags.split()))
     assert chosen.name == expected
     # A variant that did not build is never picked.
-    fallback = custom_ops.select_variant(["baseline", "avx2"], frozenset(flags.split()))
+    fallback = cpu_variant.select_variant(["baseline", "avx2"], frozenset(flags.split()))
     assert fallback.name == ("avx2" if expected == "avx512" else expected)
 
 
 @pytest.mark.parametrize("cpu", CPUS, ids=list(CPUS))
 def test_native_masks_the_features_tensorflow_headers_cannot_compile(cpu: str) -> None:
     flags, _ = CPUS[cpu]
-    (variant,) = custom_ops.cpu_variants("native", frozenset(flags.split()))
+    (variant,) = cpu_variant.cpu_variants("native", frozenset(flags.split()))
     assert variant.flags[0] == "-march=native"
     assert ("-mno-avx512fp16" in variant.flags) == ("avx512fp16" in flags.split())
 
 
 def test_build_mode_defaults_and_bad_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KMASK_CPU_BUILD", raising=False)
-    assert custom_ops.cpu_build_mode("x86_64") == "dispatch"
-    assert custom_ops.cpu_build_mode("aarch64") == "portable"
-    assert custom_ops.cpu_variants("portable", frozenset()) == (custom_ops._BASELINE,)
+    assert cpu_variant.cpu_build_mode("x86_64") == "dispatch"
+    assert cpu_variant.cpu_build_mode("aarch64") == "portable"
+    assert cpu_variant.cpu_variants("portable", frozenset()) == (cpu_variant._BASELINE,)
     monkeypatch.setenv("KMASK_CPU_BUILD", "dispatch")
-    assert custom_ops.cpu_build_mode("aarch64") == "portable"  # x86 variants only
+    assert cpu_variant.cpu_build_mode("aarch64") == "portable"  # x86 variants only
     monkeypatch.setenv("KMASK_CPU_BUILD", "fast")
     with pytest.raises(BuildError, match="KMASK_CPU_BUILD must be one of"):
-        custom_ops.cpu_build_mode("x86_64")
+        cpu_variant.cpu_build_mode("x86_64")
 
 
 def test_first_error_line_skips_the_command_and_notes() -> None:
@@ -89,15 +90,15 @@ def test_first_error_line_skips_the_command_and_notes() -> None:
         "before '<' token\n"
         "PacketMathFP16.h:748:48: error: another\n"
     )
-    assert custom_ops.first_error_line(output).startswith("Eigen/src/Core/arch/AVX512/Packet")
-    assert custom_ops.first_error_line("ld: cannot find -lfoo\n") == "ld: cannot find -lfoo"
+    assert first_error_line(output).startswith("Eigen/src/Core/arch/AVX512/Packet")
+    assert first_error_line("ld: cannot find -lfoo\n") == "ld: cannot find -lfoo"
 
 
 def test_the_default_build_holds_every_variant_with_its_instruction_set() -> None:
     """Whatever CPU builds it, a dispatch build compiles AVX2 and AVX-512 code (checked in
     the machine code: ymm / zmm registers) and loads the variant this CPU runs."""
-    if custom_ops.cpu_build_mode() != "dispatch":
-        pytest.skip(f"KMASK_CPU_BUILD={custom_ops.cpu_build_mode()} (not dispatch)")
+    if cpu_variant.cpu_build_mode() != "dispatch":
+        pytest.skip(f"KMASK_CPU_BUILD={cpu_variant.cpu_build_mode()} (not dispatch)")
     if shutil.which("objdump") is None:
         pytest.skip("objdump (binutils) is not installed")
     library = custom_ops.build()
@@ -119,7 +120,7 @@ def test_the_default_build_holds_every_variant_with_its_instruction_set() -> Non
         "avx2": (True, False),
         "avx512": (True, True),
     }
-    expected = custom_ops.select_variant(["baseline", "avx2", "avx512"], custom_ops.cpu_flags())
+    expected = cpu_variant.select_variant(["baseline", "avx2", "avx512"], cpu_variant.cpu_flags())
     assert library.name == f"kmask_roi_align-{expected.name}.so"
 
 
@@ -257,7 +258,7 @@ def test_kmask_info_reports_versions_choice_build_and_cuda() -> None:
     assert f"TensorFlow  {tf.__version__}" in result.stdout
     assert f"Keras       {keras.__version__}" in result.stdout
     assert "RoIAlign    auto -> custom" in result.stdout
-    assert f"  CPU build: {custom_ops.cpu_build_mode()} (loaded " in result.stdout
+    assert f"  CPU build: {cpu_variant.cpu_build_mode()} (loaded " in result.stdout
     cuda = [line for line in result.stdout.splitlines() if line.startswith("  CUDA: kernels ")]
     assert len(cuda) == 1
     if tf.test.is_built_with_cuda():

@@ -13,7 +13,7 @@ M = 56
 
 
 def _reference_targets(keypoints, rois, matched, m):
-    """detectron2's keypoints_to_heatmap, one keypoint at a time ((y, x, v) layout)."""
+    """detectron2's keypoints_to_heatmap, one keypoint at a time ((x, y, v) layout)."""
     batch, slots = matched.shape
     count = keypoints.shape[2]
     indices = np.zeros((batch, slots, count), np.int64)
@@ -22,7 +22,7 @@ def _reference_targets(keypoints, rois, matched, m):
         for q in range(slots):
             y1, x1, y2, x2 = rois[b, q]
             for k in range(count):
-                y, x, v = keypoints[b, matched[b, q], k]
+                x, y, v = keypoints[b, matched[b, q], k]
                 row = m - 1 if y == y2 else math.floor((y - y1) * m / (y2 - y1))
                 col = m - 1 if x == x2 else math.floor((x - x1) * m / (x2 - x1))
                 if v > 0 and 0 <= row < m and 0 <= col < m:
@@ -33,18 +33,14 @@ def _reference_targets(keypoints, rois, matched, m):
 
 def test_targets_match_numpy_reference(rng):
     batch, gts, slots, count = 2, 3, 5, 7
-    keypoints = np.stack(
-        [
-            rng.uniform(0, 120, (batch, gts, count)),
-            rng.uniform(0, 120, (batch, gts, count)),
-            rng.integers(0, 3, (batch, gts, count)),
-        ],
-        -1,
-    ).astype(np.float32)
+    y = rng.uniform(0, 120, (batch, gts, count))
+    x = rng.uniform(0, 120, (batch, gts, count))
+    v = rng.integers(0, 3, (batch, gts, count))
+    keypoints = np.stack([x, y, v], -1).astype(np.float32)
     corner = rng.uniform(0, 60, (batch, slots, 2))
     rois = np.concatenate([corner, corner + rng.uniform(10, 70, (batch, slots, 2))], -1)
     rois = rois.astype(np.float32)
-    keypoints[0, 0, 0, :2] = rois[0, 0, 2:]  # on the bottom-right edge: last cell
+    keypoints[0, 0, 0, :2] = rois[0, 0, [3, 2]]  # on the bottom-right edge: last cell
     keypoints[0, 0, 0, 2] = 2
     matched = rng.integers(0, gts, (batch, slots)).astype(np.int32)
     matched[0, 0] = 0
@@ -65,7 +61,8 @@ def test_encode_decode_round_trip_within_one_cell(rng):
     rois = np.concatenate([corner, corner + sizes], -1).astype(np.float32)
     fraction = rng.uniform(0.0, 1.0, (1, slots, count, 2))
     yx = rois[:, :, None, :2] + fraction * sizes[:, :, None, :]
-    keypoints = np.concatenate([yx, np.full((1, slots, count, 1), 2.0)], -1).astype(np.float32)
+    xy = yx[..., ::-1]
+    keypoints = np.concatenate([xy, np.full((1, slots, count, 1), 2.0)], -1).astype(np.float32)
     matched = np.arange(slots, dtype=np.int32)[None]
     indices, valid = keypoint_targets(keypoints, rois, matched, M)
     assert valid.numpy().all()
@@ -73,7 +70,7 @@ def test_encode_decode_round_trip_within_one_cell(rng):
     logits = tf.transpose(tf.reshape(logits, [1, slots, count, M, M]), [0, 1, 3, 4, 2])
     decoded = heatmaps_to_keypoints(logits, rois).numpy()
     cell = sizes[:, :, None, ::-1] / M  # (w, h) / m
-    error = np.abs(decoded[..., :2] - yx[..., ::-1])
+    error = np.abs(decoded[..., :2] - xy)
     # Half a cell, plus up to one output pixel (the peers' placement on the pixel grid).
     assert (error <= 0.5 * cell + 1.0).all(), error.max()
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as framework_config
 
 from kmask.native import custom_ops
-from kmask.ops import assign_levels, multilevel_roi_align, roi_align
+from kmask.ops import assign_levels, multi_level_roi_align, roi_align
 from kmask.ops.roi_align import resolve_implementation
 from tests.ops.roi_align_reference import roi_align_reference
 
@@ -299,7 +299,7 @@ def test_multilevel_matches_per_box_reference(rng: np.random.Generator) -> None:
     )
     assert len(set(levels.ravel())) >= 3, "the test should cover several levels"
     for implementation in IMPLEMENTATIONS:
-        out = multilevel_roi_align(pyramid, boxes, 7, implementation=implementation).numpy()
+        out = multi_level_roi_align(pyramid, boxes, 7, implementation=implementation).numpy()
         assert out.shape == (2, 12, 7, 7, 3)
         np.testing.assert_allclose(out, expected, atol=2e-5)
 
@@ -315,7 +315,7 @@ def test_multilevel_gradients_agree(rng: np.random.Generator) -> None:
         with tf.GradientTape() as tape:
             tape.watch(pyramid)
             loss = tf.reduce_sum(
-                multilevel_roi_align(pyramid, boxes, 5, implementation=implementation) ** 2
+                multi_level_roi_align(pyramid, boxes, 5, implementation=implementation) ** 2
             )
         grads.append(tape.gradient(loss, pyramid))
     for key in pyramid:
@@ -332,7 +332,7 @@ def test_multilevel_tf_compiles_under_xla(rng: np.random.Generator) -> None:
     def pooled_and_grad(pyramid: dict, implementation: str) -> tuple[tf.Tensor, dict]:
         with tf.GradientTape() as tape:
             tape.watch(pyramid)
-            out = multilevel_roi_align(pyramid, boxes, 4, implementation=implementation)
+            out = multi_level_roi_align(pyramid, boxes, 4, implementation=implementation)
             loss = tf.reduce_sum(out * out)
         return out, tape.gradient(loss, pyramid)
 
@@ -346,7 +346,13 @@ def test_multilevel_tf_compiles_under_xla(rng: np.random.Generator) -> None:
 def test_multilevel_rejects_gapped_levels() -> None:
     pyramid = {"P2": tf.zeros([1, 8, 8, 1]), "P4": tf.zeros([1, 2, 2, 1])}
     with pytest.raises(ValueError, match="consecutive"):
-        multilevel_roi_align(pyramid, tf.zeros([1, 1, 4]), 2)
+        multi_level_roi_align(pyramid, tf.zeros([1, 1, 4]), 2)
+
+
+def test_the_0_1_name_multilevel_roi_align_is_the_same_function() -> None:
+    from kmask.ops import multilevel_roi_align
+
+    assert multilevel_roi_align is multi_level_roi_align
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from kmask.native import custom_ops
-from kmask.ops.roi_align import multilevel_roi_align, roi_align
+from kmask.ops.roi_align import multi_level_roi_align, roi_align
 from kmask.ops.roi_align_tf import roi_align_tf
 
 _CUSTOM_OP_SCRIPT = textwrap.dedent(
@@ -84,7 +84,7 @@ def test_dispatcher_refuses_absurd_arguments(implementation, kwargs, argument):
             **arguments,
         )
     with pytest.raises(ValueError, match=argument):
-        multilevel_roi_align(
+        multi_level_roi_align(
             {"P2": tf.ones([1, 8, 8, 2])},
             tf.constant([[[0.0, 0.0, 4.0, 4.0]]]),
             implementation=implementation,

@@ -60,8 +60,8 @@ def main() -> None:
     import keras
     import numpy as np
 
+    from kmask.runs.checkpoints import checkpoint_name
     from kmask.training import Trainer
-    from kmask.training.checkpoint_callback import checkpoint_name
     from tests.toy_data import tiny_config
 
     if args.kill_in_save is not None:

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
+from kmask.runs.checkpoints import checkpoint_step, latest_checkpoint, read_checkpoint_state
 from kmask.training import CheckpointCallback, NonFiniteGuard, NonFiniteLossError
-from kmask.training.checkpoint_callback import checkpoint_step
 
 
 def _model(seed: int = 0) -> keras.Model:
@@ -55,10 +55,10 @@ def test_rotation_pointer_and_exact_restore(tmp_path, rng):
         "step": 7,
         "checkpoints": ["ckpt-00000006.weights.h5", "ckpt-00000007.weights.h5"],
     }
-    assert CheckpointCallback.latest(directory) == directory / "ckpt-00000007.weights.h5"
+    assert latest_checkpoint(directory) == directory / "ckpt-00000007.weights.h5"
 
     restored = _model(seed=1)
-    restored.load_weights(CheckpointCallback.latest(directory))
+    restored.load_weights(latest_checkpoint(directory))
     assert int(restored.optimizer.iterations.numpy()) == 7
     for a, b in zip(
         model.weights + model.optimizer.variables, restored.weights + restored.optimizer.variables
@@ -81,10 +81,10 @@ def test_latest_falls_back_when_pointer_is_missing_or_stale(tmp_path):
     callback.save(5)
     (directory / ".tmp-123-ckpt-00000009.weights.h5").write_bytes(b"half written")
     (directory / "checkpoint").write_text(json.dumps({"latest": "ckpt-00000009.weights.h5"}))
-    assert CheckpointCallback.latest(directory).name == "ckpt-00000005.weights.h5"
+    assert latest_checkpoint(directory).name == "ckpt-00000005.weights.h5"
     (directory / "checkpoint").unlink()
-    assert CheckpointCallback.latest(directory).name == "ckpt-00000005.weights.h5"
-    assert CheckpointCallback.latest(tmp_path / "nothing") is None
+    assert latest_checkpoint(directory).name == "ckpt-00000005.weights.h5"
+    assert latest_checkpoint(tmp_path / "nothing") is None
     callback.on_train_begin()  # a new run removes stray temporary files
     assert not list(directory.glob(".tmp-*"))
     with pytest.raises(ValueError, match="not a kmask checkpoint"):
@@ -100,12 +100,12 @@ def test_state_is_saved_in_the_checkpoint_file(tmp_path):
     )
     callback.set_model(model)
     first, second = callback.save(1), callback.save(2)
-    assert CheckpointCallback.read_state(first) == {"position": 0, "name": "x"}
-    assert CheckpointCallback.read_state(second) == {"position": 1, "name": "x"}
+    assert read_checkpoint_state(first) == {"position": 0, "name": "x"}
+    assert read_checkpoint_state(second) == {"position": 1, "name": "x"}
     _model(seed=1).load_weights(second)  # Keras ignores the state
     plain = CheckpointCallback(tmp_path / "plain", every_steps=1)
     plain.set_model(model)
-    assert CheckpointCallback.read_state(plain.save(1)) is None
+    assert read_checkpoint_state(plain.save(1)) is None
 
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -123,7 +123,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         callback.save(2)
     monkeypatch.undo()
     assert sorted(p.name for p in directory.iterdir()) == ["checkpoint", "ckpt-00000001.weights.h5"]
-    _model().load_weights(CheckpointCallback.latest(directory))
+    _model().load_weights(latest_checkpoint(directory))
 
 
 def test_non_finite_weights_are_never_written(tmp_path):
@@ -152,7 +152,7 @@ def test_guard_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(tmp_pat
     assert caught.value.step == 5
     assert caught.value.terms == ("loss",)
     assert "step 5" in str(caught.value)
-    latest = CheckpointCallback.latest(directory)
+    latest = latest_checkpoint(directory)
     assert checkpoint_step(latest) == 4
     restored = _model()
     restored.load_weights(latest)
@@ -174,13 +174,14 @@ _WRITER = """
 import os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, numpy as np
+from kmask.runs.checkpoints import latest_checkpoint
 from kmask.training import CheckpointCallback
 directory = sys.argv[1]
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2048), keras.layers.Dense(1)])
 model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9), loss="mse")
 model.optimizer.build(model.trainable_variables)
-latest = CheckpointCallback.latest(directory)
+latest = latest_checkpoint(directory)
 if latest is not None:
     model.load_weights(latest)
 x = np.ones((20000, 64), np.float32)
@@ -205,7 +206,7 @@ def test_sigkill_during_checkpointing_never_corrupts(tmp_path):
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        latest = CheckpointCallback.latest(directory)
+        latest = latest_checkpoint(directory)
         assert latest is not None
         model = keras.Sequential(
             [keras.Input((64,)), keras.layers.Dense(2048), keras.layers.Dense(1)]

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmask.training import CheckpointCallback
-from kmask.training.checkpoint_callback import checkpoint_step
+from kmask.runs.checkpoints import checkpoint_step, latest_checkpoint
 from tests.toy_data import write_shapes
 from tests.training.resume_worker import spawn
 
@@ -55,7 +54,7 @@ def _finish(process: subprocess.Popen, timeout: float = 600) -> str:
 
 
 def _latest_step(run: Path) -> int:
-    latest = CheckpointCallback.latest(run / "checkpoints")
+    latest = latest_checkpoint(run / "checkpoints")
     return 0 if latest is None else checkpoint_step(latest)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from kmask.data import DataError
-from kmask.training import CheckpointCallback, RunDirectory, RunLockedError, Trainer
+from kmask.runs import RunDirectory, all_checkpoints
+from kmask.training import RunLockedError, Trainer
 from tests.toy_data import tiny_config, write_shapes
 
 
@@ -71,7 +72,7 @@ def test_truncated_checkpoint_falls_back_and_failed_resume_keeps_config(shapes, 
 
     # Nothing intact left: the resume fails and config.yaml keeps the run's values.
     saved = (run / "config.yaml").read_text()
-    for path in CheckpointCallback.all_checkpoints(checkpoints):
+    for path in all_checkpoints(checkpoints):
         path.write_bytes(b"not a checkpoint")
     with pytest.raises(FileNotFoundError, match="no intact checkpoint") as error:
         Trainer(tiny_config(shapes, "train.max_steps=9"), run, verbose=0).train(resume=True)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from kmask.config import TRAINABLE_PRESETS, ConfigError
+from kmask.config import TRAINABLE_PRESETS, ConfigError, load_config
 from kmask.modeling import build_mask_rcnn
 from kmask.training import TrainablePhaseCallback, TrainablePreset
 from tests.toy_data import tiny_config
@@ -83,7 +83,7 @@ def test_unknown_presets_are_refused():
     with pytest.raises(ConfigError, match="train.trainable: expected one of heads, 5"):
         tiny_config(Path("unused"), "train.trainable=layers")
     with pytest.raises(ConfigError, match="heads_first_steps needs train.trainable"):
-        tiny_config(Path("unused"), "train.heads_first_steps=10")
+        tiny_config(Path("unused"), "train.heads_first_steps=10", "train.trainable=heads")
 
 
 class _Stages(keras.layers.Layer):
@@ -139,3 +139,43 @@ def test_phase_callback_trains_heads_first_then_more(capsys):
         assert moved == (stage >= 3), stage  # conv4 and conv5 train in phase 2
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == ["trainable: heads from step 0", "", "trainable: 4+ from step 2"]
+
+
+def _c4_model(*overrides: str) -> keras.Model:
+    config = load_config(
+        Path(__file__).parents[2] / "configs" / "shapes_c4_tiny.yaml",
+        ["model.backbone.resnet.width_per_group=4", "model.backbone.resnet.norm=none", *overrides],
+    )
+    model = build_mask_rcnn(config.model)
+    model.build({"images": (None, None, None, 3)})
+    return model
+
+
+@pytest.mark.parametrize("spelling", ["train.trainable=heads", "model.backbone.freeze_at=5"])
+def test_heads_only_freezes_conv5_of_a_c4_model(spelling):
+    """conv5 of a ResNet-C4 model lives in ``Res5Head``: "the whole backbone frozen" (the
+    ``heads`` preset, ``freeze_at: 5``) freezes it too; ``all`` trains it."""
+    model = _c4_model(spelling)
+    res5 = model.roi_heads.shared_head
+    assert len(res5.weights) == 2 * 10 and not res5.trainable_weights  # 10 convs, no norm
+    assert not model.backbone.trainable_weights
+    assert model.roi_heads.box_head.trainable_weights  # the heads still train
+    TrainablePreset("all").apply(model)
+    assert len(res5.trainable_weights) == len(res5.weights)
+    TrainablePreset("heads").apply(model)
+    assert not res5.trainable_weights
+    TrainablePreset("5+").apply(model)
+    assert len(res5.trainable_weights) == len(res5.weights)
+    assert not model.backbone.trainable_weights  # C4: the backbone ends at conv4
+
+
+def test_heads_first_steps_needs_a_preset_after_the_heads():
+    for freeze_at in (1, 5):
+        with pytest.raises(ConfigError, match=f"got freeze_at {freeze_at}"):
+            tiny_config(
+                Path("unused"),
+                "train.heads_first_steps=10",
+                f"model.backbone.freeze_at={freeze_at}",
+            )
+    config = tiny_config(Path("unused"), "train.heads_first_steps=10")  # then all (freeze_at 0)
+    assert TrainablePreset.freezing(config.model.backbone.freeze_at).name == "all"

@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from kmask.config import ConfigError, DataConfig
 from kmask.evaluation import Predictor
-from kmask.training import CheckpointCallback, NonFiniteLossError, Trainer, WarmupStepSchedule
-from kmask.training.checkpoint_callback import checkpoint_step
+from kmask.runs.checkpoints import checkpoint_step, latest_checkpoint, read_checkpoint_state
+from kmask.training import NonFiniteLossError, Trainer, WarmupStepSchedule
 from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainer import epoch_plan
 from tests import fake_outputs as fake
@@ -62,14 +62,14 @@ def test_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         Trainer(config, resumed, verbose=0, callbacks=[_StopAt(3)]).train()
-    assert CheckpointCallback.latest(resumed / "checkpoints").name == "ckpt-00000002.weights.h5"
+    assert latest_checkpoint(resumed / "checkpoints").name == "ckpt-00000002.weights.h5"
     with pytest.raises(FileExistsError, match="--resume"):
         Trainer(config, resumed, verbose=0).train()
     trainer = Trainer(config, resumed, verbose=0)
     trainer.train(resume=True)  # from step 2, in the middle of the first epoch
 
     assert int(trainer.model.optimizer.iterations.numpy()) == 6
-    state = CheckpointCallback.read_state(resumed / "checkpoints" / "ckpt-00000006.weights.h5")
+    state = read_checkpoint_state(resumed / "checkpoints" / "ckpt-00000006.weights.h5")
     assert set(state) == {"stream_position", "intra_op_threads"}
     ours, theirs = trainer.model, uninterrupted.model
     for a, b in zip(
@@ -200,9 +200,7 @@ def test_mixed_precision_checkpoint_serves_float32(shapes, tmp_path):
     assert trainer.model.backbone.compute_dtype == "float16"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     # (A step whose loss-scaled gradients overflow is skipped and not counted.)
-    predictor = Predictor.from_checkpoint(
-        config, CheckpointCallback.latest(tmp_path / "checkpoints")
-    )
+    predictor = Predictor.from_checkpoint(config, latest_checkpoint(tmp_path / "checkpoints"))
     assert predictor.model.backbone.compute_dtype == "float32"
     for ours, theirs in zip(predictor.model.trainable_variables, trainer.model.trainable_variables):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
@@ -228,7 +226,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_pa
     assert caught.value.terms and all(
         t.startswith("loss") or t == "weights" for t in caught.value.terms
     )
-    latest = CheckpointCallback.latest(tmp_path / "checkpoints")
+    latest = latest_checkpoint(tmp_path / "checkpoints")
     assert 1 <= checkpoint_step(latest) <= caught.value.step
     arrays = []
     with h5py.File(latest) as handle:

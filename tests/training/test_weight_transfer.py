@@ -13,7 +13,7 @@ from kmask.cli import main
 from kmask.convert.converted_run import write_converted_run
 from kmask.modeling import build_mask_rcnn
 from kmask.training import Trainer, WeightTransfer, WeightTransferError
-from kmask.training.weight_transfer import CLASS_DEPENDENT_LAYERS, weight_names
+from kmask.training.weight_transfer import class_dependent_layers, weight_names
 from tests.toy_data import tiny_config, tiny_overrides, write_shapes
 
 NEW_SHAPES = ("pentagon", "hexagon", "ellipse", "rhombus")
@@ -66,7 +66,7 @@ def test_more_classes_keep_every_shared_weight_bit_identical(source):
     statuses = {name: status for name, status, _ in rows}
     reinitialized = sorted(name for name, status in statuses.items() if status != "loaded")
     assert len(reinitialized) == CLASS_DEPENDENT_WEIGHTS
-    assert all(any(layer in name for layer in CLASS_DEPENDENT_LAYERS) for name in reinitialized)
+    assert all(any(layer in name for layer in class_dependent_layers()) for name in reinitialized)
     assert {statuses[name] for name in reinitialized} == {"re-initialized"}
     for name in after:
         if name in reinitialized:

@@ -35,8 +35,8 @@ class Backbone(keras.layers.Layer):
       and ``build_backbone(type, **fields)`` constructs a registered backbone from them.
 
     Subclasses implement ``call`` and ``output_specs`` (and usually ``build``, and
-    ``freeze(stages)`` for the ``train.trainable`` presets) and register with
-    ``@register_backbone("name")``.
+    ``freeze(stages)`` for a ``model.backbone.freeze_at`` that changes during training) and
+    register with ``@register_backbone("name")``.
     """
 
     def output_specs(self) -> dict[str, FeatureSpec]:
@@ -45,9 +45,11 @@ class Backbone(keras.layers.Layer):
 
     def freeze(self, stages: int) -> None:
         """Makes the first ``stages`` stages (1 = stem, 2..5 = the stages of C2..C5) not
-        trainable and the others trainable; ``train.trainable`` presets need it."""
+        trainable and the others trainable; training needs it when ``model.backbone.freeze_at``
+        changes during the run (``train.heads_first_steps``)."""
         raise NotImplementedError(
-            f"{type(self).__name__} does not implement freeze(stages), which train.trainable needs"
+            f"{type(self).__name__} does not implement freeze(stages), which "
+            "train.heads_first_steps needs"
         )
 
     def compute_output_shape(

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from kmask.config.rpn_config import FPN_ANCHOR_SIZES
 from kmask.ops import anchors as anchor_ops
 
 
@@ -32,7 +33,7 @@ class AnchorGenerator(keras.layers.Layer):
 
     def __init__(
         self,
-        sizes: Sequence[float | Sequence[float]] = (32.0, 64.0, 128.0, 256.0, 512.0),
+        sizes: Sequence[float | Sequence[float]] = FPN_ANCHOR_SIZES,
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.5,
         rounded: bool = False,

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from kmask.config.rpn_config import FPN_ANCHOR_SIZES
 from kmask.modeling.proposals.anchor_generator import AnchorGenerator
 from kmask.modeling.proposals.proposal_generator import ProposalGenerator
 from kmask.modeling.proposals.rpn_head import RPNHead
@@ -58,7 +59,7 @@ class RPN(keras.layers.Layer):
 
     def __init__(
         self,
-        anchor_sizes: Sequence[float | Sequence[float]] = (32.0, 64.0, 128.0, 256.0, 512.0),
+        anchor_sizes: Sequence[float | Sequence[float]] = FPN_ANCHOR_SIZES,
         anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         anchor_offset: float = 0.5,
         anchor_rounding: bool = False,

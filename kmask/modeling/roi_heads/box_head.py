@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from kmask.modeling.roi_heads.instance_head import ClassRows
 from kmask.modeling.roi_heads.pooled_head import PooledHead
 from kmask.modeling.roi_heads.postprocess import Postprocess
 from kmask.ops import boxes as box_ops
@@ -61,7 +63,13 @@ class BoxHead(PooledHead):
         ((1, 2, 4), (1, 2, 3, 4))
     """
 
+    #: the config section ``model.box_head`` and the layer's name in ``ROIHeads``.
+    section = "box_head"
     loss_names = ("loss_cls", "loss_box")
+    #: the layers whose shapes follow the number of classes (``kmask.training.WeightTransfer``).
+    class_dependent_layers = types.MappingProxyType(
+        {"cls_score": ClassRows(1, True), "bbox_pred": ClassRows(4, False)}
+    )
 
     def __init__(
         self,

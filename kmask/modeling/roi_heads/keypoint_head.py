@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from kmask.config import KeypointHeadConfig, layer_arguments
 from kmask.layers.conv_stack import msra_fill
+from kmask.modeling.roi_heads.instance_head import (
+    HeadContext,
+    HeadOutput,
+    InstanceHead,
+    OutputKind,
+    WeightSource,
+    conv_stack_sources,
+    register_instance_head,
+)
 from kmask.modeling.roi_heads.pooled_head import PooledHead
 from kmask.ops.keypoints import heatmaps_to_keypoints, keypoint_targets
 from kmask.ops.losses import keypoint_loss
 
 
+@register_instance_head
 @keras.saving.register_keras_serializable(package="kmask")
-class KeypointHead(PooledHead):
+class KeypointHead(PooledHead, InstanceHead):
     """Human pose branch of Mask R-CNN (section 5): one heatmap per keypoint type.
 
     ``pooler`` (``MultiLevelROIAlign``, 14x14) -> ``convs`` (``ConvStack``: ``num_conv``
@@ -27,11 +39,13 @@ class KeypointHead(PooledHead):
     deconv, zero biases (detectron2, torchvision). Class-agnostic: every detection gets
     keypoints; a dataset's keypoints belong to the categories that define them.
 
-    An instance head of ``ROIHeads``: ``compute_losses`` builds one-hot targets from
-    ``gt_keypoints`` (``kmask.ops.keypoints.keypoint_targets``) and returns
-    ``loss_keypoint``; ``inference`` returns ``detection_keypoints``. Arguments other than
-    ``pooler_levels`` and ``roi_align_implementation`` are the fields of
-    ``kmask.config.KeypointHeadConfig``.
+    An ``InstanceHead`` of ``ROIHeads`` (section ``model.keypoint_head``, off by default):
+    ``compute_losses`` builds one-hot targets from ``gt_keypoints``
+    (``kmask.ops.keypoints.keypoint_targets``) and returns ``loss_keypoint``; ``inference``
+    returns ``detection_keypoints`` (points). ``deconv`` is class-dependent (its outputs
+    follow ``num_keypoints``). Arguments other than ``pooler_levels`` and
+    ``roi_align_implementation`` are the fields of ``kmask.config.KeypointHeadConfig`` (its
+    ``pooler`` flattened).
 
     Args:
       num_keypoints: K (17 for COCO persons; the length of the dataset's ``keypoints``).
@@ -55,7 +69,12 @@ class KeypointHead(PooledHead):
         logits = head({"P2": p2, "P3": p3, "P4": p4, "P5": p5}, boxes)  # [B, R, 56, 56, 17]
     """
 
+    section = "keypoint_head"
+    config_class = KeypointHeadConfig
+    target_keys = ("gt_keypoints",)
+    outputs = (HeadOutput("detection_keypoints", OutputKind.POINTS, "keypoints"),)
     loss_names = ("loss_keypoint",)
+    class_dependent_layers = types.MappingProxyType({"deconv": None})
 
     def __init__(
         self,
@@ -103,6 +122,17 @@ class KeypointHead(PooledHead):
             2, interpolation="bilinear", name="upsample", dtype=dtype
         )
 
+    @classmethod
+    def from_section(cls, section: KeypointHeadConfig, context: HeadContext) -> KeypointHead:
+        """The head of ``section``: the default without ``num_classes`` (every detection
+        gets keypoints)."""
+        return cls(
+            **layer_arguments(section),
+            pooler_levels=context.pooler_levels,
+            roi_align_implementation=context.roi_align_implementation,
+            name=cls.section,
+        )
+
     def build(
         self,
         features_shape: dict[str, tuple[int | None, ...]],
@@ -138,7 +168,7 @@ class KeypointHead(PooledHead):
           rois: [B, Q, 4] RoIs (the sampled foreground slots).
           classes: [B, Q] int32 0-based class of each RoI, -1 for none.
           matched_index: [B, Q] int32 index of each RoI's ground truth.
-          targets: the batch's ground truth; uses ``gt_keypoints [B, G, K, 3]`` ``(y, x,
+          targets: the batch's ground truth; uses ``gt_keypoints [B, G, K, 3]`` ``(x, y,
             v)`` pixels (``kmask.data``).
 
         Raises:
@@ -176,3 +206,21 @@ class KeypointHead(PooledHead):
     ) -> tuple[int | None, ...]:
         side = self.output_size
         return (*boxes_shape[:2], side, side, self.num_keypoints)
+
+    def weight_sources(self, converter: str) -> list[WeightSource] | None:
+        """torchvision's ``KeypointRCNNHeads`` (a Sequential of (Conv2d, ReLU), no norm) and
+        ``KeypointRCNNPredictor``; detectron2's ``KRCNNConvDeconvUpsampleHead``. The
+        heatmap deconv (``ConvTranspose2d`` [in, K, 4, 4] with ``padding=1``) is
+        ``Conv2DTranspose`` with "same" padding: both crop one row and column on each side
+        of the 2S + 2 full output."""
+        count = self.convs.num_conv
+        if converter == "torchvision":
+            convs = [(f"roi_heads.keypoint_head.{2 * i}", "") for i in range(count)]
+            deconv = "roi_heads.keypoint_predictor.kps_score_lowres"
+        elif converter == "detectron2":
+            head = "roi_heads.keypoint_head"
+            convs = [(f"{head}.conv_fcn{k}", "") for k in range(1, count + 1)]
+            deconv = f"{head}.score_lowres"
+        else:
+            return None
+        return [*conv_stack_sources(self.convs, convs), WeightSource(self.deconv, deconv)]

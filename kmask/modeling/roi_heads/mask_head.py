@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from kmask.config import MaskHeadConfig
 from kmask.layers.conv_stack import msra_fill
+from kmask.modeling.roi_heads.instance_head import (
+    ClassRows,
+    HeadOutput,
+    InstanceHead,
+    OutputKind,
+    WeightSource,
+    conv_stack_sources,
+    register_instance_head,
+)
 from kmask.modeling.roi_heads.pooled_head import PooledHead
 from kmask.ops.losses import mask_loss
 from kmask.ops.masks import mask_targets, select_class
 
 
+@register_instance_head
 @keras.saving.register_keras_serializable(package="kmask")
-class MaskHead(PooledHead):
+class MaskHead(PooledHead, InstanceHead):
     """Fully convolutional mask branch (Mask R-CNN figure 3, right).
 
     ``pooler`` (``MultiLevelROIAlign``, 14x14) -> ``convs`` (``ConvStack``: ``num_conv`` 3x3
@@ -25,9 +37,11 @@ class MaskHead(PooledHead):
     torchvision's layout, whose background map is unused). Initialization: MSRA fill for
     convs and deconv, normal(0.001) for the predictor, zero biases.
 
-    An instance head of ``ROIHeads``: it owns its targets and loss (``compute_losses``) and
-    its inference (``inference``). Arguments other than ``num_classes``, ``pooler_levels``
-    and ``roi_align_implementation`` are the fields of ``kmask.config.MaskHeadConfig``.
+    An ``InstanceHead`` of ``ROIHeads`` (section ``model.mask_head``, on by default): it
+    owns its targets (``gt_masks``) and loss (``compute_losses``) and its inference
+    (``inference``: ``detection_masks``, box-frame probabilities). Arguments other than
+    ``num_classes``, ``pooler_levels`` and ``roi_align_implementation`` are the fields of
+    ``kmask.config.MaskHeadConfig`` (its ``pooler`` flattened).
 
     Args:
       num_classes: foreground classes K.
@@ -54,7 +68,17 @@ class MaskHead(PooledHead):
         (1, 2, 28, 28, 3)
     """
 
+    section = "mask_head"
+    config_class = MaskHeadConfig
+    enabled_by_default = True
+    target_keys = ("gt_masks",)
+    outputs = (
+        HeadOutput(
+            "detection_masks", OutputKind.BOX_FRAME, "masks", pasted_key="detection_full_masks"
+        ),
+    )
     loss_names = ("loss_mask",)
+    class_dependent_layers = types.MappingProxyType({"predictor": ClassRows(1, False)})
 
     def __init__(
         self,
@@ -172,3 +196,27 @@ class MaskHead(PooledHead):
     ) -> tuple[int | None, ...]:
         side = self.output_size
         return (*boxes_shape[:2], side, side, self.num_classes)
+
+    def weight_sources(self, converter: str) -> list[WeightSource] | None:
+        """torchvision's ``MaskRCNNHeads`` (``mask_head.<i>.0`` conv, ``.1`` norm) and
+        ``MaskRCNNPredictor``; detectron2's ``MaskRCNNConvUpsampleHead``. The predictor
+        keeps the channels of kmask's classes."""
+        count = self.convs.num_conv
+        if converter == "torchvision":
+            head = "roi_heads.mask_head"
+            convs = [(f"{head}.{i}.0", f"{head}.{i}.1") for i in range(count)]
+            deconv = "roi_heads.mask_predictor.conv5_mask"
+            predictor = "roi_heads.mask_predictor.mask_fcn_logits"
+        elif converter == "detectron2":
+            head = "roi_heads.mask_head"
+            convs = [
+                (f"{head}.mask_fcn{k}", f"{head}.mask_fcn{k}.norm") for k in range(1, count + 1)
+            ]
+            deconv, predictor = f"{head}.deconv", f"{head}.predictor"
+        else:
+            return None
+        return [
+            *conv_stack_sources(self.convs, convs),
+            WeightSource(self.deconv, deconv),
+            WeightSource(self.predictor, predictor, class_rows=True),
+        ]

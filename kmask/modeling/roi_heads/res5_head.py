@@ -122,6 +122,12 @@ class Res5Head(keras.layers.Layer):
             block.build((None, None, None, channels))
             channels = block.out_channels
 
+    def freeze(self, stages: int) -> None:
+        """``ResNet.freeze`` for the conv5 stage run here: not trainable when the first
+        ``stages`` backbone stages are frozen and conv5 is among them (``stages == 5``,
+        ``model.backbone.freeze_at: 5``, the ``heads`` preset), trainable otherwise."""
+        self.trainable = stages < _LEVEL
+
     def load_backbone_weights(self, path: str, depth: int) -> None:
         """Copies conv5 of an ImageNet ResNet-``depth`` weights file (what ``ResNet(weights=)``
         reads: a ``backbone.npz`` of ``kmask convert-weights`` or a keras.applications file)

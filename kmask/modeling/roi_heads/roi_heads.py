@@ -31,7 +31,8 @@ class ROIHeads(keras.layers.Layer):
     An instance head is a layer with ``loss_names``, ``compute_losses(features, rois
     [B, Q, 4], classes [B, Q] (0-based, -1 none), matched_index [B, Q], targets,
     training)`` -> ``{loss: scalar}`` and ``inference(features, detections)`` -> ``{output:
-    tensor}`` (``MaskHead`` is one). Adding a head needs no change here.
+    tensor}``: the ``InstanceHead`` contract (``MaskHead``, ``KeypointHead``). Adding a head
+    needs no change here.
 
     Args:
       box_head: ``BoxHead``.

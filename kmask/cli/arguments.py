@@ -1,0 +1,70 @@
+"""Argument groups that several ``kmask`` commands share, and how they are read."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kmask.runs import InferenceSource
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): config overrides, a list in ``args.set``; a value
+    without ``=`` is a usage error of the command (``--set train.max_steps 150``)."""
+    parser.add_argument(
+        "--set", action="append", default=[], type=_key_value, metavar="KEY=VALUE", help=help
+    )
+
+
+def _key_value(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """An on/off option ``flag`` (``args.<flag>`` False unless given)."""
+    parser.add_argument(flag, action="store_true", help=help)
+
+
+def add_overwrite_run_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of the commands that write a whole folder (``OutputFolder``)."""
+    add_flag(
+        parser,
+        "--overwrite",
+        "replace an existing --out that kmask wrote (never one holding the input, other files "
+        "or a running kmask train)",
+    )
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trained model of ``predict``, ``evaluate`` and ``export``: ``--run`` or
+    ``--checkpoint``, with ``--config`` and ``--set`` (read by ``inference_source``)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--run",
+        help="run directory of kmask train or kmask convert-weights (config.yaml, latest "
+        "checkpoint, categories.json)",
+    )
+    source.add_argument(
+        "--checkpoint",
+        help="a checkpoint file (ckpt-*.weights.h5); its run "
+        "directory's config.yaml is used unless --config is given",
+    )
+    parser.add_argument("--config", help="experiment YAML the checkpoint was trained with")
+    add_set_argument(parser, "override a config field (repeatable)")
+
+
+def inference_source(args: argparse.Namespace) -> InferenceSource:
+    """The model that ``add_inference_arguments``' flags name (``InferenceSource.resolve``:
+    raises ``FileNotFoundError`` or ``ConfigError``)."""
+    from kmask.runs import InferenceSource
+
+    return InferenceSource.resolve(
+        run=args.run or None,
+        checkpoint=args.checkpoint,
+        config=args.config,
+        overrides=tuple(args.set),
+    )

@@ -1,0 +1,41 @@
+"""``EvalConfig``: evaluation and prediction (``eval``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kmask.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation and prediction (``kmask.evaluation``, ``kmask evaluate`` / ``predict``)."""
+
+    # Validation data: COCO JSON + image folder (COCOeval needs the JSON). Relative paths
+    # are relative to the working directory; ``kmask`` flags override them.
+    json_path: str | None = None
+    images_dir: str | None = None
+    batch_size: int = 1
+    # Evaluate only the first N images of the JSON (None = all), e.g. for quick checks.
+    max_images: int | None = None
+    # Pasted mask probabilities >= this are foreground (the paper: 0.5).
+    mask_threshold: float = 0.5
+    # How box-frame masks are pasted into the image (kmask.ops.masks.paste_masks): "exact"
+    # (detectron2's sub-pixel geometry) or "torchvision" (whole-pixel boxes, one padding
+    # cell; what models converted from torchvision were evaluated with).
+    mask_paste: str = "exact"
+    # Detections below this score are not drawn by ``kmask predict`` (all are evaluated).
+    visualization_score_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError("eval.batch_size: expected a positive integer")
+        if self.max_images is not None and self.max_images <= 0:
+            raise ConfigError("eval.max_images: expected a positive integer or null")
+        for name in ("mask_threshold", "visualization_score_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"eval.{name}: expected a value in [0, 1]")
+        if self.mask_paste not in ("exact", "torchvision"):
+            raise ConfigError(
+                f"eval.mask_paste: expected exact or torchvision, got {self.mask_paste!r}"
+            )
