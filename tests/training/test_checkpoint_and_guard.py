@@ -203,6 +203,14 @@ def test_sigkill_during_checkpointing_never_corrupts(tmp_path):
             [sys.executable, str(script), str(directory)], stdout=subprocess.PIPE, text=True
         )
         assert process.stdout.readline().strip() == "ready"
+        # Kill ``delay`` s after this process's first checkpoint (a loaded machine may take
+        # longer than any fixed delay to trace and run the first step).
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            latest = latest_checkpoint(directory)
+            if latest is not None and checkpoint_step(latest) > previous_step:
+                break
+            time.sleep(0.05)
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
