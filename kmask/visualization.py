@@ -100,11 +100,26 @@ def draw_detections(
             continue
         label = f"{class_names[int(classes[i])]} {float(scores[i]):.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-        tag_w, tag_h = right - left + 4, bottom - top + 4
-        tag_y = y1 - tag_h if y1 - tag_h >= 0 else y1
-        draw.rectangle([x1, tag_y, x1 + tag_w, tag_y + tag_h], fill=color)
-        draw.text((x1 + 2 - left, tag_y + 2 - top), label, fill=(0, 0, 0), font=font)
+        tag_h = bottom - top + 4
+        _write_tag(draw, font, x1, y1 - tag_h if y1 - tag_h >= 0 else y1, label, color)
+    if not keep and labelled:  # say so, rather than show a bare picture
+        threshold = f" >= {score_threshold:g}" if np.isfinite(score_threshold) else ""
+        _write_tag(draw, font, 0.0, 0.0, f"no detections{threshold}", (255, 255, 255))
     return np.asarray(picture)
+
+
+def _write_tag(
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont,
+    x: float,
+    y: float,
+    text: str,
+    color: tuple[int, int, int],
+) -> None:
+    """``text`` in black on a filled ``color`` tag whose top-left corner is ``(x, y)``."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.rectangle([x, y, x + right - left + 4, y + bottom - top + 4], fill=color)
+    draw.text((x + 2 - left, y + 2 - top), text, fill=(0, 0, 0), font=font)
 
 
 def _draw_keypoints(

@@ -59,9 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from kmask.errors import ConfigError, DataError
+    from kmask.errors import BuildError, ConfigError, DataError
     from kmask.export import export_onnx, export_saved_model
-    from kmask.export.onnx_exporter import check_output_file
+    from kmask.export.onnx_exporter import check_output_file, require_custom_op
     from kmask.export.saved_model_exporter import version_directory
 
     limits = {"max_batch_size": args.max_batch_size, "max_image_pixels": args.max_image_pixels}
@@ -86,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
             version_directory(out, args.version, args.overwrite)
     except (ValueError, OSError) as error:
         return fail("export", str(error), 2)
+    if args.format == "onnx":  # the op, before the model is loaded
+        try:
+            require_custom_op()
+        except BuildError as error:
+            return fail("export", f"{error}; {error.fix}", 1)
     try:
         source = inference_source(args)
         config, checkpoint = source.config, source.checkpoint

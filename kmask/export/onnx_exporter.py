@@ -27,8 +27,10 @@ import tensorflow as tf
 from kmask.config import DataConfig
 from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import write_atomic
+from kmask.errors import BuildError
 from kmask.export.inference_graph import InferenceGraph, with_roi_align
 from kmask.export.output_paths import check_creatable
+from kmask.native import custom_ops
 
 OPSET = 17
 INPUT_NAME = "image_tensor"
@@ -131,6 +133,7 @@ class OnnxExporter:
     ) -> None:
         if opset < 16:
             raise ValueError(f"opset must be >= 16 (RoiAlign coordinate modes), got {opset}")
+        require_custom_op()
         self.opset = opset
         self.graph = InferenceGraph(with_roi_align(model, "custom"), data_config, categories)
 
@@ -168,6 +171,22 @@ class OnnxExporter:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data)
         return path
+
+
+def require_custom_op() -> None:
+    """Returns when the RoIAlign custom op loads (building it if needed); the ONNX export
+    traces the model with it and turns it into ONNX ``RoiAlign``.
+
+    Raises:
+      BuildError: one line naming why the op is unavailable; ``fix`` says what to do.
+    """
+    if custom_ops.load() is None:
+        status = custom_ops.status(build=False)
+        raise BuildError(
+            "the ONNX export needs the RoIAlign custom op (it becomes ONNX RoiAlign), "
+            f"and it is unavailable: {status.reason}",
+            fix=status.fix or "run `kmask build-ops`",
+        )
 
 
 def check_output_file(path: str | os.PathLike[str], overwrite: bool = False) -> Path:

@@ -105,3 +105,24 @@ def test_help_states_the_limits_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"refused (default {DEFAULT_MAX_BATCH_SIZE})" in text
     assert f"refused (default {DEFAULT_MAX_IMAGE_PIXELS})" in text
+
+
+def test_onnx_export_without_the_custom_op_fails_in_one_line(model, config, tmp_path, monkeypatch):
+    """No compiler and no cached op: one line naming the cause and the fix, before the
+    model is loaded, and no file."""
+    run = write_run_directory(tmp_path / "run", model, config)
+    monkeypatch.setenv("KMASK_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setenv("KMASK_BUILD_CUDA", "0")
+    out = tmp_path / "model.onnx"
+    result = run_kmask(
+        "export", "--run", str(run), "--format", "onnx", "--out", str(out), cwd=tmp_path
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "kmask export: error: the ONNX export needs the RoIAlign custom op"
+    ), lines[0]
+    assert "/nonexistent/c++" in lines[0]
+    assert not out.exists()
