@@ -164,8 +164,10 @@ def proposal_results() -> list[dict[str, Any]]:
 
 
 class FixedOutputModel(keras.Model):
-    """A stand-in for ``MaskRCNN``: ``predict_step`` returns fixed outputs, with the
-    features' ``image_id``, ``image_size`` and ``original_size`` passed through."""
+    """A stand-in for ``MaskRCNN``: ``predict_step`` returns, for each image of the batch,
+    the fixed outputs of the image with its ``image_id`` (the first image's for an unknown
+    id or none), with the features' ``image_id``, ``image_size`` and ``original_size``
+    passed through."""
 
     def __init__(self, outputs: dict[str, np.ndarray]) -> None:
         super().__init__()
@@ -173,7 +175,12 @@ class FixedOutputModel(keras.Model):
 
     def predict_step(self, data: Any) -> dict[str, tf.Tensor]:
         features = data[0] if isinstance(data, (tuple, list)) else data
-        outputs = {key: tf.constant(value) for key, value in self._fixed.items()}
+        batch = tf.shape(features["images"])[0]
+        rows = tf.zeros([batch], tf.int64)
+        if "image_id" in features and "image_id" in self._fixed:
+            same = tf.equal(features["image_id"][:, None], self._fixed["image_id"][None, :])
+            rows = tf.argmax(tf.cast(same, tf.int32), axis=1)
+        outputs = {key: tf.gather(value, rows) for key, value in self._fixed.items()}
         for key in ("image_id", "image_size", "original_size"):
             if key in features:
                 outputs[key] = features[key]

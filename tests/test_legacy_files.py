@@ -23,12 +23,29 @@ def _assert_outputs(outputs: dict, prefix: str) -> None:
     keys = sorted(key.split("/", 1)[1] for key in expected if key.startswith(prefix + "/"))
     assert sorted(outputs) == keys
     for key in keys:
+        got, want = np.asarray(outputs[key]), expected[f"{prefix}/{key}"]
+        if key == "detection_keypoints":
+            got, want = _keypoints_after_the_exact_decoder(got, want)
         # Same CPU kernels as when written, up to the CPU CI lands on: compare at float32
         # noise, which any change of weights or of a layer's arithmetic exceeds.
-        np.testing.assert_allclose(
-            np.asarray(outputs[key]), expected[f"{prefix}/{key}"], rtol=1e-4, atol=1e-3,
-            err_msg=f"{prefix}: {key}",
-        )  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3, err_msg=f"{prefix}: {key}")
+
+
+def _keypoints_after_the_exact_decoder(
+    got: np.ndarray, want: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """0.1 searched each heatmap's bicubic maximum only near its coarse maximum, and missed
+    it on some keypoints; today's decoder finds it (torchvision's argmax over the whole
+    resized heatmap). Where the location moved, the new one must score higher (the score
+    is the heatmap's value there) and is left out of the comparison. The scores of this
+    random model reach 1e20 (unnormalized logits through 8 random convs), where float32
+    noise of another CPU's kernels grows to 1 %: they are compared at that tolerance.
+    Returns the (x, y) of the keypoints that did not move."""
+    moved = np.abs(got[..., :2] - want[..., :2]).max(-1) > 1e-3
+    assert moved.mean() < 0.2, f"{moved.sum()} of {moved.size} keypoints moved"
+    assert (got[..., 2][moved] > want[..., 2][moved]).all()
+    np.testing.assert_allclose(got[..., 2][~moved], want[..., 2][~moved], rtol=1e-2)
+    return got[..., :2][~moved], want[..., :2][~moved]
 
 
 def test_run_directory_of_kmask_0_1_loads_and_predicts_the_same():

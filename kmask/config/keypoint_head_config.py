@@ -8,6 +8,9 @@ from kmask.config.old_spellings import accepts_old_spellings
 from kmask.config.pooler_config import PoolerConfig
 from kmask.errors import ConfigError
 
+# ``heatmap_coordinates`` -> how far the heatmaps' coordinates lie below continuous ones.
+HEATMAP_COORDINATES = {"continuous": 0.0, "pixel_index": 0.5}
+
 
 @accepts_old_spellings("model.keypoint_head")
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +31,18 @@ class KeypointHeadConfig:
     normalize_by_visible_keypoints: bool = True
     # Weight of loss_keypoint (softmax cross-entropy over the heatmap's cells).
     loss_weight: float = 1.0
+    # The coordinates the heatmaps are trained in and decoded to: "continuous" (kmask,
+    # detectron2: keypoints as kmask.data loads them, COCO's integer pixel index + 0.5) or
+    # "pixel_index" (torchvision: COCO's pixel indices taken as coordinates, 0.5 px lower).
+    # Detected keypoints are continuous either way (COCO results subtract 0.5), so a
+    # converted model's COCO results are its source's.
+    heatmap_coordinates: str = "continuous"
 
     def __post_init__(self) -> None:
         if self.num_keypoints < 1:
             raise ConfigError("model.keypoint_head.num_keypoints: expected a positive integer")
+        if self.heatmap_coordinates not in HEATMAP_COORDINATES:
+            raise ConfigError(
+                "model.keypoint_head.heatmap_coordinates: expected one of "
+                f"{', '.join(HEATMAP_COORDINATES)}, got {self.heatmap_coordinates!r}"
+            )

@@ -24,6 +24,10 @@ class RPNConfig:
     anchor_offset: float = 0.5
     # Round the cell anchors to whole pixels (torchvision).
     anchor_rounding: bool = False
+    # Each level's anchor stride per axis = padded image size // the level's size
+    # (torchvision), not 2**k (the FPN paper, detectron2): P6 of an 800-pixel-high image
+    # has stride 61 in torchvision.
+    anchor_stride_from_image: bool = False
     # Shared 3x3 convs of the head (torchvision's v2 model: 2) and their normalization.
     num_conv: int = 1
     norm: str = "none"

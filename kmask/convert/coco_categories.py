@@ -3,7 +3,9 @@
 The public checkpoints index classes differently: torchvision reserves one slot per id
 (slot = COCO id, slot 0 background, 91 slots with 10 unused "N/A" ones); detectron2 uses
 the contiguous order of ``COCO_CATEGORIES`` (class k = k-th smallest id) with background
-last. kmask uses the contiguous order with background first (``kmask.data.CategoryMap``).
+last. kmask uses the contiguous order with background first (``kmask.data.CategoryMap``):
+a converted torchvision model keeps all 90 foreground slots as classes, with
+``TORCHVISION_COCO_CATEGORIES``.
 """
 
 from __future__ import annotations
@@ -31,9 +33,22 @@ COCO_CATEGORIES: tuple[dict[str, object], ...] = tuple(
     {"id": category_id, "name": name} for category_id, name in sorted(_NAMES.items())
 )
 
-# torchvision's slot of each kmask class: its COCO id (slot 0 is the background).
+# torchvision's slot of each COCO category (of ``COCO_CATEGORIES``): its COCO id (slot 0 is
+# the background); 91 slots in all.
 TORCHVISION_SLOTS: tuple[int, ...] = tuple(int(c["id"]) for c in COCO_CATEGORIES)
 TORCHVISION_NUM_SLOTS = 91
+# The name torchvision gives the 10 slots whose COCO ids have no category (its COCO_V1
+# ``categories`` metadata).
+UNUSED_NAME = "N/A"
+# The categories of a converted torchvision COCO model: one per foreground slot, ids 1..90
+# in slot order; an unused id is named "N/A" as in torchvision and marked ``"unused": true``
+# (a kmask field: evaluation accepts that ground truth lacks it, and ignores its detections).
+TORCHVISION_COCO_CATEGORIES: tuple[dict[str, object], ...] = tuple(
+    {"id": slot, "name": _NAMES[slot]}
+    if slot in _NAMES
+    else {"id": slot, "name": UNUSED_NAME, "unused": True}
+    for slot in range(1, TORCHVISION_NUM_SLOTS)
+)
 
 # COCO's person keypoints (person_keypoints_*.json) and their skeleton (1-based pairs).
 COCO_PERSON_KEYPOINTS = (

@@ -10,8 +10,7 @@ import numpy as np
 
 from kmask.convert.coco_categories import (
     COCO_PERSON_CATEGORY,
-    TORCHVISION_NUM_SLOTS,
-    TORCHVISION_SLOTS,
+    TORCHVISION_COCO_CATEGORIES,
 )
 from kmask.convert.converter import Converter
 from kmask.convert.weight_mapping import WeightMapping
@@ -40,6 +39,7 @@ def _detector(version: int, masks: bool) -> dict[str, Any]:
         "rpn": {
             "anchor_offset": 0.0,
             "anchor_rounding": True,
+            "anchor_stride_from_image": True,  # P6: padded size // map size, not 64
             "num_conv": 2 if v2 else 1,
             "min_box_size": 1e-3,
         },
@@ -72,11 +72,13 @@ def _backbone(depth: int, groups: int = 1, width_per_group: int = 64) -> dict[st
 def _keypoint_detector() -> dict[str, Any]:
     """The config values of torchvision's ``keypointrcnn_resnet50_fpn``: the v1 Faster
     R-CNN with ``KeypointRCNNHeads`` (RoIAlign 14x14, 2 samples, not aligned; 8 convs of
-    512) and ``KeypointRCNNPredictor`` (deconv 4x4 s2 to 17 maps, 2x bilinear)."""
+    512) and ``KeypointRCNNPredictor`` (deconv 4x4 s2 to 17 maps, 2x bilinear), trained on
+    COCO's pixel indices as coordinates (no 0.5 px offset: ``heatmap_coordinates``)."""
     values = _detector(1, masks=False)
     values["model"]["keypoint_head"] = {
         "num_keypoints": 17,
         "pooler": {"sampling_ratio": 2, "aligned": False},
+        "heatmap_coordinates": "pixel_index",
     }
     return values
 
@@ -110,12 +112,15 @@ class TorchvisionConverter(Converter):
     NCHW-flattened features: its input rows are reordered to NHWC. Box deltas are
     reordered from (dx, dy, dw, dh) to (dy, dx, dh, dw).
 
-    Classes: a COCO checkpoint has 91 slots (slot = COCO id, 0 background, 10 ids unused);
-    kmask keeps the background and the 80 used slots, in COCO id order. Dropping the
-    unused slots removes their terms from the softmax: in the released weights those
-    classes were never targets, their logits sit far below the others and the scores are
-    unchanged in practice. A checkpoint with another number of slots (a model fine-tuned
-    on other data) keeps every slot as a class ``class_k``.
+    Classes: every slot of the checkpoint is a class, in slot order, background first, so
+    the softmax, the per-class boxes and the per-class NMS are torchvision's for any
+    weights. A COCO checkpoint has 91 slots (slot = COCO id, 0 background): 90 classes
+    with ids 1..90 (``TORCHVISION_COCO_CATEGORIES``), 10 of them ids without a COCO
+    category, named "N/A" as torchvision names them and marked ``unused``. The released
+    weights never detect those (they were never targets); a detection of one is
+    reported as torchvision reports it, and COCO evaluation ignores it (the ground truth
+    has no such category). A checkpoint with another number of slots (a model fine-tuned
+    on other data) has classes ``class_k``; the keypoint model's one class is person.
     """
 
     SOURCE = "torchvision"
@@ -162,10 +167,7 @@ class TorchvisionConverter(Converter):
 
     def class_rows(self, mapping: WeightMapping) -> tuple[list[int], list[int], list[int]]:
         slots = mapping.shape("roi_heads.box_predictor.cls_score.weight", ndim=2)[0]
-        classes = (
-            list(TORCHVISION_SLOTS) if slots == TORCHVISION_NUM_SLOTS else list(range(1, slots))
-        )
-        rows = [0, *classes]  # background first, with background deltas and mask
+        rows = list(range(slots))  # background first, with background deltas and mask
         return rows, rows, rows
 
     def backbone_key(self, layer_name: str) -> str:
@@ -206,4 +208,6 @@ class TorchvisionConverter(Converter):
     def categories(self, num_classes: int) -> list[dict[str, Any]]:
         if self.arch == "keypointrcnn_resnet50_fpn":
             return [dict(COCO_PERSON_CATEGORY)]
+        if num_classes == len(TORCHVISION_COCO_CATEGORIES):
+            return [dict(c) for c in TORCHVISION_COCO_CATEGORIES]
         return super().categories(num_classes)

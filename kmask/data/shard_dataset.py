@@ -13,6 +13,7 @@ from kmask.config import DataConfig
 from kmask.data import pipeline
 from kmask.data.category_map import CategoryMap
 from kmask.data.example_source import ExampleSource
+from kmask.data.image_decoding import decode_image
 from kmask.errors import DataError
 
 # File beside the shards that holds the COCO ``categories`` list (written by ShardWriter).
@@ -130,8 +131,7 @@ class ShardDataset(ExampleSource):
                 key: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value
                 for key, value in parsed.items()
             }
-            image = tf.io.decode_image(dense["image/encoded"], channels=3, expand_animations=False)
-            image.set_shape([None, None, 3])
+            image = decode_image(dense["image/encoded"])
             height = tf.shape(image)[0]
             width = tf.shape(image)[1]
             size_yx = tf.cast(tf.stack([height, width]), tf.float32)

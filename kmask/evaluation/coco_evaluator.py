@@ -148,7 +148,10 @@ class COCOEvaluator:
     Args:
       json_path: the COCO annotation file of the evaluated images.
       categories: the model's classes; default the JSON's own categories. Every model
-        class must be a category of the JSON.
+        class must be a category of the JSON, except those marked ``"unused": true`` (a
+        converted torchvision model's "N/A" slots, ``TORCHVISION_COCO_CATEGORIES``):
+        their detections are written to the results and ignored by COCOeval, as in
+        torchvision's own evaluation.
       proposal_limits: AR@k limits.
 
     Raises:
@@ -175,7 +178,8 @@ class COCOEvaluator:
                 visibility = np.asarray(annotation["keypoints"], np.float64)[2::3]
                 annotation["num_keypoints"] = int(np.count_nonzero(visibility > 0))
         self.categories = categories if categories is not None else own
-        missing = sorted(set(self.categories.category_ids) - set(own.category_ids))
+        used = {c["id"] for c in self.categories.categories if not c.get("unused")}
+        missing = sorted(used - set(own.category_ids))
         if missing:
             raise DataError(
                 f"{self.json_path}: the model's category ids {missing} are not in the file's "

@@ -13,7 +13,7 @@ import tensorflow as tf
 from kmask.config import Config, DataConfig
 from kmask.data import transforms
 from kmask.evaluation.detector_mode import DetectorMode
-from kmask.modeling.roi_heads.instance_head import OutputKind, head_outputs
+from kmask.modeling.roi_heads.instance_head import OutputKind, head_outputs, point_origins
 from kmask.ops.masks import paste_masks
 
 # Segment proposal masks pasted per paste_masks call.
@@ -59,6 +59,7 @@ class Predictor:
         self.mask_threshold = mask_threshold
         self.mask_paste = mask_paste
         self._predict = tf.function(model.predict_step, reduce_retracing=True)
+        self._point_origins = point_origins(model) if hasattr(model, "roi_heads") else {}
 
     @classmethod
     def from_checkpoint(cls, config: Config, checkpoint: str | os.PathLike[str]) -> Predictor:
@@ -75,7 +76,14 @@ class Predictor:
         return cls(model, config.data, config.eval.mask_threshold, config.eval.mask_paste)
 
     def predict_batch(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
-        """``model.predict_step`` on a features batch, as NumPy arrays.
+        """``model.predict_step`` on a features batch, as NumPy arrays; each image's
+        outputs are those it gets alone.
+
+        The images are grouped by padded size (``transforms.padded_image_size`` of their
+        ``image_size``) and each group runs cropped to that size, so an image is padded
+        exactly as it is alone, whatever the sizes of its batch mates (a batch of mixed
+        sizes, zero-padded to the largest, would change the features near each smaller
+        image's border and its detections with them).
 
         Args:
           features: a ``kmask.data`` features batch (``images [B, H, W, 3]`` float32 and
@@ -96,7 +104,22 @@ class Predictor:
             ``num_proposals [B]``;
           - passed through: ``image_id [B]``, ``image_size [B, 2]``, ``original_size [B, 2]``.
         """
-        return {key: np.asarray(value) for key, value in self._predict(features).items()}
+        sizes = np.asarray(features["image_size"], np.int32).reshape(-1, 2)
+        padded = np.broadcast_to(
+            np.asarray(transforms.padded_image_size(sizes, self.data_config)), sizes.shape
+        )
+        groups, group_of = np.unique(padded, axis=0, return_inverse=True)
+        results: dict[str, np.ndarray] = {}
+        for group, (height, width) in enumerate(groups):
+            indices = np.flatnonzero(group_of.reshape(-1) == group)
+            batch = {key: tf.gather(value, indices) for key, value in features.items()}
+            batch["images"] = batch["images"][:, :height, :width]
+            for key, value in self._predict(batch).items():
+                value = np.asarray(value)
+                if key not in results:
+                    results[key] = np.zeros((len(sizes), *value.shape[1:]), value.dtype)
+                results[key][indices] = value
+        return results
 
     def image_detections(
         self, outputs: dict[str, np.ndarray], index: int, source_pixels: bool = True
@@ -167,7 +190,12 @@ class Predictor:
                     )
                     result[output.detection_key] = np.asarray(pasted[0])
                 else:
-                    values = output.to_source(values.astype(np.float32), scale[0], scale[1])
+                    values = output.to_source(
+                        values.astype(np.float32),
+                        scale[0],
+                        scale[1],
+                        self._point_origins.get(output.key, 0.0),
+                    )
                     result[output.detection_key] = np.asarray(values)
         if "proposals" in outputs:
             count = _valid_count(outputs, "num_proposals", "proposals", index)

@@ -11,7 +11,9 @@ import tensorflow as tf
 from kmask.config import DataConfig
 from kmask.data import transforms
 from kmask.data.category_map import CategoryMap
-from kmask.modeling.roi_heads.instance_head import OutputKind, head_outputs
+from kmask.data.image_decoding import decode_image
+from kmask.modeling.roi_heads.instance_head import OutputKind, head_outputs, point_origins
+from kmask.modeling.single_image_runner import SingleImageRunner
 from kmask.ops.masks import paste_masks
 
 INPUT_TYPES = ("image_bytes", "image_tensor", "tf_example")
@@ -140,7 +142,9 @@ class InferenceGraph:
     side ``max(min_size)``, longer at most ``max_size``, bilinear), zero padding to a multiple
     of ``size_divisibility`` (or to ``data.image_size``), the model, and the mapping of its
     outputs back to each source image. Images of different sizes may share a batch: each is
-    resized on its own and the batch is padded to the largest, as ``kmask.data`` batches are.
+    resized on its own and, for encoded inputs, the model runs on each image at its own
+    padded size (``SingleImageRunner``), so an image's outputs do not depend on its batch
+    mates; an ``image_tensor`` batch has one size for all.
 
     Encoded images (``image_bytes``, ``tf_example``) are JPEG, PNG or BMP. Each is parsed,
     its size read from its header (``encoded_image_size``) and then decoded on its own
@@ -212,6 +216,7 @@ class InferenceGraph:
         self.mask_paste = mask_paste
         self.max_batch_size = max_batch_size
         self.max_image_pixels = max_image_pixels
+        self._single_image_runner = SingleImageRunner(model, data_config)
 
     def input_signature(self, input_type: str) -> tf.TensorSpec:
         """The serving input of ``input_type``: string ``[B]`` for ``image_bytes`` (JPEG, PNG
@@ -246,7 +251,12 @@ class InferenceGraph:
             images, image_size, original_size, decode_ok = self._decode_and_resize(
                 inputs, input_type
             )
-        outputs = self.model({"images": images, "image_size": image_size}, training=False)
+        if input_type == "image_tensor" or self.data_config.image_size is not None:
+            # One size (the tensor's, or the fixed canvas): every image is padded alone
+            # as it is in the batch.
+            outputs = self.model({"images": images, "image_size": image_size}, training=False)
+        else:
+            outputs = self._single_image_runner(images, image_size)
         return self._postprocess(outputs, image_size, original_size, full_masks, decode_ok)
 
     # ------------------------------------------------------------------ preprocessing
@@ -324,7 +334,7 @@ class InferenceGraph:
         encoded = self._check_pixels(encoded, header_size, readable, input_type)
 
         def decode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            image = decode_image(data)
             source = tf.shape(image)[:2]
             size = self._resized_size(source)
             # uint8 in, float32 out: the numbers of resizing its float32 cast, without
@@ -386,10 +396,13 @@ class InferenceGraph:
             num_detections=count,
         )
         scale_y, scale_x = (source[:, k : k + 1] / resized[:, k : k + 1] for k in (0, 1))
+        origins = point_origins(self.model)
         for output in head_outputs().values():
             if output.key not in outputs:
                 continue
-            values = output.to_source(outputs[output.key], scale_y, scale_x)
+            values = output.to_source(
+                outputs[output.key], scale_y, scale_x, origins.get(output.key, 0.0)
+            )
             keep = valid
             for _ in range(values.shape.rank - 2):
                 keep = keep[..., None]

@@ -16,10 +16,12 @@ class ImageNormalization(keras.layers.Layer):
     """``(reorder(images) * pixel_scale - pixel_mean) / pixel_std``, zero on the padding.
 
     Images enter as RGB 0..255 padded at the bottom/right; ``image_size`` gives each
-    image's valid area. Pixels outside it are set to exactly zero after normalization, so
-    a padded image's results do not depend on how much padding its batch mates forced (and
-    the padding is what torchvision and detectron2 feed their networks: zeros after
-    normalization).
+    image's valid area. Pixels outside it are set to exactly zero after normalization:
+    the padding torchvision and detectron2 feed their networks. (That alone does not make
+    an image's results independent of how much padding its batch mates forced: the
+    convolutions' biases and normalization make the padded region nonzero from the first
+    layer on. ``Predictor`` and the exported graphs run each image at its own padded size:
+    ``kmask.modeling.single_image_runner``.)
 
     Args:
       channel_order: "RGB" or "BGR": the channel order the backbone expects.

@@ -60,16 +60,18 @@ def cell_anchors(
 def grid_anchors(
     height: tf.Tensor | int,
     width: tf.Tensor | int,
-    stride: int,
+    stride: int | tuple[tf.Tensor | int, tf.Tensor | int],
     size: float | Sequence[float],
     aspect_ratios: Sequence[float],
     offset: float = 0.5,
     rounded: bool = False,
 ) -> tf.Tensor:
-    """Anchors of one level with a ``height x width`` feature map -> [height*width*A, 4]."""
+    """Anchors of one level with a ``height x width`` feature map -> [height*width*A, 4];
+    ``stride`` in pixels, one for both axes or ``(stride_y, stride_x)``."""
+    stride_y, stride_x = stride if isinstance(stride, tuple) else (stride, stride)
     base = tf.constant(cell_anchors(size, aspect_ratios, rounded))  # [A, 4]
-    ys = (tf.cast(tf.range(height), tf.float32) + offset) * float(stride)
-    xs = (tf.cast(tf.range(width), tf.float32) + offset) * float(stride)
+    ys = (tf.cast(tf.range(height), tf.float32) + offset) * tf.cast(stride_y, tf.float32)
+    xs = (tf.cast(tf.range(width), tf.float32) + offset) * tf.cast(stride_x, tf.float32)
     cy, cx = tf.meshgrid(ys, xs, indexing="ij")  # [H, W]
     centers = tf.stack([cy, cx, cy, cx], axis=-1)  # [H, W, 4]
     anchors = centers[:, :, None, :] + base[None, None, :, :]  # [H, W, A, 4]
@@ -82,6 +84,7 @@ def pyramid_anchors(
     aspect_ratios: Sequence[float],
     offset: float = 0.5,
     rounded: bool = False,
+    stride_from_image: bool = False,
 ) -> dict[str, tf.Tensor]:
     """Anchors for every level.
 
@@ -94,6 +97,11 @@ def pyramid_anchors(
       offset: anchor centre within a cell, in cells (0.5 = cell centre; detectron2 and
         torchvision use 0.0).
       rounded: round the cell anchors to whole pixels (torchvision).
+      stride_from_image: each level's stride per axis is the padded image size (the
+        finest level's size times its stride) floor-divided by the level's size, as
+        torchvision's ``AnchorGenerator`` computes it, instead of ``2**k``. The two differ
+        where a level is rounded up: P6 of an 800-pixel-high image (P5 25 rows, P6 13) has
+        stride 800 // 13 = 61 in torchvision, 64 in detectron2 and the FPN paper.
 
     Returns:
       ``{"Pk": [h*w*A, 4]}`` float32 anchors.
@@ -102,9 +110,14 @@ def pyramid_anchors(
     sizes = level_sizes(sizes)
     if len(levels) != len(sizes):
         raise ValueError(f"{len(levels)} levels {levels} but {len(sizes)} anchor sizes {sizes}")
-    return {
-        name: grid_anchors(
-            *feature_shapes[name], 2 ** level_of(name), size, aspect_ratios, offset, rounded
-        )
-        for name, size in zip(levels, sizes)
-    }
+    finest_height, finest_width = feature_shapes[levels[0]]
+    image_height = finest_height * 2 ** level_of(levels[0])  # the padded image
+    image_width = finest_width * 2 ** level_of(levels[0])
+    anchors = {}
+    for name, size in zip(levels, sizes):
+        height, width = feature_shapes[name]
+        stride = 2 ** level_of(name)
+        if stride_from_image:
+            stride = (image_height // height, image_width // width)
+        anchors[name] = grid_anchors(height, width, stride, size, aspect_ratios, offset, rounded)
+    return anchors

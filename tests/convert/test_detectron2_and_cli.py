@@ -1,4 +1,5 @@
-"""detectron2 layouts from known arrays, ImageNet backbones, the command and bad input."""
+"""detectron2's Caffe2 layouts from known arrays, ImageNet backbones, the command and bad
+input (the FPN and keypoint model-zoo layouts: test_detectron2_fpn.py, numerically)."""
 
 from __future__ import annotations
 
@@ -17,49 +18,8 @@ from tests.cli_runner import assert_ok, run_kmask
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 from tests.convert.torch_models import (  # noqa: E402
-    detectron2_arrays,
     random_torchvision_model,
 )
-
-
-def _weights(model) -> dict[str, np.ndarray]:
-    return {v.path: np.asarray(v) for v in model.weights}
-
-
-@pytest.mark.parametrize(
-    "torchvision_arch, detectron2_arch, num_classes",
-    [
-        ("maskrcnn_resnet50_fpn", "mask_rcnn_R_50_FPN_1x", 80),
-        ("keypointrcnn_resnet50_fpn", "keypoint_rcnn_R_50_FPN_3x", 1),
-    ],
-)
-def test_detectron2_pickle_fills_the_same_weights(
-    torchvision_arch, detectron2_arch, num_classes, tmp_path
-):
-    """A model-zoo style .pkl holding torchvision's weights in detectron2's layout gives
-    kmask weights equal to the torchvision conversion (checked against torchvision's
-    outputs in test_torchvision_conversion); every key is consumed."""
-    state = {
-        k: v.numpy() for k, v in random_torchvision_model(torchvision_arch).state_dict().items()
-    }
-    path = tmp_path / "model_final.pkl"
-    with open(path, "wb") as handle:
-        pickle.dump({"model": detectron2_arrays(state), "__author__": "Detectron2"}, handle)
-    from kmask.convert.checkpoint_reader import read_detectron2_pickle
-
-    config, model = Detectron2Converter(detectron2_arch).convert(
-        read_detectron2_pickle(path), str(path)
-    )
-    _, reference = TorchvisionConverter(torchvision_arch).convert(state, "tv")
-    mine, theirs = _weights(model), _weights(reference)
-    assert config.model.num_classes == num_classes and config.model.box_head.pooler.aligned
-    for name, value in mine.items():
-        expected = theirs[name]
-        if name.endswith(("bbox_pred/kernel", "bbox_pred/bias")):
-            expected = expected[..., 4:]  # torchvision's background deltas
-        elif "mask_head/predictor" in name:
-            expected = expected[..., 1:]  # torchvision's background mask
-        np.testing.assert_array_equal(value, expected, err_msg=name)
 
 
 def _c2_blobs(rng: np.random.Generator, model) -> dict[str, np.ndarray]:
@@ -178,8 +138,9 @@ def test_command_writes_a_run_that_loads_and_refuses_bad_input(tmp_path, capfd):
     )
     assert "MiB" in stdout
     categories = json.loads((out / "categories.json").read_text())
-    assert [c["id"] for c in categories][:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]
-    assert categories[0]["name"] == "person" and len(categories) == 80
+    # One class per torchvision slot: ids 1..90, the unused ones "N/A" as in torchvision.
+    assert [c["id"] for c in categories] == list(range(1, 91))
+    assert categories[0]["name"] == "person" and categories[11]["name"] == "N/A"
     loaded = kmask.load_model(out)
     _, converted = TorchvisionConverter("fasterrcnn_resnet50_fpn").convert(
         {k: v.numpy() for k, v in model.state_dict().items()}, "tv"

@@ -11,11 +11,10 @@ from torchvision.models import detection
 
 from kmask.convert.coco_categories import TORCHVISION_SLOTS
 
-UNUSED_SLOTS = sorted(set(range(1, 91)) - set(TORCHVISION_SLOTS))
-
 
 def random_torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:
-    """``torchvision.models.detection.<arch>`` with random weights and BN statistics."""
+    """``torchvision.models.detection.<arch>`` with random weights and BN statistics; every
+    class slot (the 10 unused COCO slots too) gets ordinary random weights."""
     torch.manual_seed(seed)
     model = getattr(detection, arch)(weights=None, weights_backbone=None).eval()
     with torch.no_grad():
@@ -33,9 +32,6 @@ def random_torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:
         # Logits of a few units: scores spread over (0, 1) instead of saturating at 1.0,
         # where ties would make the choice of the 100 kept detections arbitrary.
         predictor.weight *= 0.25
-        if predictor.weight.shape[0] == 91:  # COCO slots (not the person-only models)
-            predictor.weight[UNUSED_SLOTS] = 0.0
-            predictor.bias[UNUSED_SLOTS] = -50.0
     return model
 
 

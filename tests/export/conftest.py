@@ -13,6 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kmask.config import Config
+from kmask.data import image_io
 from kmask.data.category_map import CategoryMap
 from kmask.evaluation import Predictor
 from kmask.modeling.factory import build_mask_rcnn
@@ -63,8 +64,9 @@ def encoded_images(images) -> list[bytes]:
 
 @pytest.fixture(scope="session")
 def decoded_images(encoded_images) -> list[np.ndarray]:
-    """The encoded images as TensorFlow decodes them (JPEG decoding is lossy)."""
-    return [tf.io.decode_image(data, channels=3).numpy() for data in encoded_images]
+    """The encoded images as ``kmask predict`` and the COCO reader decode them (Pillow):
+    the exports, which decode in TensorFlow, must see the same pixels, JPEG included."""
+    return [image_io.decode_rgb(data)[0] for data in encoded_images]
 
 
 @pytest.fixture(scope="session")
@@ -98,13 +100,10 @@ def export_test_model(config: Config, seed: int) -> keras.Model:
     return model
 
 
-def reference(
-    model: keras.Model, config: Config, images: list[np.ndarray]
-) -> list[dict[str, np.ndarray]]:
-    """The Keras model's detections for one batch of decoded images, through kmask's own
-    evaluation preprocessing (``transforms.preprocess``, padded to the batch's largest) and
-    ``Predictor`` (boxes in source pixels, pasted masks); classes as category ids."""
-    predictor = Predictor(model, config.data, config.eval.mask_threshold)
+def padded_batch(predictor: Predictor, images: list[np.ndarray]) -> dict[str, tf.Tensor]:
+    """One features batch of ``images`` as ``kmask.data`` makes it: each resized and padded
+    by the evaluation preprocessing (``Predictor.features_for_image``), then zero-padded to
+    the batch's largest."""
     features = []
     for image in images:
         one = predictor.features_for_image(image)
@@ -121,6 +120,17 @@ def reference(
             for f in features
         ]
     )
+    return batch
+
+
+def reference(
+    model: keras.Model, config: Config, images: list[np.ndarray]
+) -> list[dict[str, np.ndarray]]:
+    """The Keras model's detections for one batch of decoded images, through kmask's own
+    evaluation preprocessing (``padded_batch``) and ``Predictor`` (each image as if alone;
+    boxes in source pixels, pasted masks); classes as category ids."""
+    predictor = Predictor(model, config.data, config.eval.mask_threshold)
+    batch = padded_batch(predictor, images)
     outputs = predictor.predict_batch(batch)
     results = []
     for index, detections in enumerate(predictor.batch_detections(outputs)):
@@ -142,12 +152,12 @@ def assert_same_detections(
     got: dict[str, np.ndarray], index: int, want: dict[str, np.ndarray], full_masks: bool = False
 ) -> None:
     """Image ``index`` of an exported model's outputs against a ``reference`` entry: same
-    count and classes, boxes within 0.5 px, scores within 1e-4, box-frame masks within 1e-3;
+    count and classes, boxes within 0.1 px, scores within 1e-4, box-frame masks within 1e-3;
     pasted masks agree on >= 99.5% of the pixels (thresholding at 0.5 may flip a few)."""
     count = int(got["num_detections"][index])
     assert count == len(want["scores"])
     np.testing.assert_array_equal(got["detection_classes"][index, :count], want["classes"])
-    np.testing.assert_allclose(got["detection_boxes"][index, :count], want["boxes"], atol=0.5)
+    np.testing.assert_allclose(got["detection_boxes"][index, :count], want["boxes"], atol=0.1)
     np.testing.assert_allclose(got["detection_scores"][index, :count], want["scores"], atol=1e-4)
     np.testing.assert_allclose(got["detection_masks"][index, :count], want["masks"], atol=1e-3)
     assert np.all(got["detection_classes"][index, count:] == -1)

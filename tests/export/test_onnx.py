@@ -3,6 +3,8 @@ detections; RoIAlign and NMS are the ONNX ops; dynamic batch and size; zero dete
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +83,10 @@ def onnx_export(model, config, cases, tmp_path_factory) -> tuple[Path, keras.Mod
 
 
 def test_graph_uses_onnx_roialign_and_nms(onnx_export):
+    # Written as every other output: read-write for the owner, readable by all (umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(onnx_export[0].stat().st_mode) == 0o666 & ~umask
     model = onnx.load(str(onnx_export[0]))
     onnx.checker.check_model(model)
     ops = [node.op_type for node in model.graph.node]
@@ -120,7 +126,8 @@ def test_onnxruntime_without_tensorflow_matches_keras(onnx_export, config, cases
     served = run_onnxruntime(path, cases, tmp_path)
     for name, batch in cases.items():
         got = served[name]
-        want = reference(exported, config, list(batch))
+        # Each image against itself alone (the pair: two images in one batch).
+        want = [reference(exported, config, [image])[0] for image in batch]
         for index, expected in enumerate(want):
             assert_same_detections(got, index, expected)
         np.testing.assert_array_equal(got["original_size"], [b.shape[:2] for b in batch])

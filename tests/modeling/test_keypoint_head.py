@@ -119,6 +119,40 @@ def test_fixed_normalizer_divides_by_all_slots():
     np.testing.assert_allclose(second.numpy() * 6, first.numpy() * 2, rtol=1e-5)
 
 
+def test_pixel_index_coordinates_are_torchvisions_convention():
+    """``heatmap_coordinates="pixel_index"`` (torchvision): trained on keypoints 0.5 px
+    lower, and decoded keypoints 0.5 px higher, than the same head in continuous
+    coordinates (kmask, detectron2); the argument survives get_config."""
+    keras.utils.set_random_seed(3)
+    pyramid = _pyramid(1)
+    rois = tf.constant([[[20, 20, 60, 60], [10, 5, 70, 40]]], tf.float32)
+    # Keypoints 0.2 px right of a cell edge (cell 0.71 px): the 0.5 px shift moves them
+    # to the previous cell, so the two conventions' targets differ.
+    points = [[[30.2, 30.2, 2], [50.0, 40.0, 1], [0, 0, 0]]]
+    targets = {"gt_keypoints": tf.constant([points])}
+    shifted = {"gt_keypoints": targets["gt_keypoints"] - [0.5, 0.5, 0.0]}
+    args = (pyramid, rois, tf.constant([[0, 0]]), tf.constant([[0, 0]]))
+    continuous = KeypointHead(NUM_KEYPOINTS, num_conv=1, conv_dim=8, **POOLING)
+    pixel_index = KeypointHead(
+        NUM_KEYPOINTS, num_conv=1, conv_dim=8, heatmap_coordinates="pixel_index", **POOLING
+    )
+    continuous(pyramid, rois)
+    pixel_index(pyramid, rois)
+    pixel_index.set_weights(continuous.get_weights())
+    loss = pixel_index.compute_losses(*args, targets)["loss_keypoint"]
+    np.testing.assert_allclose(
+        loss.numpy(), continuous.compute_losses(*args, shifted)["loss_keypoint"].numpy()
+    )
+    assert abs(loss.numpy() - continuous.compute_losses(*args, targets)["loss_keypoint"]) > 1e-4
+    detections = {"detection_boxes": rois, "num_detections": tf.constant([2])}
+    got = pixel_index.inference(pyramid, detections)["detection_keypoints"].numpy()
+    base = continuous.inference(pyramid, detections)["detection_keypoints"].numpy()
+    np.testing.assert_allclose(got, base + [0.5, 0.5, 0.0], atol=1e-5)
+    config = pixel_index.get_config()
+    assert config["heatmap_coordinates"] == "pixel_index"
+    assert KeypointHead.from_config(config).heatmap_coordinates == "pixel_index"
+
+
 def test_inference_outputs_and_keras_file_round_trip(tmp_path):
     keras.utils.set_random_seed(2)
     model = tiny_keypoint_model(mask_head=False)

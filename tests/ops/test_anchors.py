@@ -50,6 +50,33 @@ def test_pyramid_anchors_levels_and_counts():
         anchor_ops.pyramid_anchors(shapes, SIZES[:4], RATIOS)
 
 
+def test_strides_from_the_image_as_torchvision_computes_them():
+    """160x128 padded: P5 5x4, P6 3x2 (rounded up), so torchvision's P6 strides are
+    160 // 3 = 53 rows and 128 // 2 = 64 columns; P2..P5 keep 2**k. Hand-computed centres
+    at offset 0, dynamic shapes as in a traced model."""
+    shapes = {"P2": (40, 32), "P3": (20, 16), "P4": (10, 8), "P5": (5, 4), "P6": (3, 2)}
+    fixed = anchor_ops.pyramid_anchors(shapes, SIZES, RATIOS, offset=0.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)] * 5)
+    def traced(*sizes):
+        return anchor_ops.pyramid_anchors(
+            {name: (size[0], size[1]) for name, size in zip(shapes, sizes)},
+            SIZES,
+            RATIOS,
+            offset=0.0,
+            stride_from_image=True,
+        )
+
+    image = traced(*(tf.constant(s) for s in shapes.values()))
+    for name in ("P2", "P3", "P4", "P5"):
+        np.testing.assert_array_equal(image[name].numpy(), fixed[name].numpy())
+    centres = image["P6"].numpy().reshape(3, 2, 3, 4)
+    centres = (centres[..., :2] + centres[..., 2:]) / 2
+    for i in range(3):
+        for j in range(2):
+            np.testing.assert_allclose(centres[i, j], [[53 * i, 64 * j]] * 3, atol=1e-4)
+
+
 def test_anchor_generator_layer_static_dynamic_and_config():
     layer = AnchorGenerator()
     features = {f"P{k}": tf.zeros([2, 128 // 2**k, 64 // 2**k, 4]) for k in range(2, 7)}

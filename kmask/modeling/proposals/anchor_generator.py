@@ -24,6 +24,8 @@ class AnchorGenerator(keras.layers.Layer):
       offset: anchor centre inside its cell, in cells (0.5 = centre; detectron2 and
         torchvision: 0.0).
       rounded: round the cell anchors to whole pixels (torchvision).
+      stride_from_image: strides of padded image size // level size per axis
+        (torchvision), not ``2**k`` (``kmask.ops.anchors.pyramid_anchors``).
       **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call: ``features {"Pk": [B, Hk, Wk, C]}`` (only the shapes are used) ->
@@ -37,6 +39,7 @@ class AnchorGenerator(keras.layers.Layer):
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         offset: float = 0.5,
         rounded: bool = False,
+        stride_from_image: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
@@ -45,6 +48,7 @@ class AnchorGenerator(keras.layers.Layer):
         self.aspect_ratios = tuple(float(r) for r in aspect_ratios)
         self.offset = float(offset)
         self.rounded = bool(rounded)
+        self.stride_from_image = bool(stride_from_image)
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -60,7 +64,12 @@ class AnchorGenerator(keras.layers.Layer):
                 dynamic[2] if static[2] is None else static[2],
             )
         return anchor_ops.pyramid_anchors(
-            shapes, self.sizes, self.aspect_ratios, self.offset, self.rounded
+            shapes,
+            self.sizes,
+            self.aspect_ratios,
+            self.offset,
+            self.rounded,
+            self.stride_from_image,
         )
 
     def compute_output_shape(

@@ -63,6 +63,7 @@ class RPN(keras.layers.Layer):
         anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         anchor_offset: float = 0.5,
         anchor_rounding: bool = False,
+        anchor_stride_from_image: bool = False,
         num_conv: int = 1,
         norm: str = "none",
         fg_iou_threshold: float = 0.7,
@@ -92,6 +93,7 @@ class RPN(keras.layers.Layer):
             anchor_aspect_ratios,
             anchor_offset,
             anchor_rounding,
+            anchor_stride_from_image,
             name="anchor_generator",
         )
         self.head = RPNHead(

@@ -59,13 +59,16 @@ class HeadOutput:
     detection_key: str
     pasted_key: str | None = None
 
-    def to_source(self, values: Any, scale_y: Any, scale_x: Any) -> tf.Tensor:
+    def to_source(self, values: Any, scale_y: Any, scale_x: Any, origin: float = 0.0) -> tf.Tensor:
         """``values`` (float32, ``[B, N, ...]`` or one image's ``[n, ...]``; NumPy or
         TensorFlow) from the model's resized-image pixels to the target image's.
 
         ``scale_y``, ``scale_x``: target size / resized size, broadcastable to the
         detection axes (``[B, 1]`` for a batch, scalars for one image). ``BOX_FRAME``
-        values are returned unchanged (pasting is the caller's)."""
+        values are returned unchanged (pasting is the caller's). ``POINTS`` are scaled
+        about ``origin`` (the head's ``point_origin``): ``(p - origin) * scale + origin``;
+        0 for continuous coordinates, 0.5 for a head whose source scales pixel indices
+        (torchvision's keypoints)."""
         values = tf.convert_to_tensor(values, tf.float32)
         if self.kind is OutputKind.BOX_FRAME:
             return values
@@ -73,7 +76,8 @@ class HeadOutput:
             xy = tf.stack([scale_x, scale_y], -1)
             for _ in range(values.shape.rank - xy.shape.rank):
                 xy = tf.expand_dims(xy, -2)
-            return tf.concat([values[..., :2] * xy, values[..., 2:]], -1)
+            points = (values[..., :2] - origin) * tf.cast(xy, tf.float32) + origin
+            return tf.concat([points, values[..., 2:]], -1)
         factor = tf.convert_to_tensor(scale_y * scale_x, tf.float32)
         for _ in range(values.shape.rank - factor.shape.rank):
             factor = tf.expand_dims(factor, -1)
@@ -174,6 +178,9 @@ class InstanceHead:
     enabled_by_default: ClassVar[bool] = False
     target_keys: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[HeadOutput, ...]] = ()
+    #: where its ``POINTS`` outputs are scaled about when mapped to the source image
+    #: (``HeadOutput.to_source``).
+    point_origin: float = 0.0
     loss_names: ClassVar[tuple[str, ...]] = ()
     class_dependent_layers: ClassVar[Mapping[str, ClassRows | None]] = types.MappingProxyType({})
 
@@ -261,3 +268,10 @@ def target_keys() -> tuple[str, ...]:
 def head_outputs() -> dict[str, HeadOutput]:
     """``{output key: HeadOutput}`` of every registered head."""
     return {output.key: output for cls in instance_heads().values() for output in cls.outputs}
+
+
+def point_origins(model: Any) -> dict[str, float]:
+    """``{output key: point_origin}`` of the instance heads of ``model`` (a ``MaskRCNN``),
+    the ``origin`` argument of ``HeadOutput.to_source``."""
+    heads = [] if model.roi_heads is None else model.roi_heads.instance_heads
+    return {output.key: head.point_origin for head in heads for output in head.outputs}

@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from kmask.config import KeypointHeadConfig, layer_arguments
+from kmask.config.keypoint_head_config import HEATMAP_COORDINATES
 from kmask.layers.conv_stack import msra_fill
 from kmask.modeling.roi_heads.instance_head import (
     HeadContext,
@@ -56,6 +57,10 @@ class KeypointHead(PooledHead, InstanceHead):
         ``B * Q * K`` for Q foreground RoI slots per image (detectron2's alternative,
         ``images * positive_fraction * batch_size_per_image * K``).
       loss_weight: factor of ``loss_keypoint``.
+      heatmap_coordinates: "continuous" (kmask, detectron2) or "pixel_index"
+        (torchvision): the heatmaps are trained on, and decoded from, keypoints 0.5 px
+        lower than ``gt_keypoints`` in "pixel_index" (``KeypointHeadConfig``); targets and
+        detected keypoints stay continuous.
       pooler_levels: (min, max) FPN levels RoIs are pooled from (2, 5).
       roi_align_implementation: "auto" | "custom" | "tf" (``kmask.ops.roi_align``).
       **kwargs: base ``keras.layers.Layer`` arguments.
@@ -87,6 +92,7 @@ class KeypointHead(PooledHead, InstanceHead):
         norm: str = "none",
         normalize_by_visible_keypoints: bool = True,
         loss_weight: float = 1.0,
+        heatmap_coordinates: str = "continuous",
         pooler_levels: Sequence[int] = (2, 5),
         roi_align_implementation: str = "auto",
         **kwargs: Any,
@@ -107,6 +113,16 @@ class KeypointHead(PooledHead, InstanceHead):
         self.num_keypoints = num_keypoints
         self.normalize_by_visible_keypoints = bool(normalize_by_visible_keypoints)
         self.loss_weight = float(loss_weight)
+        if heatmap_coordinates not in HEATMAP_COORDINATES:
+            raise ValueError(
+                f"{self.name}: heatmap_coordinates must be one of "
+                f"{', '.join(HEATMAP_COORDINATES)}, got {heatmap_coordinates!r}"
+            )
+        self.heatmap_coordinates = heatmap_coordinates
+        # (x, y, v) offset from continuous coordinates to the heatmaps' own; the point the
+        # source scales keypoints about when it maps them to the original image.
+        self.point_origin = HEATMAP_COORDINATES[heatmap_coordinates]
+        self._offset = (self.point_origin,) * 2 + (0.0,)
         self.output_size = 4 * pooler_resolution
         dtype = self.dtype_policy
         self.deconv = keras.layers.Conv2DTranspose(
@@ -180,9 +196,8 @@ class KeypointHead(PooledHead, InstanceHead):
                 "define no keypoints (set model.keypoint_head: null, or use keypoint data)"
             )
         logits = self(features, rois, training=training)  # [B, Q, m, m, K]
-        indices, valid = keypoint_targets(
-            targets["gt_keypoints"], rois, matched_index, self.output_size
-        )
+        gt_keypoints = tf.cast(targets["gt_keypoints"], tf.float32) - self._offset
+        indices, valid = keypoint_targets(gt_keypoints, rois, matched_index, self.output_size)
         valid &= (classes >= 0)[..., None]
         normalizer = None
         if not self.normalize_by_visible_keypoints:
@@ -194,10 +209,11 @@ class KeypointHead(PooledHead, InstanceHead):
         self, features: dict[str, tf.Tensor], detections: dict[str, tf.Tensor]
     ) -> dict[str, tf.Tensor]:
         """``{"detection_keypoints": [B, N, K, 3]}`` float32 ``(x, y, score)``: location in
-        resized-image pixels (continuous) and probability of each keypoint of each
-        detection (``kmask.ops.keypoints.heatmaps_to_keypoints``); zeros for padding."""
+        resized-image pixels (continuous, whatever ``heatmap_coordinates``) and
+        probability of each keypoint of each detection
+        (``kmask.ops.keypoints.heatmaps_to_keypoints``); zeros for padding."""
         boxes = detections["detection_boxes"]
-        keypoints = heatmaps_to_keypoints(self(features, boxes), boxes)
+        keypoints = heatmaps_to_keypoints(self(features, boxes), boxes) + self._offset
         valid = tf.range(tf.shape(boxes)[1])[None, :] < detections["num_detections"][:, None]
         return {"detection_keypoints": tf.where(valid[:, :, None, None], keypoints, 0.0)}
 
