@@ -346,22 +346,10 @@ class Detectron2Reference(torch.nn.Module):
     def detectron2_state(self) -> dict[str, np.ndarray]:
         """The weights under detectron2's model-zoo keys (``model_final_*.pkl``'s
         ``"model"`` dict of NumPy arrays)."""
-        state = {}
-        for key, value in self.net.state_dict().items():
-            if key.startswith("fc.") or key.endswith("num_batches_tracked"):
-                continue
-            if key.startswith("conv1."):
-                new = "stem." + key
-            elif key.startswith("bn1."):
-                new = "stem.conv1.norm." + key[4:]
-            else:
-                stage, block, rest = key[len("layer") :].split(".", 2)
-                rest = rest.replace("downsample.0.", "shortcut.")
-                rest = rest.replace("downsample.1.", "shortcut.norm.")
-                for k in (1, 2, 3):
-                    rest = rest.replace(f"bn{k}.", f"conv{k}.norm.")
-                new = f"res{int(stage) + 1}.{block}.{rest}"
-            state[f"backbone.bottom_up.{new}"] = value.numpy()
+        state = {
+            f"backbone.bottom_up.{key}": value
+            for key, value in detectron2_resnet_keys(self.net).items()
+        }
         parts = {
             "proposal_generator.rpn_head.conv": self.rpn_conv,
             "proposal_generator.rpn_head.objectness_logits": self.objectness,
@@ -387,3 +375,25 @@ class Detectron2Reference(torch.nn.Module):
             state[f"{prefix}.weight"] = module.weight.detach().numpy().copy()
             state[f"{prefix}.bias"] = module.bias.detach().numpy().copy()
         return state
+
+
+def detectron2_resnet_keys(net: torch.nn.Module) -> dict[str, np.ndarray]:
+    """A torchvision ResNet's weights under detectron2's names (``stem.conv1.*``,
+    ``res2.0.conv1.norm.*``, ``res3.0.shortcut.*``, ...), without its ``fc``."""
+    state = {}
+    for key, value in net.state_dict().items():
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            continue
+        if key.startswith("conv1."):
+            new = "stem." + key
+        elif key.startswith("bn1."):
+            new = "stem.conv1.norm." + key[4:]
+        else:
+            stage, block, rest = key[len("layer") :].split(".", 2)
+            rest = rest.replace("downsample.0.", "shortcut.")
+            rest = rest.replace("downsample.1.", "shortcut.norm.")
+            for k in (1, 2, 3):
+                rest = rest.replace(f"bn{k}.", f"conv{k}.norm.")
+            new = f"res{int(stage) + 1}.{block}.{rest}"
+        state[new] = value.numpy()
+    return state

@@ -21,6 +21,7 @@ from kmask.convert.checkpoint_reader import read_detectron2_pickle
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
+from tests.convert.detectron2_reference import detectron2_resnet_keys  # noqa: E402
 
 _K = 80  # COCO classes: detectron2 stores background as the last score row
 _MEAN_BGR = np.array([103.53, 116.28, 123.675], np.float32)
@@ -67,22 +68,10 @@ class _Reference(torch.nn.Module):
     def detectron2_state(self) -> dict[str, np.ndarray]:
         """The weights under detectron2's ``mask_rcnn_R_50_C4_1x`` keys."""
         renamed = {}
-        for key, value in self.net.state_dict().items():
-            if key.startswith("fc.") or key.endswith("num_batches_tracked"):
-                continue
-            if key.startswith("conv1."):
-                new = "backbone.stem." + key
-            elif key.startswith("bn1."):
-                new = "backbone.stem.conv1.norm." + key[4:]
-            else:
-                stage, block, rest = key[len("layer") :].split(".", 2)
-                rest = rest.replace("downsample.0.", "shortcut.")
-                rest = rest.replace("downsample.1.", "shortcut.norm.")
-                for k in (1, 2, 3):
-                    rest = rest.replace(f"bn{k}.", f"conv{k}.norm.")
-                root = "roi_heads.res5" if stage == "4" else f"backbone.res{int(stage) + 1}"
-                new = f"{root}.{block}.{rest}"
-            renamed[new] = value.numpy()
+        for key, value in detectron2_resnet_keys(self.net).items():
+            # C4: res5 is the RoI head's, the rest the backbone's.
+            root = "roi_heads." if key.startswith("res5.") else "backbone."
+            renamed[root + key] = value
         parts = {
             "proposal_generator.rpn_head.conv": self.rpn_conv,
             "proposal_generator.rpn_head.objectness_logits": self.objectness,

@@ -12,11 +12,15 @@ from torchvision.models import detection
 from kmask.convert.coco_categories import TORCHVISION_SLOTS
 
 
-def random_torchvision_model(arch: str, seed: int = 0) -> torch.nn.Module:
+def random_torchvision_model(
+    arch: str, seed: int = 0, num_classes: int | None = None
+) -> torch.nn.Module:
     """``torchvision.models.detection.<arch>`` with random weights and BN statistics; every
-    class slot (the 10 unused COCO slots too) gets ordinary random weights."""
+    class slot (the 10 unused COCO slots too) gets ordinary random weights.
+    ``num_classes``: the class slots (None: the architecture's COCO default)."""
     torch.manual_seed(seed)
-    model = getattr(detection, arch)(weights=None, weights_backbone=None).eval()
+    options = {} if num_classes is None else {"num_classes": num_classes}
+    model = getattr(detection, arch)(weights=None, weights_backbone=None, **options).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
