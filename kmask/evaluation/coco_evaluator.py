@@ -437,27 +437,28 @@ def _applies_line(mode: DetectorMode | None, evaluated: Sequence[str]) -> str:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    """A small table of the metrics present (values x100, as papers print AP): a ``bbox``
+    """A small table of the metrics present (fractions with 3 decimals, as the summary
+    line, ``metrics.json`` and pycocotools print them): a ``bbox``
     row, a ``segm`` row, a ``kpts`` row, an ``rpn`` row of proposal recall and a ``mask``
     row of segment proposals' mask recall, each only when its keys are in ``metrics``."""
     lines = []
     for prefix in IOU_TYPES:
         names = [n for n in _AP_NAMES if f"{prefix}_{n}" in metrics]
         if names:
-            values = "  ".join(f"{n} {_percent(metrics[f'{prefix}_{n}'])}" for n in names)
+            values = "  ".join(f"{n} {_fraction(metrics[f'{prefix}_{n}'])}" for n in names)
             label = "kpts" if prefix == "keypoints" else prefix
             lines.append(f"{label:5s} {values}")
     recall = [k for k in metrics if k.startswith("AR")]
     if recall:
-        lines.append("rpn   " + "  ".join(f"{k} {_percent(metrics[k])}" for k in recall))
+        lines.append("rpn   " + "  ".join(f"{k} {_fraction(metrics[k])}" for k in recall))
     mask_recall = [k for k in metrics if k.startswith("segm_AR")]
     if mask_recall:
         lines.append(
             "mask  "
-            + "  ".join(f"{k.removeprefix('segm_')} {_percent(metrics[k])}" for k in mask_recall)
+            + "  ".join(f"{k.removeprefix('segm_')} {_fraction(metrics[k])}" for k in mask_recall)
         )
     return "\n".join(lines)
 
 
-def _percent(value: float) -> str:
-    return "  -  " if value < 0 or math.isnan(value) else f"{100 * value:5.1f}"
+def _fraction(value: float) -> str:
+    return "  -  " if value < 0 or math.isnan(value) else f"{value:.3f}"

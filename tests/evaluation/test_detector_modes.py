@@ -154,6 +154,11 @@ def test_summary_and_record_name_only_what_applies(gt_path, mode):
     assert DetectorMode(mode).description in summary
     table = format_metrics(metrics)
     assert table.startswith("rpn") == (mode == "rpn")
+    # One convention: the table's figures are the summary's fractions, not percent.
+    assert f"AR@100 {metrics['AR@100']:.3f}" in table
+    if mode != "rpn":
+        assert f"AP {metrics['bbox_AP']:.3f}" in table
+        assert f"box AP {metrics['bbox_AP']:.3f}" in summary
     if mode == "rpn":
         assert summary.splitlines()[-1].startswith("proposal AR@100")
 
