@@ -1,7 +1,7 @@
 """The ``kmask`` command: ``kmask COMMAND --help`` describes each command.
 
 One module per command (``info``, ``build_ops``, ``make_shapes``, ``convert_coco``,
-``convert_cityscapes``, ``convert_weights``, ``train``, ``evaluate``, ``predict``,
+``convert_cityscapes``, ``convert_weights``, ``configs``, ``train``, ``evaluate``, ``predict``,
 ``export``; the command is the module's name with dashes), each with a docstring
 ``"``kmask NAME``: HELP."`` (HELP is its entry in ``kmask --help``), ``add_arguments(parser)``
 and ``run(args)``, which calls the library and returns the exit status; errors go through
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from kmask.cli import (
     build_ops,
+    configs,
     convert_cityscapes,
     convert_coco,
     convert_weights,
@@ -39,6 +40,7 @@ COMMANDS = (
     convert_coco,
     convert_cityscapes,
     convert_weights,
+    configs,
     train,
     evaluate,
     predict,

@@ -21,6 +21,7 @@ from typing import Any
 from kmask.config.coercion import build, to_plain
 from kmask.config.config import Config
 from kmask.config.migration import migrate
+from kmask.config.shipped_configs import resolve_config
 from kmask.config.yaml_reader import parse_override, read_yaml
 from kmask.errors import ConfigError
 
@@ -32,7 +33,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
     Args:
       path: YAML file whose mapping (over its ``_base_`` files) overrides the schema
-        defaults; ``None`` for defaults.
+        defaults, or the name of a shipped config (``shapes_tiny``; ``kmask configs``
+        lists them); ``None`` for defaults.
       overrides: dotted ``section.field=value`` strings, values parsed as YAML
         (``train.lr_steps=[100,200]``), applied after the file.
 
@@ -40,14 +42,12 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
       ConfigError: naming the file, or the first override that makes the config invalid,
         and the key for unknown keys (with the closest valid key) or wrong types, or the
         files of a cycle of bases or a missing base.
-      FileNotFoundError: when ``path`` does not exist.
+      FileNotFoundError: when ``path`` is neither a file nor a shipped config's name.
     """
     values: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = resolve_config(path)
         values = _read_with_bases(path, ())
         source = str(path)
     merged = values
