@@ -27,6 +27,7 @@ from kmask.runs.run_directory import RunDirectory
 from kmask.training.batch_counter import BatchCounter
 from kmask.training.checkpoint_callback import CheckpointCallback
 from kmask.training.determinism import Determinism
+from kmask.training.epoch_plan import epoch_plan
 from kmask.training.evaluation_callback import EvaluationCallback
 from kmask.training.non_finite_guard import NonFiniteGuard
 from kmask.training.optimizer import build_optimizer, optimizer_step
@@ -36,31 +37,6 @@ from kmask.training.tensorboard_callback import TensorBoardCallback
 from kmask.training.trainable_phase_callback import TrainablePhaseCallback
 from kmask.training.trainable_preset import TrainablePreset
 from kmask.training.weight_transfer import WeightTransfer
-
-
-def epoch_plan(start_step: int, max_steps: int, steps_per_epoch: int) -> list[tuple[int, int, int]]:
-    """The ``fit`` calls that take training from ``start_step`` to ``max_steps``.
-
-    Keras epochs have a fixed length, so a run resumed in the middle of an epoch first
-    finishes that epoch with a shorter ``fit``, and a ``max_steps`` that is not a multiple
-    of ``steps_per_epoch`` ends with a short epoch.
-
-    Returns:
-      ``[(initial_epoch, epochs, steps_per_epoch), ...]`` arguments of ``model.fit``.
-    """
-    plan = []
-    step = start_step
-    while step < max_steps:
-        epoch = step // steps_per_epoch
-        if step % steps_per_epoch or max_steps - step < steps_per_epoch:
-            count = min(steps_per_epoch - step % steps_per_epoch, max_steps - step)
-            plan.append((epoch, epoch + 1, count))
-            step += count
-        else:
-            full = (max_steps - step) // steps_per_epoch
-            plan.append((epoch, epoch + full, steps_per_epoch))
-            step += full * steps_per_epoch
-    return plan
 
 
 class Trainer:
@@ -361,10 +337,17 @@ class Trainer:
             *self._callbacks(model, categories, checkpoints),
             *self.extra_callbacks,
         ]
+        plan = epoch_plan(step, config.train.max_steps, config.train.steps_per_epoch)
+        if self.verbose != 0:
+            print(
+                f"training steps {step + 1}..{config.train.max_steps}; the first step traces "
+                "the model (a minute or so on a CPU) before anything else is printed",
+                flush=True,
+            )
         with self._fit_scope(model):
-            for initial_epoch, epochs, steps in epoch_plan(
-                step, config.train.max_steps, config.train.steps_per_epoch
-            ):
+            for initial_epoch, epochs, steps in plan:
+                if self.verbose != 0 and epochs == 1:  # Keras heads only a fit of epochs > 1
+                    print(f"Epoch 1/{plan[-1][1]}", flush=True)
                 counter.batches = 0
                 try:
                     history = model.fit(

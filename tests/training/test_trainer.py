@@ -16,8 +16,8 @@ from kmask.config import ConfigError, DataConfig
 from kmask.evaluation import Predictor
 from kmask.runs.checkpoints import checkpoint_step, latest_checkpoint, read_checkpoint_state
 from kmask.training import NonFiniteLossError, Trainer, WarmupStepSchedule
+from kmask.training.epoch_plan import epoch_plan
 from kmask.training.tensorboard_callback import TensorBoardCallback
-from kmask.training.trainer import epoch_plan
 from tests import fake_outputs as fake
 from tests.toy_data import tiny_config, write_shapes
 
