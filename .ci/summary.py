@@ -10,6 +10,7 @@ REPORTS_DIR holds what .ci/run wrote:
 * ``info.txt``: the output of ``kmask info``;
 * ``imports.txt``: the output of ``lint-imports`` (the import contract in pyproject.toml);
 * ``sizes.txt``: the output of ``.ci/module_sizes.py``;
+* ``wheel.txt``: the output of ``.ci/wheel_check.sh`` (the wheel in a fresh venv);
 * ``start``: the run's start time (seconds since the epoch).
 
 EXIT_STATUS is the status .ci/run exits with; this script only reports it. Standard library
@@ -25,7 +26,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-STEPS = ["install+build", "lint", "imports", "sizes", "default", "slow"]
+STEPS = ["install+build", "lint", "imports", "sizes", "wheel", "default", "slow"]
 TIERS = {"default", "slow"}
 CUDA_MODULE = "tests.ops.test_roi_align_cuda"
 INFO_PREFIXES = ["  CPU build: ", "  CUDA: "]

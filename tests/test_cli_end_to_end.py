@@ -3,13 +3,17 @@ evaluate, predict, and the errors of misuse (exit status and a message naming th
 argument or file)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+import kmask
 from tests.cli_runner import CONFIGS, assert_ok, run_kmask
+from tests.coco_matching import assert_same_picture, assert_same_results
 from tests.toy_data import tiny_overrides
 
 
@@ -282,3 +286,54 @@ def test_usage_errors_go_through_one_format(tmp_path):
     result = run_kmask("predict", "--checkpoint", "missing.weights.h5", "image.png", cwd=tmp_path)
     assert result.returncode == 2 and "kmask predict: error: " in result.stderr
     assert "missing.weights.h5" in result.stderr
+
+
+def test_detect_equals_predict(trained, tmp_path):
+    """``kmask.load_model(run).detect`` on paths, bytes and arrays of mixed sizes, in one
+    batch, gives what ``kmask predict`` writes for each image alone: its detections.json
+    (boxes, scores, category ids and names, RLE masks) and its pictures."""
+    work, trained_run = trained
+    # A copy that keeps every detection (the model's own 0.05 threshold off): a model
+    # trained for a few steps may score none above it.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["box_head"]["score_threshold"] = 0.0
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    images = sorted((work / "shapes" / "val").glob("*.png"))
+    wide = tmp_path / "wide.png"  # another size: another padded size in the same batch
+    Image.open(images[0]).resize((96, 40)).save(wide)
+    paths = [*images, wide]
+    out = tmp_path / "pred"
+    assert_ok(
+        run_kmask(
+            "predict",
+            "--run",
+            str(run),
+            *map(str, paths),
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0",
+            cwd=work,
+        )
+    )
+    expected = json.loads((out / "detections.json").read_text())
+
+    detector = kmask.load_model(run, batch_size=3)
+    inputs = [images[0], images[1].read_bytes(), np.asarray(Image.open(wide).convert("RGB"))]
+    results = detector.detect(inputs, score_threshold=0.0)
+    assert [r.source for r in results] == [str(images[0]), None, None]
+    assert [r.image_size for r in results] == [(64, 64), (64, 64), (40, 96)]
+    got = []
+    for position, (result, path) in enumerate(zip(results, paths), start=1):
+        assert result.boxes.dtype == np.float32 and result.boxes.shape == (len(result), 4)
+        assert result.masks.shape == (len(result), *result.image_size)
+        for coco, name in zip(result.to_coco(position), result.class_names):
+            got.append({**coco, "file_name": str(path), "category_name": name})
+        assert_same_picture(result.draw(), np.asarray(Image.open(out / f"{path.stem}.png")))
+    assert_same_results(got, expected)
+    # RLE on request decodes to the same masks; one image in gives one result out.
+    single = detector.detect(images[0], score_threshold=0.0, mask_format="rle")
+    assert single.masks is None and len(single.rles) == len(results[0])
+    assert_same_results(single.to_coco(1), results[0].to_coco(1))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from kmask.config.eval_config import PRECISIONS
+
 if TYPE_CHECKING:
     from kmask.runs import InferenceSource
 
@@ -55,6 +57,15 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", help="experiment YAML the checkpoint was trained with")
     add_set_argument(parser, "override a config field (repeatable)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="what the model computes in: float32 (default), bfloat16 (several times faster "
+        "on CPUs with AMX and on recent GPUs), float16 (GPUs), or auto (bfloat16 where it is "
+        "native, float32 elsewhere; kmask info says what auto picks here). Boxes, NMS, "
+        "scores and mask pasting stay float32",
+    )
 
 
 def inference_source(args: argparse.Namespace) -> InferenceSource:
@@ -68,3 +79,14 @@ def inference_source(args: argparse.Namespace) -> InferenceSource:
         config=args.config,
         overrides=tuple(args.set),
     )
+
+
+def inference_precision(args: argparse.Namespace) -> str:
+    """``--precision`` resolved on this machine (``InferencePrecision``); says what
+    ``auto`` picked and why on stdout."""
+    from kmask.modeling.inference_precision import InferencePrecision
+
+    precision = InferencePrecision.resolve(args.precision)
+    if args.precision == "auto":
+        print(f"--precision auto: {precision.name} ({precision.reason})")
+    return precision.name

@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument("--from", dest="source", required=True, help="source")
     source.choices = _Sources()  # after add_argument, which would list them at once
     parser.add_argument("--input", required=True, help="the downloaded checkpoint file")
-    parser.add_argument("--arch", required=True, help="architecture")
+    parser.add_argument(
+        "--arch",
+        help="architecture; may be left out where the checkpoint's keys and shapes name one "
+        "(the detected one is printed); a given one that they contradict is refused",
+    )
     parser.add_argument("--out", required=True, help="run directory to write")
     add_overwrite_run_argument(parser)
     add_flag(
@@ -32,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from kmask.convert import ConversionError, convert_weights
 
     start = time.perf_counter()
+    arch = args.arch
+
+    def detected(name: str) -> None:
+        nonlocal arch
+        arch = name
+        print(f"detected --arch {name} from the checkpoint's keys", flush=True)
+
     try:
         out = convert_weights(
             args.source,
@@ -40,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             overwrite=args.overwrite,
             keras_file=args.keras_file,
+            on_detected=detected,
         )
     except (ConversionError, FileExistsError, FileNotFoundError, ImportError) as error:
         return fail("convert-weights", str(error), 2)
@@ -49,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("convert-weights", f"interrupted; {args.out} was not written", 130)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     print(
-        f"converted {args.input} ({args.source} {args.arch}) to {out} in "
+        f"converted {args.input} ({args.source} {arch}) to {out} in "
         f"{time.perf_counter() - start:.1f} s ({size / 2**20:.1f} MiB)"
     )
     return 0

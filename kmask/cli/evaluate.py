@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from kmask.cli.arguments import add_inference_arguments, inference_source
+from kmask.cli.arguments import add_inference_arguments, inference_precision, inference_source
 from kmask.cli.console import fail
 
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size or config.eval.batch_size,
             args.max_images or config.eval.max_images,
         )
-        predictor = Predictor.from_checkpoint(config, checkpoint)
+        predictor = Predictor.from_checkpoint(config, checkpoint, inference_precision(args))
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         return fail("evaluate", str(error), 2)
     print(f"evaluating {checkpoint} on {count} images of {json_path}")

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import argparse
 
-from kmask.cli.arguments import add_flag, add_inference_arguments, inference_source
+from kmask.cli.arguments import (
+    add_flag,
+    add_inference_arguments,
+    inference_precision,
+    inference_source,
+)
 from kmask.cli.console import fail
 
 
@@ -76,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
             "--format saved_model",
             2,
         )
+    if args.format == "onnx" and args.precision != "float32":
+        return fail(
+            "export",
+            f"--precision {args.precision} applies to --format saved_model: ONNX is exported "
+            "in float32 (ONNX Runtime's CPU provider has no bfloat16 Conv, MatMul or Relu "
+            "kernels: 'Could not find an implementation for Conv(22)' in onnxruntime 1.32)",
+            2,
+        )
     out = Path(args.out)
     if args.format == "onnx" and out.suffix != ".onnx":
         out = out / "model.onnx"
@@ -95,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         source = inference_source(args)
         config, checkpoint = source.config, source.checkpoint
         categories = source.categories()
-        model = source.load_model()
+        model = source.load_model(inference_precision(args))
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         return fail("export", str(error), 2)
     try:

@@ -1,4 +1,5 @@
-"""``kmask info``: versions, and which RoIAlign implementation 'auto' picks and why."""
+"""``kmask info``: versions, which RoIAlign implementation 'auto' picks and why, and which
+inference precision ``--precision auto`` picks and why."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     import keras
     import tensorflow as tf
 
+    from kmask.modeling.inference_precision import InferencePrecision
     from kmask.native import custom_ops
 
     print(f"kmask       {version()}")
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  CPU build: {status.cpu_build}")
     print(f"  CUDA: kernels {'built' if status.cuda_built else 'not built'}; {status.cuda_reason}")
     print(f"  GPUs visible: {len(tf.config.list_physical_devices('GPU'))}")
+    precision = InferencePrecision.auto()
+    print(f"Precision   auto -> {precision.name}: {precision.reason}")
     return 0
 
 

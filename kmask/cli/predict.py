@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from kmask.cli.arguments import add_inference_arguments, inference_source
+from kmask.cli.arguments import add_inference_arguments, inference_precision, inference_source
 from kmask.cli.console import fail
 
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         categories = source.categories()
         if categories is None:
             categories = CategoryMap.placeholder(config.model.num_classes)
-        predictor = Predictor.from_checkpoint(config, source.checkpoint)
+        predictor = Predictor.from_checkpoint(config, source.checkpoint, inference_precision(args))
         out.mkdir(parents=True, exist_ok=True)
     except (ConfigError, DataError, FileNotFoundError, ValueError, OSError) as error:
         return fail("predict", str(error), 2)

@@ -23,7 +23,7 @@ from kmask.config.backbone_config import (
 from kmask.config.box_head_config import BoxHeadConfig
 from kmask.config.config import Config
 from kmask.config.data_config import DataConfig
-from kmask.config.eval_config import EvalConfig
+from kmask.config.eval_config import PRECISIONS, EvalConfig
 from kmask.config.fpn_config import FPNConfig
 from kmask.config.input_config import InputConfig
 from kmask.config.keypoint_head_config import KeypointHeadConfig
@@ -56,6 +56,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "PRECISIONS",
     "FPNConfig",
     "InputConfig",
     "KeypointHeadConfig",

@@ -6,6 +6,10 @@ import dataclasses
 
 from kmask.errors import ConfigError
 
+# What a model can compute in at inference (``--precision``; resolved by
+# ``kmask.modeling.inference_precision.InferencePrecision``, "auto" by the machine).
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:

@@ -58,21 +58,27 @@ class Predictor:
         self.data_config = data_config
         self.mask_threshold = mask_threshold
         self.mask_paste = mask_paste
-        self._predict = tf.function(model.predict_step, reduce_retracing=True)
+        self._predict = tf.function(model.predict_step)
+        self._graphs: dict[tuple[Any, ...], Any] = {}
         self._point_origins = point_origins(model) if hasattr(model, "roi_heads") else {}
 
     @classmethod
-    def from_checkpoint(cls, config: Config, checkpoint: str | os.PathLike[str]) -> Predictor:
-        """Builds the configured model in float32, loads a ``CheckpointCallback`` (or any
-        ``model.save_weights``) file into it and wraps it.
+    def from_checkpoint(
+        cls, config: Config, checkpoint: str | os.PathLike[str], precision: str = "float32"
+    ) -> Predictor:
+        """Builds the configured model to compute in ``precision``
+        (``kmask.modeling.inference_precision.InferencePrecision``: float32, bfloat16,
+        float16 or auto), loads a ``CheckpointCallback`` (or any ``model.save_weights``)
+        file into it and wraps it.
 
         Raises:
           FileNotFoundError: naming the checkpoint when it does not exist.
-          ValueError: naming the checkpoint when its weights do not fit the model.
+          ValueError: naming the checkpoint when its weights do not fit the model, or an
+            unknown precision.
         """
         from kmask.runs.inference_source import load_checkpoint_model
 
-        model = load_checkpoint_model(config.model, checkpoint)
+        model = load_checkpoint_model(config.model, checkpoint, precision)
         return cls(model, config.data, config.eval.mask_threshold, config.eval.mask_paste)
 
     def predict_batch(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -114,12 +120,30 @@ class Predictor:
             indices = np.flatnonzero(group_of.reshape(-1) == group)
             batch = {key: tf.gather(value, indices) for key, value in features.items()}
             batch["images"] = batch["images"][:, :height, :width]
-            for key, value in self._predict(batch).items():
+            for key, value in self._graph(batch)(batch).items():
                 value = np.asarray(value)
                 if key not in results:
                     results[key] = np.zeros((len(sizes), *value.shape[1:]), value.dtype)
                 results[key][indices] = value
         return results
+
+    def _graph(self, batch: dict[str, tf.Tensor]) -> Any:
+        """The one traced graph for batches with these keys, dtypes and ranks: every
+        dimension unknown but the last of a matrix or image (channels, coordinates), so
+        every image runs the same graph whatever its size and whatever ran before it (a
+        graph traced for a static shape rounds a few float32 sums differently)."""
+        specs = {
+            name: tf.TensorSpec([None] * (value.shape.rank - 1) + value.shape[-1:], value.dtype)
+            if value.shape.rank > 1
+            else tf.TensorSpec([None] * value.shape.rank, value.dtype)
+            for name, value in batch.items()
+        }
+        key = tuple(
+            sorted((name, spec.dtype.name, str(spec.shape)) for name, spec in specs.items())
+        )
+        if key not in self._graphs:
+            self._graphs[key] = self._predict.get_concrete_function(specs)
+        return self._graphs[key]
 
     def image_detections(
         self, outputs: dict[str, np.ndarray], index: int, source_pixels: bool = True

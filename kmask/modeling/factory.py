@@ -9,6 +9,7 @@ import keras
 from kmask.config import ModelConfig, layer_arguments
 from kmask.layers.image_normalization import ImageNormalization
 from kmask.modeling.backbones import build_backbone
+from kmask.modeling.inference_precision import InferencePrecision
 from kmask.modeling.mask_rcnn import MaskRCNN
 from kmask.modeling.necks.fpn import FPN
 from kmask.modeling.proposals.rpn import RPN
@@ -127,10 +128,22 @@ def _proposal_stage(config: ModelConfig) -> keras.layers.Layer:
 
 def build_float32_model(config: ModelConfig) -> MaskRCNN:
     """``build_mask_rcnn`` in float32 whatever the global dtype policy, with its weights
-    created: the model that checkpoints and converted weights are loaded into for
-    inference."""
+    created: the model that converted weights are written from."""
+    return build_inference_model(config, "float32")
+
+
+def build_inference_model(config: ModelConfig, precision: str = "float32") -> MaskRCNN:
+    """``build_mask_rcnn`` under ``precision``'s dtype policy whatever the global one
+    (``InferencePrecision``: float32, bfloat16, float16 or auto), with its weights created
+    (float32 variables in every precision): the model checkpoints are loaded into for
+    inference.
+
+    Raises:
+      ValueError: an unknown precision.
+    """
+    policy = InferencePrecision.resolve(precision).policy
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
+    keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_mask_rcnn(config)
     finally:

@@ -10,23 +10,28 @@ from pathlib import Path
 from kmask.config import Config, ModelConfig, load_config
 from kmask.data.category_map import CategoryMap
 from kmask.errors import ConfigError
-from kmask.modeling.factory import build_float32_model
+from kmask.modeling.factory import build_inference_model
 from kmask.modeling.mask_rcnn import MaskRCNN
 from kmask.runs.run_directory import RunDirectory
 
 
-def load_checkpoint_model(model: ModelConfig, checkpoint: str | os.PathLike[str]) -> MaskRCNN:
-    """The configured model, built in float32, with the weights of ``checkpoint`` (a
-    ``CheckpointCallback`` file, or any ``model.save_weights`` file) loaded.
+def load_checkpoint_model(
+    model: ModelConfig, checkpoint: str | os.PathLike[str], precision: str = "float32"
+) -> MaskRCNN:
+    """The configured model, built to compute in ``precision`` (``InferencePrecision``:
+    float32, bfloat16, float16 or auto; float32 variables in each), with the weights of
+    ``checkpoint`` (a ``CheckpointCallback`` file, or any ``model.save_weights`` file)
+    loaded.
 
     Raises:
       FileNotFoundError: naming the checkpoint when it does not exist.
-      ValueError: naming the checkpoint when its weights do not fit the model.
+      ValueError: naming the checkpoint when its weights do not fit the model, or an
+        unknown precision.
     """
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    built = build_float32_model(model)
+    built = build_inference_model(model, precision)
     try:
         built.load_weights(path)
     except (ValueError, KeyError, OSError) as error:
@@ -116,6 +121,7 @@ class InferenceSource:
             return None
         return self.run.load_categories(self.config.model)
 
-    def load_model(self) -> MaskRCNN:
-        """The model with the checkpoint's weights (``load_checkpoint_model``)."""
-        return load_checkpoint_model(self.config.model, self.checkpoint)
+    def load_model(self, precision: str = "float32") -> MaskRCNN:
+        """The model with the checkpoint's weights, computing in ``precision``
+        (``load_checkpoint_model``)."""
+        return load_checkpoint_model(self.config.model, self.checkpoint, precision)

@@ -346,3 +346,28 @@ def test_resnet_c4_model(images, tmp_path):
     want = reference(model, config, [images[3]])[0]
     assert got["detection_masks"].shape[-2:] == (14, 14) and len(want["scores"]) > 0
     assert_same_detections(got, 0, want)
+
+
+def test_bfloat16_export_runs_in_stock_tensorflow(model, config, decoded_images, tmp_path):
+    """A model built in bfloat16 (``--precision bfloat16``) exports a SavedModel whose
+    convolutions run in bfloat16 in stock TensorFlow, and which serves what the same
+    bfloat16 model gives through ``Predictor``; its boxes stay float32."""
+    from kmask.modeling.factory import build_inference_model
+
+    bfloat16 = build_inference_model(config.model, "bfloat16")
+    bfloat16.set_weights(model.get_weights())
+    path = export_saved_model(bfloat16, tmp_path, config.data, CATEGORIES, "image_tensor")
+    served = tf.saved_model.load(str(path))
+    serve = served.signatures["serving_default"]
+    graph = serve.graph.as_graph_def()
+    conv_types = {
+        node.attr["T"].type
+        for function in graph.library.function
+        for node in function.node_def
+        if node.op == "Conv2D"
+    }
+    assert conv_types == {tf.bfloat16.as_datatype_enum}
+    image = decoded_images[2]
+    got = {k: v.numpy() for k, v in serve(image_tensor=tf.constant(image[None])).items()}
+    assert got["detection_boxes"].dtype == np.float32
+    assert_same_detections(got, 0, reference(bfloat16, config, [image])[0])
