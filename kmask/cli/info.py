@@ -1,5 +1,5 @@
 """``kmask info``: versions, which RoIAlign implementation 'auto' picks and why, and which
-inference precision ``--precision auto`` picks and why."""
+inference precision --precision auto picks and why."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 
 import tensorflow as tf
 
@@ -105,12 +104,8 @@ def cpu_flags() -> set[str]:
 
 
 def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its oneDNN kernels in this process: ``TF_ENABLE_ONEDNN_OPTS``
-    as TensorFlow reads it at import (``0``/``false`` off, ``1``/``true`` on), by default
-    on for x86-64 Linux."""
-    value = os.environ.get(ONEDNN_VARIABLE, "").strip().lower()
-    if value in ("0", "false"):
-        return False
-    if value in ("1", "true"):
-        return True
-    return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
+    """Whether this process's TensorFlow runs its oneDNN kernels (decided at import from
+    ``TF_ENABLE_ONEDNN_OPTS``; on by default on x86-64 Linux)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())

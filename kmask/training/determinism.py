@@ -7,11 +7,11 @@ import types
 
 import tensorflow as tf
 
-# Private, but the only way to read these switches; both exist since TensorFlow 2.9.
+# Private, but the only way to read this switch; it exists since TensorFlow 2.9.
 from tensorflow.python.framework import config as framework_config
-from tensorflow.python.util import _pywrap_util_port
 
 from kmask.errors import ConfigError
+from kmask.modeling import inference_precision
 
 # TensorFlow reads this variable once, when it is imported (kmask.cli sets it for
 # ``kmask train`` before importing TensorFlow).
@@ -66,7 +66,7 @@ class Determinism:
     @staticmethod
     def onednn_enabled() -> bool:
         """Whether this process's TensorFlow runs oneDNN kernels (decided at import)."""
-        return bool(_pywrap_util_port.IsMklEnabled())
+        return inference_precision.onednn_enabled()
 
     @staticmethod
     def intra_op_threads() -> int:

@@ -20,6 +20,7 @@ from kmask.data.stream_position import STREAM_START, StreamPosition
 from kmask.errors import DataError
 from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches
 from kmask.evaluation.predictor import Predictor
+from kmask.modeling import inference_precision
 from kmask.modeling.factory import build_mask_rcnn
 from kmask.modeling.mask_rcnn import MaskRCNN
 from kmask.runs.checkpoints import read_checkpoint_state, restore_checkpoint
@@ -342,6 +343,16 @@ class Trainer:
             print(
                 f"training steps {step + 1}..{config.train.max_steps}; the first step traces "
                 "the model (a minute or so on a CPU) before anything else is printed",
+                flush=True,
+            )
+        slow_bfloat16 = not (
+            inference_precision.onednn_enabled() or tf.config.list_physical_devices("GPU")
+        )
+        if config.train.mixed_precision == "mixed_bfloat16" and slow_bfloat16:
+            print(
+                "note: mixed_bfloat16 with oneDNN off (train.deterministic sets "
+                "TF_ENABLE_ONEDNN_OPTS=0): TensorFlow's CPU bfloat16 kernels are then slower "
+                "than float32; train.deterministic=false keeps oneDNN (AMX) on",
                 flush=True,
             )
         with self._fit_scope(model):
