@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from kmask.data.image_io import output_file_problem
     from kmask.errors import ConfigError, DataError
     from kmask.evaluation import COCOEvaluator, DetectorMode, Predictor
-    from kmask.evaluation.coco_evaluator import evaluation_batches
+    from kmask.evaluation.coco_evaluator import evaluation_batches, oks_sigmas
     from kmask.runs.checkpoints import checkpoint_step
     from kmask.runs.run_directory import atomic_write_json
 
@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
                 "no evaluation data: give --json FILE --images DIR (or set "
                 "eval.json_path and eval.images_dir)"
             )
-        evaluator = COCOEvaluator(json_path, source.categories())
+        sigmas = config.eval.keypoint_oks_sigmas
+        evaluator = COCOEvaluator(json_path, source.categories(), keypoint_sigmas=sigmas)
+        if config.model.keypoint_head is not None:  # no sigmas: fail before predicting
+            oks_sigmas(evaluator.categories, sigmas)
         if evaluator.categories.num_classes != config.model.num_classes:
             raise ConfigError(
                 f"{json_path} has {evaluator.categories.num_classes} categories but the model "

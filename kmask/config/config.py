@@ -34,3 +34,9 @@ class Config:
                 f"name what trains after the heads: {', '.join(frozen.values())} (freeze_at "
                 f"{', '.join(map(str, frozen))}), got freeze_at {self.model.backbone.freeze_at}"
             )
+        sigmas, head = self.eval.keypoint_oks_sigmas, self.model.keypoint_head
+        if sigmas is not None and head is not None and len(sigmas) != head.num_keypoints:
+            raise ConfigError(
+                f"eval.keypoint_oks_sigmas: {len(sigmas)} sigmas but model.keypoint_head."
+                f"num_keypoints is {head.num_keypoints} (one sigma per keypoint)"
+            )

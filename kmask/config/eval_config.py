@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from kmask.errors import ConfigError
 
@@ -30,6 +31,10 @@ class EvalConfig:
     mask_paste: str = "exact"
     # Detections below this score are not drawn by ``kmask predict`` (all are evaluated).
     visualization_score_threshold: float = 0.5
+    # OKS sigmas of the keypoint evaluation, one per keypoint (detectron2's
+    # TEST.KEYPOINT_OKS_SIGMAS); they win over the categories' ``keypoint_sigmas``. None:
+    # those, else COCOeval's (COCO's 17 person keypoints). Used with a keypoint head only.
+    keypoint_oks_sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -43,3 +48,18 @@ class EvalConfig:
             raise ConfigError(
                 f"eval.mask_paste: expected exact or torchvision, got {self.mask_paste!r}"
             )
+        sigmas = self.keypoint_oks_sigmas
+        if sigmas is not None and not (
+            isinstance(sigmas, (list, tuple))
+            and sigmas
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+                for v in sigmas
+            )
+        ):
+            raise ConfigError(
+                "eval.keypoint_oks_sigmas: expected a list of positive numbers, one per keypoint "
+                f"(model.keypoint_head.num_keypoints), or null; got {sigmas!r}"
+            )
+        if sigmas is not None:
+            object.__setattr__(self, "keypoint_oks_sigmas", tuple(float(v) for v in sigmas))

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import write_atomic
-from kmask.errors import DataError
+from kmask.errors import ConfigError, DataError
 from kmask.evaluation.coco_results import load_results, quiet
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor
@@ -118,6 +118,36 @@ COCO_PERSON_SIGMAS = (
 )  # fmt: skip
 
 
+def oks_sigmas(
+    categories: CategoryMap, configured: Sequence[float] | None = None
+) -> tuple[float, ...] | None:
+    """The OKS sigmas for ``categories``' keypoints: ``configured``
+    (``eval.keypoint_oks_sigmas``, detectron2's ``TEST.KEYPOINT_OKS_SIGMAS``), else the
+    categories' ``keypoint_sigmas``, else None for 17 keypoints (COCOeval's own,
+    ``COCO_PERSON_SIGMAS``).
+
+    Raises:
+      ConfigError: ``configured`` not one per keypoint, or no sigmas for a number of
+        keypoints other than 17 (the message says where to set them).
+    """
+    count = categories.num_keypoints
+    if configured is not None:
+        if len(configured) != count:
+            raise ConfigError(
+                f"eval.keypoint_oks_sigmas: {len(configured)} sigmas but {categories.source} "
+                f"has {count} keypoints (one sigma per keypoint)"
+            )
+        return tuple(float(v) for v in configured)
+    sigmas = categories.keypoint_sigmas
+    if sigmas is None and count != len(COCO_PERSON_SIGMAS):
+        raise ConfigError(
+            f"{categories.source}: {count} keypoints and no OKS sigmas: set "
+            f"eval.keypoint_oks_sigmas: [s1, ..., s{count}] in the config (detectron2's "
+            "TEST.KEYPOINT_OKS_SIGMAS) or keypoint_sigmas in the dataset's categories"
+        )
+    return sigmas
+
+
 class COCOEvaluator:
     """Collects predictions image by image and scores them with pycocotools.
 
@@ -132,8 +162,9 @@ class COCOEvaluator:
       box recall of their windows;
     - in every mode the proposal recall too when the outputs carry proposals, and COCOeval
       ``keypoints`` (OKS) when the detections carry keypoints (Keypoint R-CNN), over the
-      categories that define keypoints, with the categories' ``keypoint_sigmas`` or COCO's
-      person sigmas.
+      categories that define keypoints, with the OKS sigmas of ``oks_sigmas`` (the
+      ``keypoint_sigmas`` argument, else the categories' ``keypoint_sigmas``, else COCO's
+      person sigmas for 17 keypoints).
 
     Detections are written as COCO results in the ground truth's terms: original category
     ids (``categories.to_original_id``), boxes ``[x, y, w, h]`` and RLE masks in the pixels
@@ -153,6 +184,8 @@ class COCOEvaluator:
         their detections are written to the results and ignored by COCOeval, as in
         torchvision's own evaluation.
       proposal_limits: AR@k limits.
+      keypoint_sigmas: OKS sigmas, one per keypoint (``eval.keypoint_oks_sigmas``); None:
+        the categories' ``keypoint_sigmas`` or COCO's.
 
     Raises:
       DataError: missing or unreadable JSON, or model categories missing from it.
@@ -163,6 +196,7 @@ class COCOEvaluator:
         json_path: str | os.PathLike[str],
         categories: CategoryMap | None = None,
         proposal_limits: Sequence[int] = (100, 1000),
+        keypoint_sigmas: Sequence[float] | None = None,
     ) -> None:
         self.json_path = Path(json_path)
         if not self.json_path.is_file():
@@ -186,6 +220,7 @@ class COCOEvaluator:
                 f"categories {list(own.category_ids)}"
             )
         self.proposal_limits = tuple(int(k) for k in proposal_limits)
+        self.keypoint_sigmas = None if keypoint_sigmas is None else tuple(keypoint_sigmas)
         self.reset()
 
     def reset(self) -> None:
@@ -276,8 +311,7 @@ class COCOEvaluator:
         floats.
 
         Raises:
-          DataError: keypoints to evaluate whose number is not COCO's 17 and whose
-            categories give no ``keypoint_sigmas``.
+          ConfigError: keypoints to evaluate without OKS sigmas (``oks_sigmas``).
         """
         if not self.image_ids:
             raise ValueError("no image was evaluated")
@@ -289,12 +323,7 @@ class COCOEvaluator:
         for iou_type in self.mode.iou_types:
             metrics.update(self.coco_metrics(self.coco, self.results, iou_type, self.image_ids))
         if self._has_keypoints:
-            sigmas = self.categories.keypoint_sigmas
-            if sigmas is None and self.categories.num_keypoints != len(COCO_PERSON_SIGMAS):
-                raise DataError(
-                    f"{self.json_path}: {self.categories.num_keypoints} keypoints and no "
-                    "keypoint_sigmas in the categories (OKS needs one sigma per keypoint)"
-                )
+            sigmas = oks_sigmas(self.categories, self.keypoint_sigmas)
             metrics.update(
                 self.coco_metrics(
                     self.coco,

@@ -18,7 +18,7 @@ from kmask.data.builder import open_dataset
 from kmask.data.category_map import CategoryMap
 from kmask.data.stream_position import STREAM_START, StreamPosition
 from kmask.errors import DataError
-from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches
+from kmask.evaluation.coco_evaluator import COCOEvaluator, evaluation_batches, oks_sigmas
 from kmask.evaluation.predictor import Predictor
 from kmask.modeling import inference_precision
 from kmask.modeling.factory import build_mask_rcnn
@@ -82,8 +82,9 @@ class Trainer:
       callbacks: more Keras callbacks, run after the standard ones.
 
     Raises (from ``train``):
-      ConfigError: missing training data, class count mismatch, batch not divisible by
-        the replicas.
+      ConfigError: missing training data, class or keypoint count mismatch, keypoints
+        to evaluate without OKS sigmas (``oks_sigmas``), batch not divisible by the
+        replicas.
       FileExistsError: ``run_dir`` already has checkpoints and ``resume`` is False.
       FileNotFoundError: ``resume`` and no checkpoint of the run can be loaded, or
         ``train.init_from`` does not exist.
@@ -155,6 +156,8 @@ class Trainer:
                 f"{list(categories.keypoint_names)}; set model.keypoint_head.num_keypoints to "
                 "that number (model.keypoint_head: null for data without keypoints)"
             )
+        if head is not None and (self.config.eval.json_path or self.config.train.eval_every_epochs):
+            oks_sigmas(categories, self.config.eval.keypoint_oks_sigmas)  # evaluable keypoints
         if resume:
             self.run.check_categories(categories)
 
@@ -233,7 +236,11 @@ class Trainer:
             if config.train.eval_every_epochs:
                 callbacks.append(
                     EvaluationCallback(
-                        COCOEvaluator(config.eval.json_path, categories),
+                        COCOEvaluator(
+                            config.eval.json_path,
+                            categories,
+                            keypoint_sigmas=config.eval.keypoint_oks_sigmas,
+                        ),
                         batches,
                         config.data,
                         config.train.eval_every_epochs,
