@@ -251,7 +251,9 @@ def evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(
         Predictor,
         "from_checkpoint",
-        classmethod(lambda cls, cfg, path: cls(fake.FixedOutputModel(outputs), cfg.data)),
+        classmethod(
+            lambda cls, cfg, path, precision: cls(fake.FixedOutputModel(outputs), cfg.data)
+        ),
     )
     return [
         "evaluate", "--checkpoint", str(checkpoint), "--config", str(config),

@@ -62,7 +62,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="float32",
         help="what the model computes in: float32 (default), bfloat16 (several times faster "
-        "on CPUs with AMX and on recent GPUs), float16 (GPUs), or auto (bfloat16 where it is "
+        "on CPUs with AMX and on recent GPUs), float16 (GPUs only), or auto (bfloat16 where it is "
         "native, float32 elsewhere; kmask info says what auto picks here). Boxes, NMS, "
         "scores and mask pasting stay float32",
     )

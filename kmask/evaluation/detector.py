@@ -17,6 +17,7 @@ from kmask.data.image_io import DECODE_ERRORS, decode_rgb
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.image_detections import ImageDetections
 from kmask.evaluation.predictor import Predictor
+from kmask.evaluation.tiled_detection import TiledDetection
 from kmask.runs.inference_source import InferenceSource
 
 # One image as ``detect`` takes it.
@@ -100,7 +101,10 @@ class Detector:
         self,
         images: ImageInput | Sequence[ImageInput],
         score_threshold: float | None = None,
-        mask_format: str = "bitmap",
+        mask_format: str | None = None,
+        tile: int | None = None,
+        tile_overlap: float = 0.2,
+        tile_with_full_image: bool = False,
     ) -> ImageDetections | list[ImageDetections]:
         """Detects objects in one image or many.
 
@@ -112,7 +116,14 @@ class Detector:
           score_threshold: replaces the detector's ``score_threshold`` for this call.
           mask_format: ``"bitmap"`` for bool ``[n, H, W]`` masks (``ImageDetections.masks``)
             or ``"rle"`` for COCO compressed RLEs (``ImageDetections.rles``), smaller for
-            large images.
+            large images; None = ``"bitmap"``, or ``"rle"`` with ``tile`` (the only format
+            of tiled detection).
+          tile: run each image as overlapping ``tile`` px tiles at native resolution and
+            merge their detections (``TiledDetection``), for images far larger than the
+            training size; None = the whole image, resized as the config says.
+          tile_overlap: fraction of ``tile`` that neighbouring tiles share, in [0, 0.9].
+          tile_with_full_image: with ``tile``, add a whole-image pass for objects larger
+            than a tile's core (``TiledDetection``'s ``full_image``).
 
         Returns:
           one ``ImageDetections`` for one image, a list in input order for a list or an
@@ -127,11 +138,28 @@ class Detector:
         threshold = self.score_threshold if score_threshold is None else score_threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1], got {threshold}")
+        if mask_format is None:
+            mask_format = "bitmap" if tile is None else "rle"
         if mask_format not in MASK_FORMATS:
             raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
+        tiled = None
+        if tile is not None:
+            if mask_format != "rle":
+                raise ValueError('tiled detection gives masks as RLE only (mask_format="rle")')
+            tiled = TiledDetection(
+                self.predictor,
+                self.categories,
+                tile,
+                tile_overlap,
+                tile_with_full_image,
+                self.batch_size,
+            )
         single = _is_single(images)
         items = [images] if single else list(images)
         decoded = [_read(item, position) for position, item in enumerate(items)]
+        if tiled is not None:
+            merged = [tiled.detect(rgb, threshold, source) for rgb, source in decoded]
+            return merged[0] if single else merged
         results: list[ImageDetections] = []
         for start in range(0, len(decoded), self.batch_size):
             chunk = decoded[start : start + self.batch_size]

@@ -61,8 +61,10 @@ class ImageDetections:
         """``(H, W)`` of the source image."""
         return int(self.image.shape[0]), int(self.image.shape[1])
 
-    def _as_predictor_dict(self, image_id: int) -> dict[str, Any]:
-        """The ``Predictor.image_detections`` form (0-based classes) of these detections."""
+    def as_predictor_dict(self, image_id: int) -> dict[str, Any]:
+        """These detections in ``Predictor.image_detections``' form (0-based ``classes``,
+        ``masks`` decoded from ``rles`` when they are RLE), what ``to_coco`` and the
+        drawing functions of ``kmask.visualization`` take."""
         detections: dict[str, Any] = {
             "image_id": image_id,
             "boxes": self.boxes,
@@ -88,7 +90,7 @@ class ImageDetections:
         """COCO result dicts (``bbox [x, y, w, h]``, ``category_id``, ``score``, RLE
         ``segmentation`` with masks, ``keypoints`` as COCO pixel indices), the format of
         ``kmask predict``'s ``detections.json`` and of ``COCOeval``'s results."""
-        detections = self._as_predictor_dict(image_id)
+        detections = self.as_predictor_dict(image_id)
         return to_coco_results(detections, self.categories)
 
     def draw(self) -> np.ndarray:
@@ -97,7 +99,7 @@ class ImageDetections:
         enlarged by an integer factor when the image is small."""
         return draw_image_detections(
             self.image,
-            self._as_predictor_dict(0),
+            self.as_predictor_dict(0),
             self.categories.category_names,
             self.score_threshold,
             skeleton=self.categories.keypoint_skeleton,

@@ -16,6 +16,7 @@ from kmask.data.image_io import DECODE_ERRORS, decode_rgb, encode_png, write_ato
 from kmask.evaluation.coco_evaluator import to_coco_results, to_proposal_results
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor
+from kmask.evaluation.tiled_detection import TiledDetection
 from kmask.visualization import draw_image_detections
 
 # Image files a folder given to ``image_paths`` contributes.
@@ -54,6 +55,8 @@ class PredictionWriter:
       score_threshold: detections below it are neither drawn nor written.
       num_proposals: proposals drawn and written per image by an RPN-only model.
       on_skip: called with ``(path, reason)`` for each unreadable image.
+      tiling: run each image through it (``TiledDetection``, the same ``predictor``)
+        instead of whole; the picture decodes its RLE masks (bool ``[n, H, W]``).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class PredictionWriter:
         score_threshold: float = 0.5,
         num_proposals: int = 20,
         on_skip: Callable[[Path, str], None] | None = None,
+        tiling: TiledDetection | None = None,
     ) -> None:
         if num_proposals < 0:
             raise ValueError(f"num_proposals must be >= 0, got {num_proposals}")
@@ -73,6 +77,7 @@ class PredictionWriter:
         self.score_threshold = score_threshold
         self.num_proposals = num_proposals
         self.on_skip = on_skip
+        self.tiling = tiling
         self._clear()
 
     def _clear(self) -> None:
@@ -136,8 +141,13 @@ class PredictionWriter:
           ``(predictions, picture)``: the picture uint8 ``[H f, W f, 3]``, enlarged by an
           integer ``f`` when small (``kmask.visualization.draw_detections``).
         """
-        outputs = self.predictor.predict_batch(self.predictor.features_for_image(image, image_id))
-        selected = self.select(self.predictor.image_detections(outputs, 0))
+        if self.tiling is not None:
+            result = self.tiling.detect(image, self.score_threshold)
+            selected = result.as_predictor_dict(image_id)  # masks decoded for the picture
+        else:
+            features = self.predictor.features_for_image(image, image_id)
+            outputs = self.predictor.predict_batch(features)
+            selected = self.select(self.predictor.image_detections(outputs, 0))
         picture = draw_image_detections(
             image,
             selected,

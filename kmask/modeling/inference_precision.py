@@ -56,10 +56,16 @@ class InferencePrecision:
         """``requested`` (one of ``PRECISIONS``) resolved on this machine.
 
         Raises:
-          ValueError: an unknown precision, naming the choices.
+          ValueError: an unknown precision, naming the choices, or float16 without a GPU.
         """
         if requested not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")
+        if requested == "float16" and not tf.config.list_physical_devices("GPU"):
+            raise ValueError(
+                "precision float16 needs a GPU: TensorFlow's float16 CPU kernels are far "
+                "slower than float32 (a 256-px image ran over 16 minutes); use bfloat16 or "
+                "float32 on a CPU"
+            )
         if requested != "auto":
             return cls(requested, "asked for")
         return cls.auto()

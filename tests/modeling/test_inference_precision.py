@@ -57,10 +57,15 @@ def test_this_machines_cpu_flags_are_read():
     assert ("sse2" in flags) == (" sse2 " in text.replace("\n", " "))
 
 
-def test_explicit_and_unknown_precisions():
+def test_explicit_and_unknown_precisions(monkeypatch):
     assert InferencePrecision.resolve("bfloat16").policy == "mixed_bfloat16"
-    assert InferencePrecision.resolve("float16").policy == "mixed_float16"
     assert InferencePrecision.resolve("float32").policy == "float32"
+    tf = inference_precision.tf
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [])
+    with pytest.raises(ValueError, match="precision float16 needs a GPU"):
+        InferencePrecision.resolve("float16")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: ["GPU:0"])
+    assert InferencePrecision.resolve("float16").policy == "mixed_float16"
     with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16"):
         InferencePrecision.resolve("bf16")
 
