@@ -8,10 +8,15 @@ differences near 1e-5 after the whole network), not which detections come out.""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from tests.cli_runner import assert_ok, run_kmask
 
 _CLOSE = ("bbox", "score", "segmentation")
 
@@ -37,3 +42,27 @@ def assert_same_picture(drawn: np.ndarray, written: np.ndarray) -> None:
     """The same picture but for a few pixels on mask borders (at most 0.5 %)."""
     assert drawn.shape == written.shape
     assert np.any(drawn != written, axis=-1).mean() <= 0.005
+
+
+def predict_json(
+    run: Path, paths: Sequence[Path], out: Path, threshold: float, cwd: Path
+) -> list[dict[str, Any]]:
+    """``kmask predict --run RUN PATHS --out OUT --score-threshold T``'s detections.json."""
+    assert_ok(
+        run_kmask(
+            "predict", "--run", str(run), *map(str, paths), "--out", str(out),
+            "--score-threshold", str(threshold), cwd=cwd,
+        )
+    )  # fmt: skip
+    return json.loads((out / "detections.json").read_text())
+
+
+def as_written(results: Sequence[Any], file_names: Sequence[str]) -> list[dict[str, Any]]:
+    """What ``kmask predict`` writes to detections.json for these ``ImageDetections``:
+    each image's ``to_coco`` (``image_id`` its 1-based position) with ``file_name`` and
+    ``category_name``."""
+    return [
+        {**coco, "file_name": name, "category_name": category}
+        for position, (result, name) in enumerate(zip(results, file_names), start=1)
+        for coco, category in zip(result.to_coco(position), result.class_names)
+    ]

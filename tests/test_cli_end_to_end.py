@@ -13,7 +13,7 @@ from PIL import Image
 
 import kmask
 from tests.cli_runner import CONFIGS, assert_ok, run_kmask
-from tests.coco_matching import assert_same_picture, assert_same_results
+from tests.coco_matching import as_written, assert_same_picture, assert_same_results, predict_json
 from tests.toy_data import tiny_overrides
 
 
@@ -305,34 +305,18 @@ def test_detect_equals_predict(trained, tmp_path):
     Image.open(images[0]).resize((96, 40)).save(wide)
     paths = [*images, wide]
     out = tmp_path / "pred"
-    assert_ok(
-        run_kmask(
-            "predict",
-            "--run",
-            str(run),
-            *map(str, paths),
-            "--out",
-            str(out),
-            "--score-threshold",
-            "0",
-            cwd=work,
-        )
-    )
-    expected = json.loads((out / "detections.json").read_text())
+    expected = predict_json(run, paths, out, 0.0, work)
 
     detector = kmask.load_model(run, batch_size=3)
     inputs = [images[0], images[1].read_bytes(), np.asarray(Image.open(wide).convert("RGB"))]
     results = detector.detect(inputs, score_threshold=0.0)
     assert [r.source for r in results] == [str(images[0]), None, None]
     assert [r.image_size for r in results] == [(64, 64), (64, 64), (40, 96)]
-    got = []
-    for position, (result, path) in enumerate(zip(results, paths), start=1):
+    for result, path in zip(results, paths):
         assert result.boxes.dtype == np.float32 and result.boxes.shape == (len(result), 4)
         assert result.masks.shape == (len(result), *result.image_size)
-        for coco, name in zip(result.to_coco(position), result.class_names):
-            got.append({**coco, "file_name": str(path), "category_name": name})
         assert_same_picture(result.draw(), np.asarray(Image.open(out / f"{path.stem}.png")))
-    assert_same_results(got, expected)
+    assert_same_results(as_written(results, [str(path) for path in paths]), expected)
     # RLE on request decodes to the same masks; one image in gives one result out.
     single = detector.detect(images[0], score_threshold=0.0, mask_format="rle")
     assert single.masks is None and len(single.rles) == len(results[0])

@@ -1,16 +1,13 @@
 """``kmask.load_model(run).detect``: the one-call API against ``kmask predict`` on a
 converted random-weight torchvision Mask R-CNN, and its input handling."""
 
-import json
-
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 import kmask
-from tests.cli_runner import assert_ok, run_kmask
-from tests.coco_matching import assert_same_picture, assert_same_results
+from tests.coco_matching import as_written, assert_same_picture, assert_same_results, predict_json
 
 torch = pytest.importorskip("torch")
 from tests.convert.torch_models import random_torchvision_model  # noqa: E402
@@ -41,27 +38,10 @@ def converted(tmp_path_factory):
 def test_detect_equals_kmask_predict_on_a_converted_model(converted):
     work, run, paths = converted
     out = work / "pred"
-    assert_ok(
-        run_kmask(
-            "predict",
-            "--run",
-            str(run),
-            *map(str, paths),
-            "--out",
-            str(out),
-            "--score-threshold",
-            "0.02",
-            cwd=work,
-        )
-    )
-    expected = json.loads((out / "detections.json").read_text())
+    expected = predict_json(run, paths, out, 0.02, work)
     detector = kmask.load_model(run, batch_size=3)
     results = detector.detect(paths, score_threshold=0.02)
-    got = [
-        {**coco, "file_name": str(path), "category_name": name}
-        for position, (result, path) in enumerate(zip(results, paths), start=1)
-        for coco, name in zip(result.to_coco(position), result.class_names)
-    ]
+    got = as_written(results, [str(path) for path in paths])
     # Random weights over 91 slots spread the scores: each image has detections above 0.02.
     assert all(len(result) > 0 for result in results)
     assert_same_results(got, expected)
