@@ -201,30 +201,23 @@ class Detector:
         mask_format: str,
     ) -> ImageDetections:
         keep = detections["scores"] >= threshold
-        class_ids = np.array(
-            [self.categories.to_original_id(int(c)) for c in detections["classes"][keep]],
-            np.int32,
-        )
-        names = dict(zip(self.categories.category_ids, self.categories.category_names))
         masks = detections["masks"][keep] if "masks" in detections else None
         rles = None
         if masks is not None and mask_format == "rle":
             encoded = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0))))
             rles = [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in encoded]
             masks = None
-        keypoints = detections["keypoints"][keep] if "keypoints" in detections else None
-        return ImageDetections(
-            image=rgb,
-            source=source,
-            boxes=detections["boxes"][keep],
-            scores=detections["scores"][keep],
-            class_ids=class_ids,
-            class_names=[names[int(i)] for i in class_ids],
+        return ImageDetections.from_classes(
+            rgb,
+            source,
+            detections["boxes"][keep],
+            detections["scores"][keep],
+            detections["classes"][keep],
+            self.categories,
+            threshold,
             masks=masks,
             rles=rles,
-            keypoints=keypoints,
-            categories=self.categories,
-            score_threshold=threshold,
+            keypoints=detections["keypoints"][keep] if "keypoints" in detections else None,
         )
 
     def __getattr__(self, name: str) -> Any:

@@ -53,6 +53,38 @@ class ImageDetections:
     categories: CategoryMap
     score_threshold: float
 
+    @classmethod
+    def from_classes(
+        cls,
+        image: np.ndarray,
+        source: str | None,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        classes: np.ndarray,
+        categories: CategoryMap,
+        score_threshold: float,
+        masks: np.ndarray | None = None,
+        rles: list[dict[str, Any]] | None = None,
+        keypoints: np.ndarray | None = None,
+    ) -> ImageDetections:
+        """The detections of the model's 0-based ``classes [n]``, with their category ids
+        and names read from ``categories``; boxes and scores as float32."""
+        class_ids = np.array([categories.to_original_id(int(c)) for c in classes], np.int32)
+        names = dict(zip(categories.category_ids, categories.category_names))
+        return cls(
+            image=image,
+            source=source,
+            boxes=np.asarray(boxes, np.float32),
+            scores=np.asarray(scores, np.float32),
+            class_ids=class_ids,
+            class_names=[names[int(i)] for i in class_ids],
+            masks=masks,
+            rles=rles,
+            keypoints=keypoints,
+            categories=categories,
+            score_threshold=score_threshold,
+        )
+
     def __len__(self) -> int:
         return len(self.scores)
 

@@ -287,25 +287,16 @@ class TiledDetection:
         keep: np.ndarray,
         threshold: float,
     ) -> ImageDetections:
-        categories = self.categories
-        class_ids = np.array(
-            [categories.to_original_id(int(c)) for c in merged["classes"][keep]], np.int32
-        )
-        names = dict(zip(categories.category_ids, categories.category_names))
-        rles = [merged["rles"][i] for i in keep] if "rles" in merged else None
-        keypoints = merged["keypoints"][keep] if "keypoints" in merged else None
-        return ImageDetections(
-            image=image,
-            source=source,
-            boxes=merged["boxes"][keep].astype(np.float32),
-            scores=merged["scores"][keep].astype(np.float32),
-            class_ids=class_ids,
-            class_names=[names[int(i)] for i in class_ids],
-            masks=None,
-            rles=rles,
-            keypoints=keypoints,
-            categories=categories,
-            score_threshold=threshold,
+        return ImageDetections.from_classes(
+            image,
+            source,
+            merged["boxes"][keep],
+            merged["scores"][keep],
+            merged["classes"][keep],
+            self.categories,
+            threshold,
+            rles=[merged["rles"][i] for i in keep] if "rles" in merged else None,
+            keypoints=merged["keypoints"][keep] if "keypoints" in merged else None,
         )
 
 
