@@ -232,17 +232,20 @@ class ShardDataset(ExampleSource):
         """Decoded examples of one pass of ``pipeline.training_stream``, from item ``first``.
 
         The pass reads the shards in the order of a stateless permutation by
-        ``order_seed``, interleaved, through a shuffle buffer seeded by ``order_seed``
-        (not reshuffled: the same seed gives the same order); item ``k`` is the ``k``-th
-        record out of the buffer. Starting at ``first`` reads, without decoding, the
-        ``first`` records before it. Each example has its item index under
+        ``order_seed``, interleaved, and shuffles the records in blocks of
+        ``shuffle_buffer``, each block by a stateless permutation seeded by
+        ``order_seed`` and the block's index: the order is a function of ``order_seed``
+        alone (not of TensorFlow's global seed, which ``Dataset.shuffle`` would mix in,
+        and which it cannot take with a tensor seed when the global seed is 0). Item
+        ``k`` is the ``k``-th record in that order. Starting at ``first`` reads, without
+        decoding, the ``first`` records before it. Each example has its item index under
         ``pipeline.INDEX_KEY``.
 
         Args:
           order_seed: int64 ``[2]``, the seed of the pass's order.
           first: int64 ``[]``, the first item.
           drop_empty: leave out images without non-crowd instances.
-          shuffle_buffer: records held for shuffling.
+          shuffle_buffer: records per shuffled block.
           num_parallel_calls: parallel decoders (-1 = autotune).
         """
         paths = tf.constant(self.files)
@@ -250,11 +253,16 @@ class ShardDataset(ExampleSource):
         files = tf.data.Dataset.range(len(self.files)).map(
             lambda i: tf.gather(paths, tf.random.experimental.index_shuffle(i, order_seed, last))
         )
-        buffer_seed = tf.random.stateless_uniform(
-            [], order_seed, minval=None, maxval=None, dtype=tf.int64
-        )
-        records = self._interleave(files).shuffle(
-            shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False
+        records = (
+            self._interleave(files)
+            .batch(shuffle_buffer)
+            .enumerate()
+            .map(
+                lambda block, block_records: tf.random.experimental.stateless_shuffle(
+                    block_records, tf.random.experimental.stateless_fold_in(order_seed, block)
+                )
+            )
+            .unbatch()
         )
         items = records.enumerate().skip(first)
         items = items.map(lambda k, record: {"record": record, pipeline.INDEX_KEY: k})
