@@ -37,9 +37,10 @@ def _keypoints_after_the_exact_decoder(
     """0.1 searched each heatmap's bicubic maximum only near its coarse maximum, and missed
     it on some keypoints; today's decoder finds it (torchvision's argmax over the whole
     resized heatmap). Where the location moved, the new one must score higher (the score
-    is the heatmap's value there) and is left out of the comparison. The scores of this
-    random model reach 1e20 (unnormalized logits through 8 random convs), where float32
-    noise of another CPU's kernels grows to 1 %: they are compared at that tolerance.
+    is the heatmap's value there) and is left out of the comparison (in the current
+    fixture none moves). The scores are unnormalized logits of random convs (up to about
+    7e3 here; an earlier fixture's reached 1e20, where float32 noise of another CPU's
+    kernels grew to 1 %): they are compared at that tolerance.
     Returns the (x, y) of the keypoints that did not move."""
     moved = np.abs(got[..., :2] - want[..., :2]).max(-1) > 1e-3
     assert moved.mean() < 0.2, f"{moved.sum()} of {moved.size} keypoints moved"
