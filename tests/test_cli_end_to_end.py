@@ -321,3 +321,57 @@ def test_detect_equals_predict(trained, tmp_path):
     single = detector.detect(images[0], score_threshold=0.0, mask_format="rle")
     assert single.masks is None and len(single.rles) == len(results[0])
     assert_same_results(single.to_coco(1), results[0].to_coco(1))
+
+
+def test_evaluate_in_tiles_equals_detect_in_tiles(trained, tmp_path):
+    """``kmask evaluate --tile`` on a make-shapes scene writes, per image, what
+    ``detect(tile=...)`` gives (RLE masks of the source size), and its AP is pycocotools'
+    on those results; tile flags without ``--tile`` and a bad tile are refused by name."""
+    work, trained_run = trained
+    run = tmp_path / "run"  # every detection kept (see test_detect_equals_predict)
+    shutil.copytree(trained_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["box_head"]["score_threshold"] = 0.0
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    scene = tmp_path / "scene"
+    assert_ok(
+        run_kmask(
+            "make-shapes", "--out", str(scene), "--scene", "150x100", "--scene-objects", "8",
+            "--object-size", "14,24", "--num-train", "0", "--num-val", "2", cwd=work,
+        )
+    )  # fmt: skip
+    flags = ["--run", str(run), "--json", str(scene / "val.json"), "--images", str(scene)]
+    results_out, metrics_out = tmp_path / "results.json", tmp_path / "metrics.json"
+    out = assert_ok(
+        run_kmask(
+            "evaluate", *flags, "--tile", "64", "--tile-overlap", "0.25",
+            "--results-out", str(results_out), "--metrics-out", str(metrics_out), cwd=work,
+        )
+    )  # fmt: skip
+    assert "in 64 px tiles" in out
+    written = json.loads(results_out.read_text())
+    assert written and all(r["segmentation"]["size"] == [100, 150] for r in written)
+
+    detector = kmask.load_model(run)
+    expected = []
+    for image_id in (1, 2):
+        found = detector.detect(
+            scene / "val" / f"{image_id:06d}.png", score_threshold=0.0, tile=64, tile_overlap=0.25
+        )
+        expected += found.to_coco(image_id)
+    assert_same_results(written, expected)
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    truth = COCO(str(scene / "val.json"))
+    check = COCOeval(truth, truth.loadRes(written), "segm")
+    check.evaluate(), check.accumulate(), check.summarize()
+    metrics = json.loads(metrics_out.read_text())
+    assert metrics["segm_AP"] == pytest.approx(check.stats[0], abs=1e-6)
+
+    for bad, message in (
+        (["--tile-overlap", "0.3"], "--tile-overlap and --tile-with-full-image need --tile"),
+        (["--tile", "0"], "--tile: tile must be a positive integer"),
+    ):
+        result = run_kmask("evaluate", *flags, *bad, cwd=work)
+        assert result.returncode == 2 and message in result.stderr

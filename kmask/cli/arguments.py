@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 from kmask.config.eval_config import PRECISIONS
 
 if TYPE_CHECKING:
+    from kmask.data.category_map import CategoryMap
+    from kmask.evaluation import Predictor
+    from kmask.evaluation.tiled_detection import TiledDetection
     from kmask.runs import InferenceSource
 
 
@@ -90,3 +93,60 @@ def inference_precision(args: argparse.Namespace) -> str:
     if args.precision == "auto":
         print(f"--precision auto: {precision.name} ({precision.reason})")
     return precision.name
+
+
+def add_tile_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tile``, ``--tile-overlap`` and ``--tile-with-full-image`` (predict, evaluate)."""
+    parser.add_argument(
+        "--tile",
+        type=int,
+        metavar="SIZE",
+        help="run each image as overlapping SIZE px tiles at native resolution and merge "
+        "their detections (images far larger than the training size)",
+    )
+    parser.add_argument(
+        "--tile-overlap",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="with --tile: share of a tile that neighbours overlap, in [0, 0.9] (0.2)",
+    )
+    add_flag(
+        parser,
+        "--tile-with-full-image",
+        "with --tile: also run the whole image, resized as the config says, for objects "
+        "larger than a tile",
+    )
+
+
+def check_tile_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming the flag: ``--tile-overlap`` or ``--tile-with-full-image`` without
+    ``--tile``, or a tile size or overlap out of range (before any model is loaded)."""
+    from kmask.evaluation.tiled_detection import TiledDetection
+
+    if args.tile is None:
+        if args.tile_with_full_image or args.tile_overlap is not None:
+            raise ValueError("--tile-overlap and --tile-with-full-image need --tile")
+        return
+    try:
+        TiledDetection.check(args.tile, _overlap(args))
+    except ValueError as error:
+        raise ValueError(f"--tile: {error}") from None
+
+
+def tiling(
+    args: argparse.Namespace, predictor: Predictor, categories: CategoryMap
+) -> TiledDetection | None:
+    """The ``TiledDetection`` that ``add_tile_arguments``' flags (checked by
+    ``check_tile_arguments``) ask for, None without ``--tile``."""
+    from kmask.evaluation.tiled_detection import TiledDetection
+
+    if args.tile is None:
+        return None
+    return TiledDetection(
+        predictor, categories, args.tile, _overlap(args), args.tile_with_full_image
+    )
+
+
+def _overlap(args: argparse.Namespace) -> float:
+    return 0.2 if args.tile_overlap is None else args.tile_overlap

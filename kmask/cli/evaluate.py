@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from kmask.cli.arguments import add_inference_arguments, inference_precision, inference_source
+from kmask.cli.arguments import (
+    add_inference_arguments,
+    add_tile_arguments,
+    check_tile_arguments,
+    inference_precision,
+    inference_source,
+    tiling,
+)
 from kmask.cli.console import fail
 
 
@@ -27,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="evaluate only the first N images (eval.max_images)",
     )
+    add_tile_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if problem:
             return fail("evaluate", f"--{name.replace('_', '-')} {problem}", 2)
     try:
+        check_tile_arguments(args)
         source = inference_source(args)
         config, checkpoint, run_dir = source.config, source.checkpoint, source.run
         results_out = args.results_out or (run_dir.results_path if run_dir is not None else None)
@@ -80,11 +89,22 @@ def run(args: argparse.Namespace) -> int:
             args.max_images or config.eval.max_images,
         )
         predictor = Predictor.from_checkpoint(config, checkpoint, inference_precision(args))
+        tiles = tiling(args, predictor, evaluator.categories)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as error:
         return fail("evaluate", str(error), 2)
-    print(f"evaluating {checkpoint} on {count} images of {json_path}")
+    how = f" in {args.tile} px tiles" if tiles is not None else ""
+    print(f"evaluating {checkpoint} on {count} images of {json_path}{how}")
     try:
-        metrics = evaluator.run(predictor, batches, total=total)
+        if tiles is not None:
+            metrics = evaluator.run_images(
+                lambda image, image_id: tiles.detect(image, 0.0).as_predictor_dict(
+                    image_id, decode_rles=False
+                ),
+                dataset,
+                count,
+            )
+        else:
+            metrics = evaluator.run(predictor, batches, total=total)
     except (DataError, ValueError) as error:
         return fail("evaluate", str(error), 1)
     failed = []  # each output is written even when another one fails

@@ -7,10 +7,12 @@ import argparse
 import os
 
 from kmask.cli.arguments import (
-    add_flag,
     add_inference_arguments,
+    add_tile_arguments,
+    check_tile_arguments,
     inference_precision,
     inference_source,
+    tiling,
 )
 from kmask.cli.console import fail
 
@@ -36,26 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="RPN-only models: draw and write the N best proposals of each "
         "image, whatever their score (20)",
     )
-    parser.add_argument(
-        "--tile",
-        type=int,
-        metavar="SIZE",
-        help="run each image as overlapping SIZE px tiles at native resolution and merge "
-        "their detections (images far larger than the training size)",
-    )
-    parser.add_argument(
-        "--tile-overlap",
-        type=float,
-        default=None,
-        metavar="FRACTION",
-        help="with --tile: share of a tile that neighbours overlap, in [0, 0.9] (0.2)",
-    )
-    add_flag(
-        parser,
-        "--tile-with-full-image",
-        "with --tile: also run the whole image, resized as the config says, for objects "
-        "larger than a tile",
-    )
+    add_tile_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from kmask.data.category_map import CategoryMap
     from kmask.errors import ConfigError, DataError
     from kmask.evaluation import PredictionWriter, Predictor
-    from kmask.evaluation.tiled_detection import TiledDetection
 
     if args.num_proposals < 0:
         return fail("predict", "--num-proposals must be >= 0", 2)
@@ -72,11 +54,10 @@ def run(args: argparse.Namespace) -> int:
         return fail("predict", "--limit must be positive", 2)
     if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
         return fail("predict", "--score-threshold must lie in [0, 1]", 2)
-    if args.tile is None and (args.tile_with_full_image or args.tile_overlap is not None):
-        return fail("predict", "--tile-overlap and --tile-with-full-image need --tile", 2)
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         return fail("predict", f"--out {args.out} is a file, not a folder", 2)
     try:
+        check_tile_arguments(args)
         source = inference_source(args)
         config = source.config
         paths = PredictionWriter.image_paths(args.images, args.limit)
@@ -92,15 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if categories is None:
             categories = CategoryMap.placeholder(config.model.num_classes)
         predictor = Predictor.from_checkpoint(config, source.checkpoint, inference_precision(args))
-        tiling = None
-        if args.tile is not None:
-            tiling = TiledDetection(
-                predictor,
-                categories,
-                args.tile,
-                0.2 if args.tile_overlap is None else args.tile_overlap,
-                args.tile_with_full_image,
-            )
+        tiles = tiling(args, predictor, categories)
         out.mkdir(parents=True, exist_ok=True)
     except (ConfigError, DataError, FileNotFoundError, ValueError, OSError) as error:
         return fail("predict", str(error), 2)
@@ -116,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         score_threshold=threshold,
         num_proposals=args.num_proposals,
         on_skip=lambda path, reason: fail("predict", f"skipping {path}: {reason}"),
-        tiling=tiling,
+        tiling=tiles,
     )
     try:
         writer.write(paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -10,10 +11,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from kmask.data import image_io
+from kmask.data.placed_rle import placed_rle
 
 _SPLIT_CODES = {"train": 0, "val": 1}
 # Corners of the polygon shapes (the rhombus is a square with one diagonal shortened).
@@ -35,6 +36,11 @@ class ShapesDataset:
     same files, byte for byte, and image ``i`` of a split does not depend on how many
     images the split has.
 
+    With ``object_size`` the shapes have a size in pixels instead of a share of the
+    image: a large ``image_size`` and many shapes make a scene for tiled inference
+    (``kmask make-shapes --scene``); shapes and their masks are then drawn in their own
+    window, so memory and time grow with the shapes, not with shapes x image.
+
     Args:
       image_size: side of the square images, or ``(height, width)``.
       seed: random seed.
@@ -42,9 +48,12 @@ class ShapesDataset:
       shapes: the categories, names from ``SHAPES`` (ids 1, 2, ... in this order); None =
         ``CATEGORIES`` (circle, square, triangle). Other shapes make a dataset of new
         classes for fine-tuning (``kmask make-shapes --shapes pentagon,hexagon,...``).
+      object_size: ``(smallest, largest)`` shape diameter in pixels (the circumscribed
+        circle's), or None for 16% to 44% of the shorter image side.
 
     Raises:
-      ValueError: a size under 32 pixels, ``max_shapes < 1``, or a name not in ``SHAPES``.
+      ValueError: a size under 32 pixels, ``max_shapes < 1``, a name not in ``SHAPES``, or
+        an ``object_size`` that is not ``0 < smallest <= largest``.
     """
 
     # Shapes that can be drawn: regular polygons by their number of corners, and the rest.
@@ -61,6 +70,7 @@ class ShapesDataset:
         seed: int = 0,
         max_shapes: int = 5,
         shapes: Sequence[str] | None = None,
+        object_size: tuple[float, float] | None = None,
     ) -> None:
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         if min(height, width) < 32:
@@ -71,6 +81,12 @@ class ShapesDataset:
         self.width = int(width)
         self.seed = int(seed)
         self.max_shapes = int(max_shapes)
+        if object_size is not None and not 0 < object_size[0] <= object_size[1]:
+            raise ValueError(
+                f"object_size must be (smallest, largest) diameters with 0 < smallest <= "
+                f"largest, got {object_size}"
+            )
+        self.object_size = object_size
         if shapes is not None:
             names = list(shapes)
             if not names or len(set(names)) < len(names) or not set(names) <= set(self.SHAPES):
@@ -87,71 +103,70 @@ class ShapesDataset:
 
         Returns:
           ``(image, instances)``: uint8 ``[H, W, 3]`` RGB; each instance a dict with
-          ``category_id`` and ``mask`` (bool ``[H, W]``, visible part), in drawing order.
+          ``category_id``, ``mask`` (bool ``[h, w]``, the visible part within the shape's
+          window) and ``top``, ``left`` (where ``mask[0, 0]`` lies in the image), in
+          drawing order.
         """
         rng = np.random.default_rng([self.seed, _SPLIT_CODES[split], index])
         image = _background(rng, self.height, self.width)
-        ys, xs = np.mgrid[0 : self.height, 0 : self.width] + 0.5
         count = int(rng.integers(1, self.max_shapes + 1))
-        shapes: list[tuple[int, np.ndarray]] = []  # (category id, full shape mask)
+        pieces: list[_Piece] = []
         for _ in range(count):
             for _attempt in range(20):
-                category_id, shape = self._random_shape(rng, ys, xs)
-                if self._acceptable(shapes, shape):
-                    shapes.append((category_id, shape))
+                piece = self._random_shape(rng)
+                if _acceptable(pieces, piece):
+                    _place(pieces, piece)
                     break
-        colours = _distinct_colours(rng, len(shapes), image.reshape(-1, 3).mean(axis=0))
-        instances = []
-        for i, (category_id, shape) in enumerate(shapes):
-            shade = rng.normal(0.0, 6.0, size=image.shape)
-            image[shape] = np.clip(colours[i] + shade[shape], 0, 255)
-            visible = shape.copy()
-            for _, later in shapes[i + 1 :]:
-                visible &= ~later
-            instances.append({"category_id": category_id, "mask": visible})
+        colours = _distinct_colours(rng, len(pieces), image.reshape(-1, 3).mean(axis=0))
+        for colour, piece in zip(colours, pieces):
+            window = image[piece.rows, piece.cols]
+            # Relative sizes draw the shading over the whole image, as before scenes
+            # existed, so the datasets made then come out byte for byte the same.
+            shade = rng.normal(0.0, 6.0, size=window.shape if self.object_size else image.shape)
+            shade = shade if self.object_size else shade[piece.rows, piece.cols]
+            window[piece.mask] = np.clip(colour + shade[piece.mask], 0, 255)
+        instances = [
+            {"category_id": p.category_id, "mask": p.visible, "top": p.top, "left": p.left}
+            for p in pieces
+        ]
         return image.astype(np.uint8), instances
 
-    def _random_shape(
-        self, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray
-    ) -> tuple[int, np.ndarray]:
-        side = min(self.height, self.width)
-        radius = rng.uniform(0.08, 0.22) * side
+    def _random_shape(self, rng: np.random.Generator) -> _Piece:
+        """A random shape, its mask drawn in the window of its circumscribed circle."""
+        if self.object_size is None:
+            radius = rng.uniform(0.08, 0.22) * min(self.height, self.width)
+        else:
+            radius = rng.uniform(*self.object_size) / 2
         cy = rng.uniform(0.1, 0.9) * self.height
         cx = rng.uniform(0.1, 0.9) * self.width
         category_id = int(rng.integers(1, len(self.CATEGORIES) + 1))
         angle = rng.uniform(0.0, 2.0 * np.pi)
+        top, left = max(0, int(cy - radius) - 1), max(0, int(cx - radius) - 1)
+        bottom = min(self.height, int(np.ceil(cy + radius)) + 1)
+        right = min(self.width, int(np.ceil(cx + radius)) + 1)
+        ys, xs = np.mgrid[top:bottom, left:right] + 0.5
         name = self.CATEGORIES[category_id - 1]["name"]
         if name == "circle":
-            return category_id, (ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2
-        if name == "ellipse":
+            mask = (ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2
+        elif name == "ellipse":
             minor = radius * rng.uniform(0.4, 0.7)
             along = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
             across = (ys - cy) * np.cos(angle) - (xs - cx) * np.sin(angle)
-            return category_id, (along / radius) ** 2 + (across / minor) ** 2 <= 1.0
-        corners = _CORNERS[name]
-        angles = angle + 2.0 * np.pi * np.arange(corners) / corners
-        radii = np.full(corners, radius)
-        if name == "rhombus":
-            radii[1::2] *= rng.uniform(0.45, 0.7)
-        vertices = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1)
-        return category_id, _inside_convex_polygon(vertices, ys, xs)
-
-    def _acceptable(self, shapes: list[tuple[int, np.ndarray]], shape: np.ndarray) -> bool:
-        """The new shape has pixels, and every earlier shape keeps half its visible area."""
-        if shape.sum() < 20:
-            return False
-        for i, (_, earlier) in enumerate(shapes):
-            visible = earlier.copy()
-            for _, later in shapes[i + 1 :]:
-                visible &= ~later
-            if (visible & ~shape).sum() < 0.5 * visible.sum():
-                return False
-        return True
+            mask = (along / radius) ** 2 + (across / minor) ** 2 <= 1.0
+        else:
+            corners = _CORNERS[name]
+            angles = angle + 2.0 * np.pi * np.arange(corners) / corners
+            radii = np.full(corners, radius)
+            if name == "rhombus":
+                radii[1::2] *= rng.uniform(0.45, 0.7)
+            vertices = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1)
+            mask = _inside_convex_polygon(vertices, ys, xs)
+        return _Piece(category_id, top, left, mask)
 
     def coco(
         self, split: str, num_images: int, progress: bool = False
     ) -> tuple[dict[str, Any], list[np.ndarray]]:
-        """The COCO JSON dict of a split and its images (in memory).
+        """The COCO JSON dict of a split and its images (in memory), from ``render``.
 
         Segmentations are compressed RLE (exact masks); boxes are the tight boxes of the
         visible masks; ``file_name`` is ``{split}/{id:06d}.png``; ids start at 1. Instances
@@ -171,10 +186,10 @@ class ShapesDataset:
                 }
             )
             for instance in instances:
-                mask = instance["mask"]
-                rows = np.flatnonzero(mask.any(axis=1))
-                cols = np.flatnonzero(mask.any(axis=0))
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                mask, top, left = instance["mask"], instance["top"], instance["left"]
+                rows = np.flatnonzero(mask.any(axis=1)) + top
+                cols = np.flatnonzero(mask.any(axis=0)) + left
+                rle = placed_rle(mask, top, left, self.height, self.width)
                 annotation = {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
@@ -187,7 +202,7 @@ class ShapesDataset:
                     ],
                     "area": int(mask.sum()),
                     "iscrowd": 0,
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                    "segmentation": rle,
                 }
                 if "keypoints" in instance:
                     keypoints = np.asarray(instance["keypoints"], np.float64)
@@ -214,28 +229,43 @@ class ShapesDataset:
         num_val: int,
         progress: bool = True,
     ) -> dict[str, Path]:
-        """Writes ``train.json``, ``val.json`` and ``train/``, ``val/`` PNG images.
-
-        Every file is written under a temporary name and renamed when complete; the JSON
-        of a split is written after its images.
+        """Writes ``train.json``, ``val.json`` and ``train/``, ``val/`` PNG images
+        (``write_split`` of each).
 
         Returns:
           ``{"train": path of train.json, "val": path of val.json}``; images are relative
           to ``out_dir``.
         """
+        return {
+            split: self.write_split(out_dir, split, count, progress)
+            for split, count in (("train", num_train), ("val", num_val))
+        }
+
+    def write_split(
+        self,
+        out_dir: str | os.PathLike[str],
+        split: str,
+        num_images: int,
+        progress: bool = True,
+    ) -> Path:
+        """Writes ``{split}.json`` and its PNG images under ``{split}/``.
+
+        Every file is written under a temporary name and renamed when complete; the JSON
+        is written after the images.
+
+        Returns:
+          the JSON file; image paths in it are relative to ``out_dir``.
+        """
+        if num_images < 0:
+            raise ValueError(f"number of {split} images must be >= 0, got {num_images}")
         out_dir = Path(out_dir)
-        written = {}
-        for split, count in (("train", num_train), ("val", num_val)):
-            if count < 0:
-                raise ValueError(f"number of {split} images must be >= 0, got {count}")
-            (out_dir / split).mkdir(parents=True, exist_ok=True)
-            data, pixels = self.coco(split, count, progress=progress)
-            for entry, image in zip(data["images"], pixels):
-                image_io.write_atomic(out_dir / entry["file_name"], image_io.encode_png(image))
-            path = out_dir / f"{split}.json"
-            image_io.write_atomic(path, json.dumps(data).encode())
-            written[split] = path
-        return written
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        data, pixels = self.coco(split, num_images, progress=progress)
+        for entry, image in zip(data["images"], pixels):
+            image_io.write_atomic(out_dir / entry["file_name"], image_io.encode_png(image))
+        path = out_dir / f"{split}.json"
+        image_io.write_atomic(path, json.dumps(data).encode())
+        return path
 
 
 def _inside_convex_polygon(vertices: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -274,3 +304,62 @@ def _distinct_colours(rng: np.random.Generator, count: int, background: np.ndarr
         if np.abs(colour - background).sum() > 150:
             colours.append(colour)
     return np.array(colours).reshape(count, 3)
+
+
+@dataclasses.dataclass
+class _Piece:
+    """A drawn shape: bool ``mask [h, w]`` with ``mask[0, 0]`` at ``(top, left)`` of the
+    image, and ``visible``, the part of it that no later piece covers."""
+
+    category_id: int
+    top: int
+    left: int
+    mask: np.ndarray
+    visible: np.ndarray = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.visible = self.mask.copy()
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.top, self.top + self.mask.shape[0])
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.left, self.left + self.mask.shape[1])
+
+
+def _overlap(a: _Piece, b: _Piece) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """The windows' common rectangle in ``a``'s and in ``b``'s window, None when apart."""
+    top, left = max(a.top, b.top), max(a.left, b.left)
+    bottom, right = min(a.rows.stop, b.rows.stop), min(a.cols.stop, b.cols.stop)
+    if bottom <= top or right <= left:
+        return None
+    return (
+        (slice(top - a.top, bottom - a.top), slice(left - a.left, right - a.left)),
+        (slice(top - b.top, bottom - b.top), slice(left - b.left, right - b.left)),
+    )
+
+
+def _acceptable(pieces: list[_Piece], new: _Piece) -> bool:
+    """The new piece has 20 pixels, and every earlier one keeps half its visible area."""
+    if new.mask.sum() < 20:
+        return False
+    for piece in pieces:
+        common = _overlap(piece, new)
+        if common is None:
+            continue
+        covered = (piece.visible[common[0]] & new.mask[common[1]]).sum()
+        visible = piece.visible.sum()
+        if visible - covered < 0.5 * visible:
+            return False
+    return True
+
+
+def _place(pieces: list[_Piece], new: _Piece) -> None:
+    """Draws ``new`` over ``pieces``: their visible parts lose what it covers."""
+    for piece in pieces:
+        common = _overlap(piece, new)
+        if common is not None:
+            piece.visible[common[0]] &= ~new.mask[common[1]]
+    pieces.append(new)

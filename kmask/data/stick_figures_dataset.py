@@ -6,7 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from kmask.data.shapes_dataset import ShapesDataset, _background, _distinct_colours
+from kmask.data.shapes_dataset import (
+    ShapesDataset,
+    _acceptable,
+    _background,
+    _distinct_colours,
+    _Piece,
+    _place,
+)
 
 # Keypoints, skeleton (1-based, COCO style) and OKS sigmas (COCO's values for shoulders,
 # wrists, hips, knees and ankles; the head, the centre of a disk, takes the shoulders').
@@ -85,17 +92,20 @@ class StickFiguresDataset(ShapesDataset):
 
         Returns:
           ``(image, instances)``: uint8 ``[H, W, 3]`` RGB; each instance a dict with
-          ``category_id``, ``mask`` (bool ``[H, W]``, visible part) and ``keypoints``
-          (float64 ``[K, 3]`` COCO ``(x, y, v)``), in drawing order.
+          ``category_id``, ``mask`` (bool ``[H, W]``, visible part), ``top`` and ``left``
+          (0) and ``keypoints`` (float64 ``[K, 3]`` COCO ``(x, y, v)``), in drawing order.
         """
         rng = np.random.default_rng([self.seed, {"train": 0, "val": 1}[split], index, 1])
         image = _background(rng, self.height, self.width)
         ys, xs = np.mgrid[0 : self.height, 0 : self.width] + 0.5
         figures: list[dict[str, Any]] = []
+        bodies: list[_Piece] = []
         for _ in range(int(rng.integers(1, self.max_shapes + 1))):
             for _attempt in range(20):
                 figure = self._random_figure(rng, ys, xs)
-                if self._acceptable([(1, f["body"]) for f in figures], figure["body"]):
+                body = _Piece(1, 0, 0, figure["body"])
+                if _acceptable(bodies, body):
+                    _place(bodies, body)
                     figures.append(figure)
                     break
         colours = _distinct_colours(rng, len(figures), image.reshape(-1, 3).mean(axis=0))
@@ -122,6 +132,8 @@ class StickFiguresDataset(ShapesDataset):
                 {
                     "category_id": 1,
                     "mask": visible,
+                    "top": 0,
+                    "left": 0,
                     "keypoints": self._coco_keypoints(figure["points"], covered),
                 }
             )

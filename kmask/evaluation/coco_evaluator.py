@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -25,6 +25,9 @@ from kmask.evaluation.predictor import Predictor
 from kmask.evaluation.proposal_recall import ProposalRecall
 from kmask.evaluation.segment_recall import segment_recall, to_segment_results
 
+if TYPE_CHECKING:
+    from kmask.data.coco_dataset import COCODataset
+
 # COCOeval.stats entries 0..5 and the names they get in the flat metrics.
 _AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # COCOeval.stats entries 0..4 of iouType "keypoints" (no small objects).
@@ -36,8 +39,9 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list
     """One image's detections (``Predictor.image_detections``) as COCO result dicts.
 
     Boxes ``(y1, x1, y2, x2)`` become ``bbox [x, y, w, h]``, classes original category ids;
-    with masks (Mask R-CNN) each result also gets its compressed RLE
-    ``segmentation {"size", "counts"}``; with keypoints (Keypoint R-CNN) the results of the
+    with masks (Mask R-CNN: bool ``masks [n, H, W]``, or ``rles``, ``n`` COCO RLEs with
+    ``str`` counts, as tiled detection gives them) each result also gets its compressed
+    RLE ``segmentation {"size", "counts"}``; with keypoints (Keypoint R-CNN) the results of the
     classes that define keypoints get ``keypoints [x1, y1, s1, ...]``: COCO pixel indices
     (continuous coordinates minus 0.5) and each keypoint's score. An image without
     detections, or the proposals of an RPN-only model (see ``to_proposal_results``), give
@@ -51,7 +55,10 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list
     rles: list[Any] = [None] * len(boxes)
     if "masks" in detections:
         masks = np.asarray(detections["masks"], np.uint8)
-        rles = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0))))
+        encoded = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0))))
+        rles = [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in encoded]
+    elif "rles" in detections:
+        rles = list(detections["rles"])
     keypoints = detections.get("keypoints")
     keypoint_classes = set(categories.keypoint_classes)
     results = []
@@ -65,7 +72,7 @@ def to_coco_results(detections: dict[str, Any], categories: CategoryMap) -> list
             "score": round(float(score), 5),
         }
         if rle is not None:
-            result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+            result["segmentation"] = rle
         if keypoints is not None and int(cls) in keypoint_classes:
             points = np.asarray(keypoints[i], np.float64) - [0.5, 0.5, 0.0]
             result["keypoints"] = [round(float(v), 3) for v in points.reshape(-1)]
@@ -303,6 +310,44 @@ class COCOEvaluator:
             features = batch[0] if isinstance(batch, (tuple, list)) else batch
             for detections in predictor.batch_detections(predictor.predict_batch(features)):
                 self.add_image(detections)
+        return self.evaluate()
+
+    def run_images(
+        self,
+        detect: Callable[[np.ndarray, int], dict[str, Any]],
+        dataset: COCODataset,
+        count: int,
+        progress: bool = True,
+    ) -> dict[str, float]:
+        """Runs ``detect`` on each of the first ``count`` images of ``dataset`` (the
+        annotation file's images, read from its folder at source size), collects the
+        detections and returns ``evaluate()``; unreadable images are skipped with the
+        dataset's warning, as in ``run``. For detection that works on whole source images,
+        such as tiled detection::
+
+            tiled = TiledDetection(predictor, evaluator.categories, tile=512)
+            evaluator.run_images(
+                lambda image, image_id: tiled.detect(image, 0.0).as_predictor_dict(
+                    image_id, decode_rles=False
+                ),
+                dataset,
+                len(dataset),
+            )
+
+        Args:
+          detect: ``(uint8 [H, W, 3] RGB, image id) -> detections`` in
+            ``Predictor.image_detections``' form (masks may be ``rles``).
+          dataset: the ``COCODataset`` of this evaluator's annotation file.
+          count: images to evaluate.
+          progress: show a tqdm progress bar.
+        """
+        self.reset()
+        for record in tqdm(
+            dataset.records[:count], desc="evaluate", unit="image", disable=not progress
+        ):
+            read = dataset.read_image(record)
+            if read is not None:
+                self.add_image(detect(read[0], record.image_id))
         return self.evaluate()
 
     def evaluate(self) -> dict[str, float]:

@@ -45,7 +45,9 @@ class DetectorMode(enum.Enum):
         Raises:
           ValueError: neither ``detection_boxes`` nor ``proposals`` among the keys.
         """
-        return cls._from_keys(outputs, "detection_boxes", "detection_masks", "the model's outputs")
+        return cls._from_keys(
+            outputs, "detection_boxes", ("detection_masks",), "the model's outputs"
+        )
 
     @classmethod
     def from_detections(cls, detections: Mapping[str, Any]) -> DetectorMode:
@@ -54,14 +56,14 @@ class DetectorMode(enum.Enum):
         Raises:
           ValueError: neither ``boxes`` nor ``proposals`` among the keys.
         """
-        return cls._from_keys(detections, "boxes", "masks", "image detections with keys")
+        return cls._from_keys(detections, "boxes", ("masks", "rles"), "image detections with keys")
 
     @classmethod
     def _from_keys(
-        cls, values: Mapping[str, Any], boxes: str, masks: str, what: str
+        cls, values: Mapping[str, Any], boxes: str, masks: tuple[str, ...], what: str
     ) -> DetectorMode:
         if boxes in values:
-            return cls.MASK_RCNN if masks in values else cls.FASTER_RCNN
+            return cls.MASK_RCNN if any(key in values for key in masks) else cls.FASTER_RCNN
         if "proposal_masks" in values:
             return cls.SEGMENT_PROPOSALS
         if "proposals" in values:

@@ -93,10 +93,11 @@ class ImageDetections:
         """``(H, W)`` of the source image."""
         return int(self.image.shape[0]), int(self.image.shape[1])
 
-    def as_predictor_dict(self, image_id: int) -> dict[str, Any]:
+    def as_predictor_dict(self, image_id: int, decode_rles: bool = True) -> dict[str, Any]:
         """These detections in ``Predictor.image_detections``' form (0-based ``classes``,
-        ``masks`` decoded from ``rles`` when they are RLE), what ``to_coco`` and the
-        drawing functions of ``kmask.visualization`` take."""
+        ``masks`` decoded from ``rles`` when they are RLE, or the ``rles`` as they are
+        with ``decode_rles=False``), what ``to_coco``, ``COCOEvaluator.add_image`` and
+        the drawing functions of ``kmask.visualization`` take."""
         detections: dict[str, Any] = {
             "image_id": image_id,
             "boxes": self.boxes,
@@ -107,6 +108,8 @@ class ImageDetections:
         }
         if self.masks is not None:
             detections["masks"] = self.masks
+        elif self.rles is not None and not decode_rles:
+            detections["rles"] = self.rles
         elif self.rles is not None:
             detections["masks"] = np.zeros((0, *self.image_size), bool)
             if self.rles:
@@ -122,17 +125,36 @@ class ImageDetections:
         """COCO result dicts (``bbox [x, y, w, h]``, ``category_id``, ``score``, RLE
         ``segmentation`` with masks, ``keypoints`` as COCO pixel indices), the format of
         ``kmask predict``'s ``detections.json`` and of ``COCOeval``'s results."""
-        detections = self.as_predictor_dict(image_id)
+        detections = self.as_predictor_dict(image_id, decode_rles=False)
         return to_coco_results(detections, self.categories)
 
     def draw(self) -> np.ndarray:
         """The image with the masks, boxes, class names, scores and keypoints drawn over it
         (``kmask.visualization``; what ``kmask predict`` writes as PNG), uint8 RGB,
-        enlarged by an integer factor when the image is small."""
+        enlarged by an integer factor when the image is small. RLE masks are decoded one
+        at a time as they are drawn (a tiled result of a huge image never holds them all)."""
+        detections = self.as_predictor_dict(0, decode_rles=False)
+        if "rles" in detections:
+            detections["masks"] = _DecodedOneByOne(detections.pop("rles"))
         return draw_image_detections(
             self.image,
-            self.as_predictor_dict(0),
+            detections,
             self.categories.category_names,
             self.score_threshold,
             skeleton=self.categories.keypoint_skeleton,
         )
+
+
+class _DecodedOneByOne:
+    """COCO RLEs (``str`` counts) as a sequence of bool ``[H, W]`` masks, each decoded when
+    it is indexed."""
+
+    def __init__(self, rles: list[dict[str, Any]]) -> None:
+        self.rles = rles
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        rle = self.rles[index]
+        return mask_utils.decode(dict(rle, counts=rle["counts"].encode())).astype(bool)

@@ -143,11 +143,10 @@ class PredictionWriter:
         """
         if self.tiling is not None:
             result = self.tiling.detect(image, self.score_threshold)
-            selected = result.as_predictor_dict(image_id)  # masks decoded for the picture
-        else:
-            features = self.predictor.features_for_image(image, image_id)
-            outputs = self.predictor.predict_batch(features)
-            selected = self.select(self.predictor.image_detections(outputs, 0))
+            return result.as_predictor_dict(image_id, decode_rles=False), result.draw()
+        features = self.predictor.features_for_image(image, image_id)
+        outputs = self.predictor.predict_batch(features)
+        selected = self.select(self.predictor.image_detections(outputs, 0))
         picture = draw_image_detections(
             image,
             selected,

@@ -97,10 +97,7 @@ class TiledDetection:
         batch_size: int = 4,
         nms_iou: float = 0.5,
     ) -> None:
-        if isinstance(tile, bool) or int(tile) != tile or tile <= 0:
-            raise ValueError(f"tile must be a positive integer (pixels), got {tile!r}")
-        if not 0.0 <= overlap <= MAX_OVERLAP:
-            raise ValueError(f"tile overlap must lie in [0, {MAX_OVERLAP}], got {overlap}")
+        self.check(tile, overlap)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 < nms_iou <= 1.0:
@@ -115,6 +112,15 @@ class TiledDetection:
         self.overlap = float(overlap)
         self.full_image = full_image
         self.nms_iou = float(nms_iou)
+
+    @staticmethod
+    def check(tile: int, overlap: float) -> None:
+        """ValueError naming ``tile`` or ``overlap`` when out of range (what ``__init__``
+        checks first, for callers that check before they have a predictor)."""
+        if isinstance(tile, bool) or int(tile) != tile or tile <= 0:
+            raise ValueError(f"tile must be a positive integer (pixels), got {tile!r}")
+        if not 0.0 <= overlap <= MAX_OVERLAP:
+            raise ValueError(f"tile overlap must lie in [0, {MAX_OVERLAP}], got {overlap}")
 
     @property
     def stride(self) -> int:

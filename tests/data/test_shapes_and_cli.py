@@ -51,6 +51,47 @@ def test_make_shapes_is_deterministic_and_masks_are_exact(tmp_path, capsys):
             assert inside.std(axis=0).max() < 12
 
 
+def test_make_shapes_scene(tmp_path, capsys):
+    """--scene: validation scenes of the size asked with many small shapes (exact masks,
+    some across any tile grid's lines), training images of --image-size with shapes of the
+    same sizes; bad values are refused by flag."""
+    out = tmp_path / "scene"
+    args = ["make-shapes", "--out", str(out), "--scene", "480x320", "--scene-objects", "40"]
+    assert main([*args, "--object-size", "16,28", "--num-train", "3", "--image-size", "64"]) == 0
+    val, train = COCO(str(out / "val.json")), COCO(str(out / "train.json"))
+    assert len(val.imgs) == 5 and len(train.imgs) == 3  # --num-val defaults to 5 scenes
+    for coco, (height, width) in ((val, (320, 480)), (train, (64, 64))):
+        for image_id, entry in coco.imgs.items():
+            image = np.asarray(Image.open(out / entry["file_name"]))
+            assert image.shape == (height, width, 3)
+            annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+            masks = np.array([coco.annToMask(a) for a in annotations], bool)
+            assert not np.any(masks.sum(axis=0) > 1)
+            for annotation, mask in zip(annotations, masks):
+                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                assert annotation["bbox"] == [
+                    cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
+                ]  # fmt: skip
+                # At most the largest diameter (+1 for pixel centres), solid colour inside.
+                assert max(annotation["bbox"][2:]) <= 29
+                assert image[mask].astype(float).std(axis=0).max() < 12
+    counts = [len(val.getAnnIds(imgIds=[i])) for i in val.imgs]
+    assert max(counts) > 10 and max(counts) <= 40
+    boxes = np.array([a["bbox"] for a in val.loadAnns(val.getAnnIds())], float)
+    for line in (64, 128, 256):  # objects cross tile borders of any tile size
+        assert np.any((boxes[:, 0] < line) & (boxes[:, 0] + boxes[:, 2] > line))
+    capsys.readouterr()
+    for bad, flag in (
+        (["--scene", "480"], "--scene must be WIDTHxHEIGHT"),
+        (["--scene", "0x300"], "--scene must be WIDTHxHEIGHT with positive numbers"),
+        (["--object-size", "30,20"], "--object-size: object_size must be"),
+        (["--keypoints"], "--keypoints excludes"),
+        (["--scene-objects", "0"], "--scene-objects must be >= 1"),
+    ):
+        assert main([*args[:3], *args[5:], "--scene", "64x64", *bad]) == 2, bad
+        assert flag in capsys.readouterr().err, bad
+
+
 def test_convert_coco_cli(tmp_path, capsys):
     assert (
         main(
