@@ -1,8 +1,10 @@
 """Export time, export sizes and CPU latency per image of the exported models.
 
-Prints, for one model: the SavedModel and ONNX export times and sizes, then the latency per
-image at batch 1 and 8 through the loaded SavedModel (``serving_default``, ``image_tensor``
-input), ONNX Runtime (CPU) and the Keras model's ``predict_on_batch`` (kmask's own
+Prints, for one model: the SavedModel, ONNX and TFLite (float32, float16, int8-dynamic)
+export times and sizes, then the latency per image at batch 1 and 8 through the loaded
+SavedModel (``serving_default``, ``image_tensor`` input), ONNX Runtime (CPU), the LiteRT
+interpreter (``ai-edge-litert``; its input is one image of the export size, so "batch 8"
+is 8 images one after the other) and the Keras model's ``predict_on_batch`` (kmask's own
 preprocessing done beforehand, so it times the model alone), all in this process on the
 same images. Median of ``--repeats`` runs after one warm-up run.
 
@@ -44,13 +46,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
+    import os
+
     import keras
     import onnxruntime
     import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
     from kmask.config import load_config
     from kmask.evaluation import Predictor
-    from kmask.export import export_onnx, export_saved_model
+    from kmask.export import export_onnx, export_saved_model, export_tflite
+    from kmask.export.tflite_exporter import PRECISIONS as TFLITE_PRECISIONS
     from kmask.modeling.factory import build_mask_rcnn
     from kmask.runs import InferenceSource
 
@@ -73,7 +79,18 @@ def main() -> None:
     start = time.perf_counter()
     onnx_path = export_onnx(model, work / "model.onnx", config.data)
     onnx_seconds = time.perf_counter() - start
-    print(f"model: {args.run or args.config}; images {side}x{side}; CPU threads: default")
+    tflite_paths, tflite_seconds = {}, {}
+    for precision in TFLITE_PRECISIONS:
+        start = time.perf_counter()
+        tflite_paths[precision] = export_tflite(
+            model, work / f"{precision}.tflite", config.data, None, (side, side), precision
+        )
+        tflite_seconds[precision] = time.perf_counter() - start
+    threads = os.cpu_count()
+    print(
+        f"model: {args.run or args.config}; images {side}x{side}; CPU threads: default "
+        f"(TensorFlow, ONNX Runtime), {threads} (LiteRT)"
+    )
     print(
         f"SavedModel export {saved_model_seconds:6.1f} s, "
         f"{folder_size(saved_model) / 2**20:6.1f} MiB ({saved_model})"
@@ -82,12 +99,28 @@ def main() -> None:
         f"ONNX export       {onnx_seconds:6.1f} s, "
         f"{onnx_path.stat().st_size / 2**20:6.1f} MiB ({onnx_path})"
     )
+    for precision, path in tflite_paths.items():
+        print(
+            f"TFLite {precision:<12} {tflite_seconds[precision]:6.1f} s, "
+            f"{path.stat().st_size / 2**20:6.1f} MiB ({path})"
+        )
 
     serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    litert = {
+        precision: Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(
+            "serving_default"
+        )
+        for precision, path in tflite_paths.items()
+    }
     predictor = Predictor(model, config.data)
     print(f"{'latency per image (ms)':<24}{'batch 1':>10}{'batch 8':>10}")
-    rows: dict[str, list[float]] = {"SavedModel": [], "ONNX Runtime": [], "Keras predict": []}
+    rows: dict[str, list[float]] = {
+        "SavedModel": [],
+        "ONNX Runtime": [],
+        **{f"LiteRT {precision}": [] for precision in litert},
+        "Keras predict": [],
+    }
     for batch in (1, 8):
         chunk = images[:batch]
         features = [predictor.features_for_image(image) for image in chunk]
@@ -95,6 +128,12 @@ def main() -> None:
         runs = {
             "SavedModel": lambda c=chunk: serve(image_tensor=tf.constant(c)),
             "ONNX Runtime": lambda c=chunk: session.run(None, {"image_tensor": c}),
+            **{
+                f"LiteRT {precision}": lambda c=chunk, r=runner: [
+                    r(image_tensor=image[None]) for image in c
+                ]
+                for precision, runner in litert.items()
+            },
             "Keras predict": lambda s=stacked: model.predict_on_batch(s),
         }
         for name, run in runs.items():

@@ -44,9 +44,15 @@ def add_overwrite_run_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+def add_inference_arguments(
+    parser: argparse.ArgumentParser,
+    extra_precisions: tuple[str, ...] = (),
+    precision_note: str = "",
+) -> None:
     """The trained model of ``predict``, ``evaluate`` and ``export``: ``--run`` or
-    ``--checkpoint``, with ``--config`` and ``--set`` (read by ``inference_source``)."""
+    ``--checkpoint``, with ``--config`` and ``--set`` (read by ``inference_source``), and
+    ``--precision`` (``PRECISIONS`` and ``extra_precisions``, its help ending with
+    ``precision_note``)."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--run",
@@ -62,12 +68,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser, "override a config field (repeatable)")
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=(*PRECISIONS, *extra_precisions),
         default="float32",
         help="what the model computes in: float32 (default), bfloat16 (several times faster "
         "on CPUs with AMX and on recent GPUs), float16 (GPUs only), or auto (bfloat16 where it is "
         "native, float32 elsewhere; kmask info says what auto picks here). Boxes, NMS, "
-        "scores and mask pasting stay float32",
+        "scores and mask pasting stay float32" + precision_note,
     )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from kmask.data.category_map import CategoryMap
-from kmask.evaluation.coco_evaluator import to_coco_results
+from kmask.evaluation.coco_results import to_coco_results
 from kmask.visualization import draw_image_detections
 
 

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import DECODE_ERRORS, decode_rgb, encode_png, write_atomic
-from kmask.evaluation.coco_evaluator import to_coco_results, to_proposal_results
+from kmask.evaluation.coco_results import to_coco_results, to_proposal_results
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.predictor import Predictor
 from kmask.evaluation.tiled_detection import TiledDetection

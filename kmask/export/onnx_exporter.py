@@ -29,7 +29,7 @@ from kmask.data.category_map import CategoryMap
 from kmask.data.image_io import write_atomic
 from kmask.errors import BuildError
 from kmask.export.inference_graph import InferenceGraph, with_roi_align
-from kmask.export.output_paths import check_creatable
+from kmask.export.output_paths import check_output_file
 from kmask.native import custom_ops
 
 OPSET = 17
@@ -166,7 +166,7 @@ class OnnxExporter:
     def export(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
         """Converts and writes ``path`` (``image_io.write_atomic``: temporary file, then
         rename); the path is checked first (``check_output_file``), before the conversion."""
-        path = check_output_file(path, overwrite)
+        path = check_output_file(path, overwrite, ".onnx")
         data = self.convert().SerializeToString()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data)
@@ -187,24 +187,6 @@ def require_custom_op() -> None:
             f"and it is unavailable: {status.reason}",
             fix=status.fix or "run `kmask build-ops`",
         )
-
-
-def check_output_file(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """``path`` as a ``Path`` if an ONNX export may write it (missing parent folders are
-    created); checked before any work.
-
-    Raises:
-      IsADirectoryError: ``path`` is a folder.
-      FileExistsError: ``path`` exists and ``overwrite`` is False.
-      NotADirectoryError: a file stands where a parent folder would be.
-      PermissionError: the nearest existing folder above ``path`` is not writable.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; give the .onnx file to write")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite)")
-    return check_creatable(path)
 
 
 def export_onnx(

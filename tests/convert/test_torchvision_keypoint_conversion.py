@@ -106,7 +106,7 @@ def test_stage_by_stage(converted):
 @pytest.mark.slow
 def test_final_keypoints_from_the_original_image(converted):
     from kmask.data.category_map import CategoryMap
-    from kmask.evaluation.coco_evaluator import to_coco_results
+    from kmask.evaluation.coco_results import to_coco_results
 
     reference, config, model, converter = converted
     rng = np.random.default_rng(1)

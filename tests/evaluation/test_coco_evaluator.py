@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from kmask.config import load_config
 from kmask.data import DataError, open_dataset
 from kmask.evaluation import COCOEvaluator, Predictor
-from kmask.evaluation.coco_evaluator import to_coco_results
+from kmask.evaluation.coco_results import to_coco_results
 from tests.toy_data import write_shapes
 
 # The shapes categories 1, 2, 3 renamed to non-contiguous ids (class k <-> sorted ids).

@@ -14,7 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from kmask.config import DataConfig
 from kmask.evaluation import COCOEvaluator, DetectorMode, Predictor, format_metrics
-from kmask.evaluation.coco_evaluator import to_coco_results
+from kmask.evaluation.coco_results import to_coco_results
 from tests import fake_outputs as fake
 
 MODES = ["mask_rcnn", "faster_rcnn", "rpn"]

@@ -8,7 +8,8 @@ import pytest
 from kmask.data import CategoryMap
 from kmask.data.stick_figures_dataset import StickFiguresDataset
 from kmask.evaluation import COCOEvaluator
-from kmask.evaluation.coco_evaluator import format_metrics, to_coco_results
+from kmask.evaluation.coco_evaluator import format_metrics
+from kmask.evaluation.coco_results import to_coco_results
 from kmask.visualization import draw_detections
 
 
