@@ -74,26 +74,25 @@ def run(args: argparse.Namespace) -> int:
     names = args.shapes.split(",") if args.shapes is not None else None
     try:
         if args.keypoints:
-            splits = {"train": StickFiguresDataset(args.image_size, seed=args.seed)}
+            train = StickFiguresDataset(args.image_size, seed=args.seed)
         else:
-            shapes = ShapesDataset(
+            train = ShapesDataset(
                 args.image_size, seed=args.seed, shapes=names, object_size=object_size
             )
-            splits = {"train": shapes}
-            if scene is not None:
-                width, height = scene
-                splits["val"] = ShapesDataset(
-                    (height, width),
-                    seed=args.seed,
-                    max_shapes=args.scene_objects,
-                    shapes=names,
-                    object_size=object_size,
-                )
-        counts = {"train": args.num_train, "val": num_val}
-        paths = {}
-        for split, count in counts.items():
-            dataset = splits.get(split, splits["train"])
-            paths[split] = dataset.write_split(args.out, split, count, progress=True)
+        val = train
+        if scene is not None:
+            width, height = scene
+            val = ShapesDataset(
+                (height, width),
+                seed=args.seed,
+                max_shapes=args.scene_objects,
+                shapes=names,
+                object_size=object_size,
+            )
+        paths = {
+            "train": train.write_split(args.out, "train", args.num_train, progress=True),
+            "val": val.write_split(args.out, "val", num_val, progress=True),
+        }
     except ValueError as error:
         flag = "--shapes" if "shapes must" in str(error) else "--image-size"
         flag = "--object-size" if "object_size" in str(error) else flag

@@ -122,8 +122,10 @@ class ShapesDataset:
             window = image[piece.rows, piece.cols]
             # Relative sizes draw the shading over the whole image, as before scenes
             # existed, so the datasets made then come out byte for byte the same.
-            shade = rng.normal(0.0, 6.0, size=window.shape if self.object_size else image.shape)
-            shade = shade if self.object_size else shade[piece.rows, piece.cols]
+            if self.object_size:
+                shade = rng.normal(0.0, 6.0, size=window.shape)
+            else:
+                shade = rng.normal(0.0, 6.0, size=image.shape)[piece.rows, piece.cols]
             window[piece.mask] = np.clip(colour + shade[piece.mask], 0, 255)
         instances = [
             {"category_id": p.category_id, "mask": p.visible, "top": p.top, "left": p.left}

@@ -13,6 +13,7 @@ from kmask.data.placed_rle import placed_rle
 from kmask.evaluation.detector_mode import DetectorMode
 from kmask.evaluation.image_detections import ImageDetections
 from kmask.evaluation.predictor import Predictor
+from kmask.evaluation.proposal_recall import box_iou
 
 # Most overlap a tiling takes: 0.9 already runs each pixel through about 100 tiles.
 MAX_OVERLAP = 0.9
@@ -331,17 +332,12 @@ def _class_nms(
       int ``[k]``: the kept indices.
     """
     kept: list[int] = []
-    areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
     for cls in np.unique(classes):
         members = np.flatnonzero(classes == cls)
         order = members[np.lexsort((-scores[members], ~priority[members]))]
         while order.size:
             best, order = order[0], order[1:]
             kept.append(int(best))
-            top_left = np.maximum(boxes[best, :2], boxes[order, :2])
-            bottom_right = np.minimum(boxes[best, 2:], boxes[order, 2:])
-            inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-            union = areas[best] + areas[order] - inter
-            overlap = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+            overlap = box_iou(boxes[best], boxes[order])[0]
             order = order[overlap < iou]
     return np.array(kept, np.int64)
